@@ -1,0 +1,1 @@
+"""Attacks on the federated DDPM: membership inference, gradient inversion, empirical audit."""

@@ -1,0 +1,1 @@
+"""feddp-bench: a privacy benchmark for federated diffusion models."""

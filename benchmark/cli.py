@@ -1,0 +1,146 @@
+"""The ``bench`` command: subcommands only, the logic lives in the modules they call.
+
+Every failure ends with one line on stderr (``bench: error: ...``) and a non-zero exit; set
+``BENCH_TRACEBACK=1`` to see the full traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from benchmark.data import dataset_names
+    from benchmark.model import MODEL_CONFIGS
+    from benchmark.scenarios import SCALES, get_suite, suite_names
+
+    if args.models:
+        for name, cfg in MODEL_CONFIGS.items():
+            print(f"{name:10s} widths={cfg['block_out_channels']} layers_per_block={cfg['layers_per_block']} "
+                  f"blocks={','.join(cfg['down_block_types'])}")
+        return 0
+    print(f"scales: {', '.join(SCALES)}   datasets: {', '.join(dataset_names())}, medmnist:<name>")
+    for suite in suite_names():
+        scenarios = get_suite(suite, args.scale)
+        print(f"suite {suite} ({len(scenarios)} scenarios at scale {args.scale})")
+        if args.suite is None or args.suite == suite:
+            for s in scenarios:
+                print(f"  {s.name:44s} {s.dataset:14s} {s.partition:14s} N={s.num_clients:<3d} "
+                      f"K={s.clients_per_round:<3d} R={s.rounds:<3d} E={s.local_epochs:<3d} "
+                      f"{s.model:9s} dp={s.dp_mode}" + (f" eps={s.target_epsilon:g}" if s.target_epsilon else ""))
+    return 0
+
+
+def _scenarios_from_args(args: argparse.Namespace):
+    from benchmark.scenarios import get_scenario, get_suite, load_scenario_file
+
+    if args.suite:
+        return get_suite(args.suite, args.scale)
+    if args.scenario:
+        return (get_scenario(args.scenario, args.scale),)
+    return load_scenario_file(args.scenario_file)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from benchmark import leaderboard, runner
+
+    scenarios = _scenarios_from_args(args)
+    opts = runner.RunOptions(out_dir=Path(args.out), device=args.device, data_root=args.data_root,
+                             resume=args.resume, progress=not args.no_progress)
+    runner.resolve_device(args.device)
+    work = runner.plan(scenarios, args.seeds, opts)
+    if args.dry_run:
+        for s, seed, path, done in work:
+            print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
+        return 0
+    runner.check_writable(opts.out_dir)
+    todo = [w for w in work if not w[3]]
+    print(f"bench: {len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}",
+          file=sys.stderr)
+    for s, seed, _path, _done in tqdm(todo, desc="runs", unit="run", disable=args.no_progress,
+                                      file=sys.stderr):
+        path = runner.run_one(s, seed, opts)
+        print(f"bench: finished {s.name} seed {seed} -> {path}", file=sys.stderr)
+    suites = sorted({s.suite for s in scenarios})
+    for path in leaderboard.summarize(opts.out_dir, Path(args.results), suites=suites):
+        print(f"bench: leaderboard {path}")
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from benchmark import leaderboard
+
+    for path in leaderboard.summarize(Path(args.runs_dir), Path(args.results), suites=args.suite):
+        print(f"bench: leaderboard {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="feddp-bench: federated diffusion models, "
+                                "utility vs privacy, as leaderboards.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("list", help="list suites, scenarios, model configs")
+    q.add_argument("--suite", help="show only this suite's scenarios")
+    q.add_argument("--scale", default="cpu", help="scale to size the scenarios for (default: cpu)")
+    q.add_argument("--models", action="store_true", help="list the model configs instead")
+    q.set_defaults(fn=cmd_list)
+
+    q = sub.add_parser("run", help="train, evaluate and record scenarios; then summarize")
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--suite", help="a registered suite (see `bench list`)")
+    src.add_argument("--scenario", help="one registered scenario by name")
+    src.add_argument("--scenario-file", help="a TOML file of scenarios (fields as in `Scenario`)")
+    q.add_argument("--scale", default="cpu", help="cpu (default) or gpu: sizes the same scenarios")
+    q.add_argument("--seeds", type=_seeds, help="seeds, e.g. '0,1,2' (default: the scenario's)")
+    q.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
+    q.add_argument("--results", default="results", help="folder for leaderboards (default: results)")
+    q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    q.add_argument("--data-root", help="where on-disk datasets lie (default: $FEDDP_DATA_ROOT or "
+                   "~/.cache/feddp-bench/data)")
+    q.add_argument("--resume", action="store_true", help="skip runs that are already complete")
+    q.add_argument("--dry-run", action="store_true", help="print the runs without running them")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.set_defaults(fn=cmd_run)
+
+    q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
+    q.add_argument("runs_dir", help="folder of run folders (bench run --out)")
+    q.add_argument("--results", default="results", help="folder for leaderboards (default: results)")
+    q.add_argument("--suite", action="append", help="only this suite (repeatable)")
+    q.set_defaults(fn=cmd_summarize)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("bench: interrupted; completed runs are kept (rerun with --resume)", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place errors become one line
+        if os.environ.get("BENCH_TRACEBACK"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        known = type(e).__name__.endswith("Error") and type(e).__module__.startswith(("benchmark", "privacy", "attacks"))
+        print(f"bench: error: {msg if known else f'{type(e).__name__}: {msg}'}", file=sys.stderr)
+        return 2 if known else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The Flower ClientApp: one hospital (party) training the shared DDPM on its own images.
+
+What leaves the client: the updated model arrays and scalar metrics (its example count and mean
+training loss). Never images, labels or indices. The optimizer state lives across rounds in the
+node's Flower ``context.state`` (no module globals), so the same app works in simulation and in
+deployment.
+
+Node config (deployment: ``flower-supernode --node-config "partition-id=0 num-partitions=4
+data-root=/data"``; simulation sets the first two): ``partition-id`` picks this party's share of
+the scenario's partition; ``data-root`` (optional) is where its dataset files lie.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from benchmark.federation import task
+from benchmark.scenarios import Scenario
+
+app = ClientApp()
+
+OPTIMIZER_STATE_KEY = "optimizer"
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (so it can sample clients reproducibly)."""
+    pid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"node": MetricRecord({"partition-id": pid})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = msg.content["config"]
+    scenario = Scenario.from_json(str(cfg["scenario"]))
+    seed = int(cfg["seed"])
+    server_round = int(cfg["server-round"])
+    device = str(cfg.get("device", "cpu"))
+    data_root = context.node_config.get("data-root") or cfg.get("data-root") or None
+    pid = int(context.node_config["partition-id"])
+    torch.set_num_threads(int(cfg.get("client-threads", 1)))
+
+    fed = task.load_federated_data(scenario, seed, data_root)
+    split = fed.partition.clients[pid]
+    images, labels = fed.dataset.images[split.train_idx], fed.dataset.labels[split.train_idx]
+
+    model = task.build_model(scenario, fed.dataset)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.to(device)
+    optimizer = task.make_optimizer(model, scenario)
+    if OPTIMIZER_STATE_KEY in context.state:
+        flat = context.state[OPTIMIZER_STATE_KEY].to_torch_state_dict()
+        task.load_optimizer_state(optimizer, {k: v.to(device) for k, v in flat.items()})
+
+    stats = task.local_train(scenario, model, optimizer, images, labels, device=device,
+                             seed=task.derive_seed("client-train", seed, pid, server_round))
+
+    context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(task.optimizer_state_to_tensors(optimizer))
+    content = RecordDict({
+        "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+        "metrics": MetricRecord({
+            "num-examples": len(images), "train_loss": float(stats["loss"]),
+            "steps": int(stats["steps"]),
+        }),
+    })
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,55 @@
+"""Run the ServerApp/ClientApp pair in Flower's simulation engine (Ray backend).
+
+``flwr.simulation.run_simulation`` gives the ServerApp an empty run config, so we wrap the same
+``run_federation`` in a ServerApp that carries the run config explicitly. Every client runs in a
+Ray actor with one CPU (and ``gpu_fraction`` of a GPU when the device is CUDA).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from benchmark.federation.client_app import app as client_app
+from benchmark.federation.server_app import run_federation
+
+
+class SimulationError(RuntimeError):
+    """The simulation failed (one-line message; the cause is chained)."""
+
+
+def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
+             gpu_fraction: float = 0.0, on_round: Callable[[int], None] | None = None) -> dict:
+    """Run one federated training in simulation; return the round history."""
+    box: dict = {}
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        box["history"] = run_federation(grid, run_config, on_round=on_round)
+
+    init_args = {"num_cpus": num_cpus} if num_cpus else {}
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": gpu_fraction},
+        "init_args": init_args | {"include_dashboard": False},
+    }
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
+                       backend_config=backend_config)
+    except Exception as e:  # noqa: BLE001 - re-raised with one line, cause chained
+        raise SimulationError(f"federated simulation failed: {_root_message(e)}") from e
+    if "history" not in box:
+        raise SimulationError("federated simulation ended without a result (see the Flower log above)")
+    return box["history"]
+
+
+def _root_message(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: {e}".splitlines()[0]

@@ -1,0 +1,79 @@
+"""Model, data and local training for one federated client (shared by both apps)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchmark.data import ImageDataset, load_dataset
+from benchmark.model import build_unet, make_scheduler, train_epochs
+from benchmark.partition import Partition, make_partition
+from benchmark.scenarios import Scenario
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any tuple of values: one run seed drives every generator."""
+    h = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    dataset: ImageDataset
+    partition: Partition
+
+
+def load_federated_data(scenario: Scenario, seed: int, data_root: str | None) -> FederatedData:
+    """The dataset and its partition. Deterministic in (scenario, seed): server and clients agree."""
+    ds = load_dataset(scenario.dataset, data_root=data_root or None, split="train")
+    part = make_partition(
+        ds.labels, scheme=scenario.partition, num_clients=scenario.num_clients,
+        seed=derive_seed("partition", seed), heldout_fraction=scenario.heldout_fraction,
+        max_train_images=scenario.max_train_images,
+    )
+    return FederatedData(ds, part)
+
+
+def build_model(scenario: Scenario, dataset: ImageDataset, *, seed: int | None = None):
+    _, c, h, w = dataset.images.shape
+    if h != w:
+        raise ValueError(f"dataset {dataset.name!r} has non-square images ({h}x{w})")
+    return build_unet(scenario.model, in_channels=c, resolution=h,
+                      num_classes=dataset.num_classes if scenario.class_conditional else None,
+                      seed=seed)
+
+
+def make_optimizer(model: torch.nn.Module, scenario: Scenario) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=scenario.learning_rate)
+
+
+def optimizer_state_to_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Flatten an optimizer's per-parameter state into named tensors (for Flower's ArrayRecord)."""
+    flat = {}
+    for pid, st in opt.state_dict()["state"].items():
+        for key, val in st.items():
+            flat[f"{pid}.{key}"] = torch.as_tensor(val).detach().cpu().clone()
+    return flat
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for name, val in flat.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def local_train(scenario: Scenario, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                images: np.ndarray, labels: np.ndarray, *, device: str, seed: int) -> dict:
+    """Non-private local training for ``local_epochs`` epochs (privacy/ wraps this for DP modes)."""
+    return train_epochs(
+        model, optimizer, make_scheduler(scenario.num_train_timesteps), images, labels,
+        epochs=scenario.local_epochs, batch_size=scenario.batch_size,
+        conditional=scenario.class_conditional, device=device, seed=seed,
+    )

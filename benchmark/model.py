@@ -1,0 +1,168 @@
+"""The DDPM: a diffusers ``UNet2DModel`` + ``DDPMScheduler``, its training step, and sampling.
+
+Read top to bottom this is the whole algorithm: images in [-1, 1], a random timestep and Gaussian
+noise per image, the UNet predicts the noise (epsilon parameterisation), loss = MSE. Sampling uses
+diffusers' DDIM (or full DDPM) scheduler built from the training scheduler's config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+# Named UNet configs. Channels and resolution come from the dataset; these fix the architecture.
+# Every config has one attention level, as in DDPM; that is what exercises Opacus' conv grad
+# sampler on the non-contiguous activations attention hands on (see privacy/).
+MODEL_CONFIGS: dict[str, dict] = {
+    # Tests and the CPU scale: 0.18M parameters at 28 px.
+    "unet-tiny": dict(
+        block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8, attention_head_dim=8,
+    ),
+    # 28 px grayscale (MNIST, Fashion-MNIST, MedMNIST): 1.6M parameters.
+    "unet-28": dict(
+        block_out_channels=(32, 64, 64), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8, attention_head_dim=8,
+    ),
+    # 32 px RGB (CIFAR-10, SVHN): 25.8M parameters.
+    "unet-32": dict(
+        block_out_channels=(128, 256, 256), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+    ),
+}
+
+
+class ModelConfigError(ValueError):
+    """A model config does not fit the data (one-line message)."""
+
+
+def build_unet(name: str, *, in_channels: int, resolution: int, num_classes: int | None = None,
+               seed: int | None = None) -> UNet2DModel:
+    """The named UNet for images of ``in_channels`` x ``resolution`` x ``resolution``.
+
+    ``num_classes`` turns on class conditioning (a learned class embedding added to the timestep
+    embedding, as in the seed paper's conditional runs). ``seed`` fixes the initial weights.
+    """
+    try:
+        cfg = MODEL_CONFIGS[name]
+    except KeyError:
+        raise ModelConfigError(f"unknown model {name!r} (known: {', '.join(MODEL_CONFIGS)})") from None
+    factor = 2 ** (len(cfg["block_out_channels"]) - 1)
+    if resolution % factor:
+        raise ModelConfigError(
+            f"model {name!r} downsamples by {factor}; resolution {resolution} is not divisible by it"
+        )
+    if seed is not None:
+        torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=resolution, in_channels=in_channels, out_channels=in_channels,
+        num_class_embeds=num_classes, **cfg,
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear",
+                         prediction_type="epsilon")
+
+
+def to_model_range(images_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW in [0, 255] -> float32 in [-1, 1]."""
+    x = torch.as_tensor(images_uint8)
+    return x.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float in [-1, 1] -> uint8 NCHW numpy."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def diffusion_loss(model: UNet2DModel, scheduler: DDPMScheduler, x0: torch.Tensor,
+                   labels: torch.Tensor | None = None, *, generator: torch.Generator | None = None,
+                   reduction: str = "mean") -> torch.Tensor:
+    """Epsilon-prediction MSE at a uniformly random timestep per image.
+
+    ``reduction="none"`` returns one loss per image (what per-sample DP and attacks need).
+    """
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
+                      device=x0.device)
+    xt = scheduler.add_noise(x0, noise, t)
+    pred = model(xt, t, class_labels=labels).sample
+    per_image = F.mse_loss(pred, noise, reduction="none").flatten(1).mean(1)
+    return per_image if reduction == "none" else per_image.mean()
+
+
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+            rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of shuffled mini-batches (the last one may be smaller)."""
+    order = rng.permutation(len(images))
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield images[idx], labels[idx]
+
+
+def train_epochs(model: UNet2DModel, optimizer: torch.optim.Optimizer, scheduler: DDPMScheduler,
+                 images: np.ndarray, labels: np.ndarray, *, epochs: int, batch_size: int,
+                 conditional: bool, device: str | torch.device, seed: int) -> dict:
+    """Plain (non-private) local training. Returns ``{"loss": mean loss, "steps": n}``."""
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for xb, yb in batches(images, labels, batch_size, rng):
+            x0 = to_model_range(xb).to(device)
+            y = torch.as_tensor(yb, device=device) if conditional else None
+            loss = diffusion_loss(model, scheduler, x0, y, generator=gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+    return {"loss": total / max(steps, 1), "steps": steps}
+
+
+@torch.no_grad()
+def sample(model: UNet2DModel, train_scheduler: DDPMScheduler, n: int, *, steps: int,
+           sampler: str = "ddim", num_classes: int | None = None, seed: int = 0,
+           device: str | torch.device = "cpu", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Generate ``n`` images (uint8 NCHW) and the class labels they were conditioned on.
+
+    Unconditional models get labels of -1. Class-conditional models get classes round-robin,
+    so the generated set is class-balanced (what downstream accuracy needs).
+    """
+    if sampler == "ddim":
+        sched = DDIMScheduler.from_config(train_scheduler.config)
+    elif sampler == "ddpm":
+        sched = DDPMScheduler.from_config(train_scheduler.config)
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}")
+    model.eval()
+    c, r = model.config.in_channels, model.config.sample_size
+    gen = torch.Generator(device=device).manual_seed(seed)
+    labels = np.arange(n) % num_classes if num_classes else np.full(n, -1)
+    out = []
+    for i in range(0, n, batch_size):
+        m = min(batch_size, n - i)
+        x = torch.randn((m, c, r, r), generator=gen, device=device)
+        y = torch.as_tensor(labels[i:i + m], device=device) if num_classes else None
+        sched.set_timesteps(steps, device=device)
+        for t in sched.timesteps:
+            eps = model(x, t, class_labels=y).sample
+            x = sched.step(eps, t, x, generator=gen).prev_sample
+        out.append(to_uint8(x))
+    return np.concatenate(out), labels.astype(np.int64)

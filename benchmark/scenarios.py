@@ -1,0 +1,353 @@
+"""Scenarios, scales and suites.
+
+A :class:`Scenario` is a frozen description of one federated experiment (dataset, partition,
+federation, model, privacy settings, evaluation budget). Suites are functions of a :class:`Scale`
+that return scenarios with stable names: the same suite at ``cpu`` and at ``gpu`` scale has the same
+scenario names but different sizes, and therefore different scenario hashes, so runs of different
+sizes never mix in a leaderboard. Seeds are not part of a scenario's identity: a run is
+``(scenario, seed)``.
+
+Construction is light (validation only); all heavy work happens in :mod:`benchmark.runner`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmark.model import MODEL_CONFIGS
+from benchmark.partition import PartitionError, parse_scheme
+
+DP_MODES = ("none", "local-dpsgd", "central-dp")
+ATTACKS = ("mia-loss", "mia-secmi", "mia-pia", "inversion")
+SAMPLERS = ("ddim", "ddpm")
+
+
+class ScenarioError(ValueError):
+    """A scenario, suite or scenario file is invalid; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    dataset: str = "mnist-embedded"
+    partition: str = "iid"
+    num_clients: int = 4
+    clients_per_round: int = 2
+    rounds: int = 2
+    local_epochs: int = 1
+    model: str = "unet-tiny"
+    class_conditional: bool = False
+    dp_mode: str = "none"
+    target_epsilon: float | None = None
+    delta: float | None = None
+    attacks: tuple[str, ...] = ()
+    max_train_images: int | None = None
+    heldout_fraction: float = 0.2
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    num_train_timesteps: int = 1000
+    sampler: str = "ddim"
+    sample_steps: int = 20
+    fid_n_samples: int = 200
+    seeds: tuple[int, ...] = (0,)
+    suite: str = "custom"
+    scale: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        err = _validate(self)
+        if err:
+            raise ScenarioError(f"scenario {self.name!r}: {err}")
+
+    # Identity -----------------------------------------------------------------------------
+    def definition(self) -> dict:
+        """Every field that changes what a run computes (not the seeds, not the suite)."""
+        d = dataclasses.asdict(self)
+        d.pop("seeds")
+        d.pop("suite")
+        return d
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["attacks"] = list(self.attacks)
+        d["seeds"] = list(self.seeds)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping, *, source: str = "scenario") -> "Scenario":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ScenarioError(
+                f"{source}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        if "name" not in data:
+            raise ScenarioError(f"{source}: missing required field 'name'")
+        values = dict(data)
+        for key in ("attacks", "seeds"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Scenario":
+        return cls.from_dict(json.loads(text))
+
+
+# Type checking of fields (TOML and JSON give us plain values) -------------------------------
+_HINTS = None
+
+
+def _check_types(s: Scenario) -> None:
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = typing.get_type_hints(Scenario)
+    for f in dataclasses.fields(s):
+        value = getattr(s, f.name)
+        if not _is_instance(value, _HINTS[f.name]):
+            raise ScenarioError(
+                f"scenario {s.name!r}: field {f.name!r} must be {_type_name(_HINTS[f.name])}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+
+
+def _is_instance(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(hint)
+        return isinstance(value, tuple) and all(_is_instance(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an integer literal is a fine float ("epsilon = 4")
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return "none" if hint is type(None) else hint.__name__
+
+
+def _validate(s: Scenario) -> str | None:
+    """Return the first problem found, as one line, or None."""
+    from benchmark.data import dataset_names
+
+    if not s.name or any(c in s.name for c in "/\\ \t\n"):
+        return "name must be non-empty without slashes or spaces"
+    if s.dataset not in dataset_names() and not s.dataset.startswith("medmnist:"):
+        return f"unknown dataset {s.dataset!r} (known: {', '.join(dataset_names())}, medmnist:<name>)"
+    try:
+        parse_scheme(s.partition)
+    except PartitionError as e:
+        return str(e)
+    if s.num_clients < 1:
+        return f"num_clients must be >= 1, got {s.num_clients}"
+    if not 1 <= s.clients_per_round <= s.num_clients:
+        return (
+            f"clients_per_round must be in [1, num_clients={s.num_clients}], got {s.clients_per_round}"
+        )
+    for name in ("rounds", "local_epochs", "batch_size", "num_train_timesteps", "sample_steps"):
+        if getattr(s, name) < 1:
+            return f"{name} must be >= 1, got {getattr(s, name)}"
+    if s.fid_n_samples < 2:
+        return f"fid_n_samples must be >= 2, got {s.fid_n_samples}"
+    if s.sample_steps > s.num_train_timesteps:
+        return "sample_steps must not exceed num_train_timesteps"
+    if s.model not in MODEL_CONFIGS:
+        return f"unknown model {s.model!r} (known: {', '.join(MODEL_CONFIGS)})"
+    if s.sampler not in SAMPLERS:
+        return f"unknown sampler {s.sampler!r} (known: {', '.join(SAMPLERS)})"
+    if not 0 < s.heldout_fraction < 1:
+        return f"heldout_fraction must be in (0, 1), got {s.heldout_fraction}"
+    if not (s.learning_rate > 0 and math.isfinite(s.learning_rate)):
+        return f"learning_rate must be a positive number, got {s.learning_rate}"
+    if s.max_train_images is not None and s.max_train_images < s.num_clients:
+        return f"max_train_images={s.max_train_images} gives fewer images than num_clients={s.num_clients}"
+    if not s.seeds:
+        return "seeds must list at least one seed"
+    if s.scale not in SCALES:
+        return f"unknown scale {s.scale!r} (known: {', '.join(SCALES)})"
+    for a in s.attacks:
+        if a not in ATTACKS:
+            return f"unknown attack {a!r} (known: {', '.join(ATTACKS)})"
+    if s.dp_mode not in DP_MODES:
+        return f"unknown dp_mode {s.dp_mode!r} (known: {', '.join(DP_MODES)})"
+    if s.dp_mode == "none":
+        if s.target_epsilon is not None:
+            return "target_epsilon is set but dp_mode is 'none'"
+    else:
+        if s.target_epsilon is None or not (s.target_epsilon > 0 and math.isfinite(s.target_epsilon)):
+            return f"dp_mode {s.dp_mode!r} needs target_epsilon > 0, got {s.target_epsilon}"
+        if s.delta is None or not 0 < s.delta < 1:
+            return f"dp_mode {s.dp_mode!r} needs delta in (0, 1), got {s.delta}"
+    return None
+
+
+# Scales ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scale:
+    """How big the same scenarios are on a given machine. Recorded in every leaderboard row."""
+
+    name: str
+    model: str            # UNet config for 28 px grayscale data
+    model_rgb: str        # UNet config for 32 px RGB data
+    rounds: int
+    max_train_images: int | None
+    batch_size: int
+    sample_steps: int
+    fid_n_samples: int
+    seeds: tuple[int, ...]
+
+
+SCALES: dict[str, Scale] = {
+    # A 2-core laptop CPU: a tiny UNet, a few hundred images, a couple of rounds.
+    "cpu": Scale("cpu", "unet-tiny", "unet-tiny", rounds=2, max_train_images=256, batch_size=32,
+                 sample_steps=10, fid_n_samples=100, seeds=(0,)),
+    # One H100/H200: the issue-7 UNets, the whole embedded dataset, paper-like rounds.
+    "gpu": Scale("gpu", "unet-28", "unet-32", rounds=20, max_train_images=None, batch_size=64,
+                 sample_steps=50, fid_n_samples=2000, seeds=(0, 1, 2)),
+}
+
+
+def get_scale(name: str) -> Scale:
+    try:
+        return SCALES[name]
+    except KeyError:
+        raise ScenarioError(f"unknown scale {name!r} (known: {', '.join(SCALES)})") from None
+
+
+# Suites -----------------------------------------------------------------------------------------
+SuiteFn = Callable[[Scale], tuple[Scenario, ...]]
+SUITES: dict[str, SuiteFn] = {}
+
+
+def register_suite(name: str) -> Callable[[SuiteFn], SuiteFn]:
+    def deco(fn: SuiteFn) -> SuiteFn:
+        if name in SUITES:
+            raise ValueError(f"suite {name!r} registered twice")
+        SUITES[name] = fn
+        return fn
+
+    return deco
+
+
+def _base(scale: Scale, suite: str, **kw) -> dict:
+    return dict(
+        suite=suite, scale=scale.name, model=scale.model, rounds=scale.rounds,
+        max_train_images=scale.max_train_images, batch_size=scale.batch_size,
+        sample_steps=scale.sample_steps, fid_n_samples=scale.fid_n_samples, seeds=scale.seeds,
+    ) | kw
+
+
+@register_suite("smoke")
+def smoke_suite(scale: Scale) -> tuple[Scenario, ...]:
+    """Two quick federations on the embedded MNIST: IID and Dirichlet-0.5 label skew."""
+    common = _base(scale, "smoke", num_clients=4, clients_per_round=2, local_epochs=1, seeds=(0,))
+    return (
+        Scenario(name="smoke-iid", partition="iid", **common),
+        Scenario(name="smoke-dirichlet-0.5", partition="dirichlet-0.5", **common),
+    )
+
+
+@register_suite("seed-paper")
+def seed_paper_suite(scale: Scale) -> tuple[Scenario, ...]:
+    """The grid of Tun et al. 2023: beta x N clients x E local epochs, 10 clients per round.
+
+    Datasets as in the paper (its CT set is replaced by MedMNIST's pneumonia X-rays, the
+    privacy-sensitive medical case we can load from local files).
+    """
+    out = []
+    datasets = {"fashion-mnist": scale.model, "cifar10": scale.model_rgb, "svhn": scale.model_rgb,
+                "medmnist:pneumoniamnist": scale.model}
+    for dataset, model in datasets.items():
+        for beta in ("0.1", "0.5", "5"):
+            for n in (10, 30, 50):
+                for e in (1, 5, 10):
+                    name = f"paper-{dataset.replace(':', '-')}-dir{beta}-n{n}-e{e}"
+                    out.append(Scenario(**_base(
+                        scale, "seed-paper", name=name, dataset=dataset, partition=f"dirichlet-{beta}",
+                        num_clients=n, clients_per_round=10, local_epochs=e, model=model,
+                        max_train_images=None if scale.name == "gpu" else max(scale.max_train_images, 10 * n),
+                    )))
+    return tuple(out)
+
+
+def suite_names() -> list[str]:
+    return sorted(SUITES)
+
+
+def get_suite(name: str, scale: str = "cpu") -> tuple[Scenario, ...]:
+    try:
+        fn = SUITES[name]
+    except KeyError:
+        raise ScenarioError(f"unknown suite {name!r} (known: {', '.join(suite_names())})") from None
+    return fn(get_scale(scale))
+
+
+def all_scenarios(scale: str = "cpu") -> dict[str, Scenario]:
+    out: dict[str, Scenario] = {}
+    for name in suite_names():
+        for s in get_suite(name, scale):
+            out.setdefault(s.name, s)
+    return out
+
+
+def get_scenario(name: str, scale: str = "cpu") -> Scenario:
+    scenarios = all_scenarios(scale)
+    try:
+        return scenarios[name]
+    except KeyError:
+        raise ScenarioError(
+            f"unknown scenario {name!r} (see `bench list`; {len(scenarios)} registered)"
+        ) from None
+
+
+def load_scenario_file(path: str | Path) -> tuple[Scenario, ...]:
+    """Scenarios from a TOML file: either one scenario as top-level keys, or ``[[scenario]]`` tables.
+
+    Field names are those of :class:`Scenario`; unknown or ill-typed fields are refused by name.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"scenario file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"scenario file {p}: cannot read ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"scenario file {p}: invalid TOML ({e})") from None
+    tables = data["scenario"] if "scenario" in data and isinstance(data["scenario"], list) else [data]
+    if not tables:
+        raise ScenarioError(f"scenario file {p}: no scenarios")
+    out = [Scenario.from_dict(t, source=f"scenario file {p}") for t in tables]
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"scenario file {p}: duplicate scenario names")
+    return tuple(out)

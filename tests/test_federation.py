@@ -1,0 +1,109 @@
+"""The Flower apps, called directly (no Ray): what a client sends, what it keeps, how clients are sampled."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from benchmark.federation import client_app, task
+from benchmark.federation.server_app import SeededFedAvg
+from benchmark.scenarios import Scenario
+
+SCENARIO = Scenario(name="unit", num_clients=2, clients_per_round=2, rounds=1, max_train_images=24,
+                    batch_size=8, num_train_timesteps=50, sample_steps=5)
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower stamps messages with the process's task identity, which a runtime normally sets."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
+
+
+def train_message(arrays: ArrayRecord, server_round: int = 1) -> Message:
+    config = ConfigRecord({"scenario": SCENARIO.to_json(), "seed": 0, "device": "cpu",
+                           "server-round": server_round})
+    return Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type="train")
+
+
+def fresh_context() -> Context:
+    return Context(run_id=1, node_id=1, node_config={"partition-id": 1, "num-partitions": 2},
+                   state=RecordDict(), run_config={})
+
+
+def initial_arrays() -> ArrayRecord:
+    fed = task.load_federated_data(SCENARIO, 0, None)
+    return ArrayRecord(task.build_model(SCENARIO, fed.dataset, seed=0).state_dict())
+
+
+def test_client_reply_holds_only_model_arrays_and_scalar_metrics():
+    arrays = initial_arrays()
+    ctx = fresh_context()
+    reply = client_app.train(train_message(arrays), ctx)
+    content = reply.content
+    assert set(content.keys()) == {"arrays", "metrics"}
+    assert set(content["arrays"].keys()) == set(arrays.keys())
+    for key, arr in content["arrays"].items():
+        assert arr.shape == arrays[key].shape  # parameter shapes only: no image-shaped payload
+    fed = task.load_federated_data(SCENARIO, 0, None)
+    n_train = len(fed.partition.clients[1].train_idx)
+    assert dict(content["metrics"]) .keys() == {"num-examples", "train_loss", "steps"}
+    assert content["metrics"]["num-examples"] == n_train
+    # The update changed the model.
+    new = content["arrays"].to_torch_state_dict()
+    old = arrays.to_torch_state_dict()
+    assert any(not torch.equal(new[k], old[k]) for k in old)
+
+
+def test_optimizer_state_lives_in_context_across_rounds():
+    arrays = initial_arrays()
+    ctx = fresh_context()
+    client_app.train(train_message(arrays, 1), ctx)
+    state = ctx.state[client_app.OPTIMIZER_STATE_KEY].to_torch_state_dict()
+    steps_after_1 = float(state["0.step"])
+    assert steps_after_1 > 0
+    client_app.train(train_message(arrays, 2), ctx)
+    state2 = ctx.state[client_app.OPTIMIZER_STATE_KEY].to_torch_state_dict()
+    assert float(state2["0.step"]) == 2 * steps_after_1  # Adam resumed, not restarted
+
+
+def test_optimizer_state_roundtrip():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    flat = task.optimizer_state_to_tensors(opt)
+    opt2 = torch.optim.Adam(model.parameters())
+    task.load_optimizer_state(opt2, flat)
+    for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
+        assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+
+
+class FakeGrid:
+    def get_node_ids(self):
+        return [101, 202, 303, 404]
+
+
+def test_seeded_sampling_is_reproducible_and_uses_partitions():
+    mapping = {0: 404, 1: 101, 2: 303, 3: 202}
+
+    def sampled(seed):
+        strat = SeededFedAvg(partition_to_node=mapping, clients_per_round=2, seed=seed, min_train_nodes=2)
+        rounds = []
+        for r in range(1, 6):
+            msgs = list(strat.configure_train(r, ArrayRecord(), ConfigRecord(), FakeGrid()))
+            assert sorted(m.metadata.dst_node_id for m in msgs) == sorted(mapping[p] for p in strat.sampled[r])
+            rounds.append(tuple(strat.sampled[r]))
+        return rounds
+
+    assert sampled(0) == sampled(0)
+    assert sampled(0) != sampled(1)
+    assert all(len(set(r)) == 2 for r in sampled(0))
+
+
+def test_derive_seed_is_stable():
+    assert task.derive_seed("a", 1) == task.derive_seed("a", 1) != task.derive_seed("a", 2)
+    assert 0 <= task.derive_seed("x") < 2**63
+    assert isinstance(np.random.default_rng(task.derive_seed("x")), np.random.Generator)

@@ -1,0 +1,89 @@
+import dataclasses
+
+import pytest
+
+from benchmark.scenarios import (SCALES, SUITES, Scenario, ScenarioError, get_scenario, get_suite,
+                                 load_scenario_file, register_suite)
+
+
+def test_smoke_suite_names_stable_across_scales_hashes_not():
+    cpu, gpu = get_suite("smoke", "cpu"), get_suite("smoke", "gpu")
+    assert [s.name for s in cpu] == [s.name for s in gpu] == ["smoke-iid", "smoke-dirichlet-0.5"]
+    assert {s.scale for s in cpu} == {"cpu"} and {s.scale for s in gpu} == {"gpu"}
+    assert all(a.hash != b.hash for a, b in zip(cpu, gpu))
+
+
+def test_hash_covers_definition_not_seeds():
+    s = get_scenario("smoke-iid")
+    assert dataclasses.replace(s, seeds=(4, 5)).hash == s.hash
+    assert dataclasses.replace(s, rounds=s.rounds + 1).hash != s.hash
+    assert dataclasses.replace(s, partition="dirichlet-0.1").hash != s.hash
+
+
+def test_seed_paper_grid():
+    scenarios = get_suite("seed-paper", "gpu")
+    assert len(scenarios) == 4 * 3 * 3 * 3
+    assert {s.partition for s in scenarios} == {"dirichlet-0.1", "dirichlet-0.5", "dirichlet-5"}
+    assert {s.num_clients for s in scenarios} == {10, 30, 50}
+    assert {s.local_epochs for s in scenarios} == {1, 5, 10}
+    assert {s.clients_per_round for s in scenarios} == {10}
+    assert {s.model for s in scenarios if s.dataset == "cifar10"} == {"unet-32"}
+
+
+def test_registry_refuses_duplicates_and_unknowns():
+    with pytest.raises(ValueError, match="twice"):
+        register_suite("smoke")(lambda scale: ())
+    with pytest.raises(ScenarioError, match="unknown suite 'nope'"):
+        get_suite("nope")
+    with pytest.raises(ScenarioError, match="unknown scale"):
+        get_suite("smoke", "tpu")
+    with pytest.raises(ScenarioError, match="unknown scenario"):
+        get_scenario("nope")
+    assert "smoke" in SUITES and set(SCALES) == {"cpu", "gpu"}
+
+
+def test_scenario_json_roundtrip():
+    s = get_scenario("smoke-dirichlet-0.5")
+    assert Scenario.from_json(s.to_json()) == s
+
+
+def write(tmp_path, text):
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    return p
+
+
+def test_toml_single_and_many(tmp_path):
+    (one,) = load_scenario_file(write(tmp_path, 'name = "a"\nrounds = 3\nseeds = [1, 2]\n'))
+    assert one.rounds == 3 and one.seeds == (1, 2)
+    many = load_scenario_file(write(tmp_path, '[[scenario]]\nname = "a"\n[[scenario]]\nname = "b"\n'
+                                              'partition = "dirichlet-0.1"\n'))
+    assert [s.name for s in many] == ["a", "b"]
+
+
+@pytest.mark.parametrize("body, match", [
+    ('name = "a"\nnum_clientz = 3\n', "unknown field.*num_clientz"),
+    ('name = "a"\nnum_clients = "4"\n', "field 'num_clients' must be int"),
+    ('name = "a"\nclass_conditional = 1\n', "field 'class_conditional' must be bool"),
+    ('name = "a"\nrounds = 2.5\n', "field 'rounds' must be int"),
+    ('name = "a"\ndp_mode = "local-dpsgd"\ntarget_epsilon = 0\ndelta = 1e-5\n', "target_epsilon > 0"),
+    ('name = "a"\ndp_mode = "central-dp"\ntarget_epsilon = -1.0\ndelta = 1e-5\n', "target_epsilon > 0"),
+    ('name = "a"\ndp_mode = "local-dpsgd"\ntarget_epsilon = 1\ndelta = 1.5\n', "delta in"),
+    ('name = "a"\nnum_clients = 2\nclients_per_round = 3\n', "clients_per_round"),
+    ('name = "a"\npartition = "dirichlet-0"\n', "alpha"),
+    ('name = "a"\npartition = "dirichlet--1"\n', "alpha|dirichlet"),
+    ('name = "a"\ndataset = "imagenet"\n', "unknown dataset"),
+    ('name = "a"\nmodel = "unet-huge"\n', "unknown model"),
+    ('name = "a"\nattacks = ["mia-magic"]\n', "unknown attack"),
+    ('rounds = 2\n', "missing required field 'name'"),
+    ('name = "a"\nrounds = \n', "invalid TOML"),
+])
+def test_toml_refusals_are_one_line(tmp_path, body, match):
+    with pytest.raises(ScenarioError, match=match) as err:
+        load_scenario_file(write(tmp_path, body))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_scenario_file(tmp_path):
+    with pytest.raises(ScenarioError, match="does not exist"):
+        load_scenario_file(tmp_path / "nope.toml")
