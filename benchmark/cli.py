@@ -70,6 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     runner.check_writable(opts.out_dir)
     todo = [w for w in work if not w[3]]
+    for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
+            tuple({w[0] for w in todo}), opts).items():
+        print(f"bench: verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err "
+              f"{rep.modes[0].norm_rel_err:.1e}", file=sys.stderr)
     print(f"bench: {len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}",
           file=sys.stderr)
     for s, seed, _path, _done in tqdm(todo, desc="runs", unit="run", disable=args.no_progress,
@@ -87,6 +91,60 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
     for path in leaderboard.summarize(Path(args.runs_dir), Path(args.results), suites=args.suite):
         print(f"bench: leaderboard {path}")
+    return 0
+
+
+def cmd_account(args: argparse.Namespace) -> int:
+    from privacy import accounting as acc
+
+    acc.check_privacy_params(delta=args.delta, population=args.population)
+    if args.level == "sample":
+        if args.sample_rate is None:
+            raise acc.AccountingError("sample level needs --sample-rate")
+        acc.check_privacy_params(delta=args.delta, sample_rate=args.sample_rate)
+        if args.noise_multiplier is not None:
+            eps = acc.sample_level_epsilon(noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate,
+                                           steps=args.steps, delta=args.delta, accountant=args.accountant)
+            print(f"epsilon = {eps:.6g} at delta = {args.delta:g} (sample level, {args.accountant}, "
+                  f"sigma = {args.noise_multiplier:g}, q = {args.sample_rate:g}, {args.steps} steps)")
+        else:
+            sigma = acc.sample_level_noise(target_epsilon=args.epsilon, sample_rate=args.sample_rate,
+                                           steps=args.steps, delta=args.delta, accountant=args.accountant)
+            print(f"noise_multiplier = {sigma:.6g} for epsilon = {args.epsilon:g} at delta = {args.delta:g} "
+                  f"(sample level, {args.accountant}, q = {args.sample_rate:g}, {args.steps} steps)")
+    else:
+        if args.population is None:
+            raise acc.AccountingError("client level needs --population (the number of clients N)")
+        if args.noise_multiplier is not None:
+            eps = acc.client_level_epsilon(noise_multiplier=args.noise_multiplier, rounds=args.steps,
+                                           delta=args.delta, num_clients=args.population)
+            print(f"epsilon = {eps:.6g} at delta = {args.delta:g} (client level, {acc.CLIENT_ACCOUNTANT}, "
+                  f"sigma = {args.noise_multiplier:g}, {args.steps} rounds)")
+        else:
+            sigma = acc.client_level_noise(target_epsilon=args.epsilon, rounds=args.steps, delta=args.delta,
+                                           num_clients=args.population)
+            print(f"noise_multiplier = {sigma:.6g} for epsilon = {args.epsilon:g} at delta = {args.delta:g} "
+                  f"(client level, {acc.CLIENT_ACCOUNTANT}, {args.steps} rounds)")
+    return 0
+
+
+def cmd_verify_dp(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from benchmark.runner import resolve_device
+    from privacy.verify import verify_dp
+
+    device = resolve_device(args.device)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    report = verify_dp(args.model, device=device, batch_size=args.batch_size, modes=tuple(args.modes.split(",")),
+                       dtype=dtype, num_classes=None if args.unconditional else 10)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    if not report.passed:
+        print(f"bench: error: per-sample gradients of {args.model} do not match the per-sample loop",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -117,6 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true", help="print the runs without running them")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     q.set_defaults(fn=cmd_run)
+
+    q = sub.add_parser("account", help="epsilon for a noise multiplier, or the noise for a target epsilon")
+    q.add_argument("--level", choices=("sample", "client"), default="sample",
+                   help="sample (local DP-SGD, Opacus) or client (central DP, Flower)")
+    g = q.add_mutually_exclusive_group(required=True)
+    g.add_argument("--noise-multiplier", type=float, help="compute epsilon for this noise multiplier")
+    g.add_argument("--epsilon", type=float, help="compute the noise multiplier for this target epsilon")
+    q.add_argument("--delta", type=float, required=True)
+    q.add_argument("--steps", type=int, required=True, help="DP-SGD steps (sample) or rounds (client)")
+    q.add_argument("--sample-rate", type=float, help="Poisson sampling rate q (sample level)")
+    q.add_argument("--population", type=int, help="N: dataset size (sample) or clients (client); delta < 1/N")
+    q.add_argument("--accountant", default="rdp", help="rdp or prv (sample level)")
+    q.set_defaults(fn=cmd_account)
+
+    q = sub.add_parser("verify-dp", help="check per-sample gradients of every DP mode on the real UNet")
+    q.add_argument("--model", required=True, help="a model config (bench list --models)")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--batch-size", type=int, default=4)
+    q.add_argument("--modes", default="hooks,ghost", help="comma-separated: hooks,ghost")
+    q.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    q.add_argument("--unconditional", action="store_true", help="without the class embedding")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_verify_dp)
 
     q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
     q.add_argument("runs_dir", help="folder of run folders (bench run --out)")

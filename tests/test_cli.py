@@ -162,3 +162,54 @@ def test_dry_run_and_list(tmp_path, capsys):
     assert out.count("todo") == 2 and "smoke-iid" in out
     assert main(["list"]) == 0 and "seed-paper" in capsys.readouterr().out
     assert main(["list", "--models"]) == 0 and "unet-32" in capsys.readouterr().out
+
+
+DP_TINY = """
+[[scenario]]
+name = "tiny-local"
+num_clients = 2
+clients_per_round = 2
+rounds = 2
+max_train_images = 32
+batch_size = 8
+num_train_timesteps = 100
+sample_steps = 2
+fid_n_samples = 16
+dp_mode = "local-dpsgd"
+target_epsilon = 4.0
+delta = 1e-5
+
+[[scenario]]
+name = "tiny-central"
+num_clients = 3
+clients_per_round = 2
+rounds = 2
+max_train_images = 36
+batch_size = 8
+num_train_timesteps = 100
+sample_steps = 2
+fid_n_samples = 16
+dp_mode = "central-dp"
+target_epsilon = 4.0
+delta = 1e-5
+"""
+
+
+@pytest.mark.slow
+def test_dp_runs_record_their_accounting(tmp_path, feddp_cache):
+    from privacy.accounting import client_level_epsilon
+
+    scn = tmp_path / "dp.toml"
+    scn.write_text(DP_TINY)
+    res = bench("run", "--scenario-file", str(scn), "--out", str(tmp_path / "runs"), "--results",
+                str(tmp_path / "results"), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "verify-dp unet-tiny" in res.stderr
+    df = pd.read_csv(tmp_path / "results" / "custom" / "leaderboard.csv").set_index("scenario")
+    local, central = df.loc["tiny-local"], df.loc["tiny-central"]
+    assert local["dp_level"] == "sample" and local["accountant"] == "opacus-rdp"
+    assert 0 < local["epsilon"] <= 4.0 and local["sample_rate"] > 0 and local["noise_multiplier"] > 0
+    assert central["dp_level"] == "client" and central["accountant"] == "flwr-rdp-no-amplification"
+    assert central["epsilon"] <= 4.0
+    assert central["epsilon"] == pytest.approx(client_level_epsilon(
+        noise_multiplier=central["noise_multiplier"], rounds=2, delta=1e-5, num_clients=3), rel=1e-6)

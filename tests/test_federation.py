@@ -49,7 +49,7 @@ def test_client_reply_holds_only_model_arrays_and_scalar_metrics():
         assert arr.shape == arrays[key].shape  # parameter shapes only: no image-shaped payload
     fed = task.load_federated_data(SCENARIO, 0, None)
     n_train = len(fed.partition.clients[1].train_idx)
-    assert dict(content["metrics"]) .keys() == {"num-examples", "train_loss", "steps"}
+    assert dict(content["metrics"]).keys() == {"num-examples", "train_loss", "steps", "dp-weight"}
     assert content["metrics"]["num-examples"] == n_train
     # The update changed the model.
     new = content["arrays"].to_torch_state_dict()

@@ -263,3 +263,16 @@ def test_fid_monotone_in_corruption(mnist, cache_dir):
         fids[name] = U.frechet_distance(mu_a, s_a, mu, s)
     print(fids)
     assert fids["real"] < fids["blur"] < fids["noise"]
+
+
+@pytest.mark.slow
+def test_fast_frechet_matches_pytorch_fid_at_inception_size_rank_deficient():
+    # What the CPU scale produces: 2048-d features, 100 samples per side (rank-deficient covariances).
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(100, 2048)) @ rng.normal(size=(2048, 2048)) * 0.05
+    b = a[::-1] + rng.normal(0, 0.3, size=a.shape)
+    mu_a, s_a = U.feature_stats(a)
+    mu_b, s_b = U.feature_stats(b)
+    ours = U.frechet_distance(mu_a, s_a, mu_b, s_b)
+    ref = U.frechet_distance_reference(mu_a, s_a, mu_b, s_b)
+    assert abs(ours - ref) <= 1e-5 * abs(ref)

@@ -12,8 +12,10 @@ the scenario's partition; ``data-root`` (optional) is where its dataset files li
 
 from __future__ import annotations
 
+import json
+
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from benchmark.federation import task
@@ -22,6 +24,7 @@ from benchmark.scenarios import Scenario
 app = ClientApp()
 
 OPTIMIZER_STATE_KEY = "optimizer"
+ACCOUNTANT_STATE_KEY = "dp-accountant"
 
 
 @app.query()
@@ -54,15 +57,30 @@ def train(msg: Message, context: Context) -> Message:
         flat = context.state[OPTIMIZER_STATE_KEY].to_torch_state_dict()
         task.load_optimizer_state(optimizer, {k: v.to(device) for k, v in flat.items()})
 
-    stats = task.local_train(scenario, model, optimizer, images, labels, device=device,
-                             seed=task.derive_seed("client-train", seed, pid, server_round))
+    train_seed = task.derive_seed("client-train", seed, pid, server_round)
+    extra = {}
+    if scenario.dp_mode == "local-dpsgd":
+        from privacy.dpsgd import dp_train_epochs
+
+        plan = task.local_dp_plan(scenario, len(images))
+        saved = context.state.get(ACCOUNTANT_STATE_KEY)
+        history = json.loads(str(saved["history"])) if saved is not None else []
+        stats = dp_train_epochs(model, optimizer, plan, images, labels, epochs=scenario.local_epochs,
+                                num_train_timesteps=scenario.num_train_timesteps,
+                                conditional=scenario.class_conditional, device=device, seed=train_seed,
+                                accountant_history=history)
+        context.state[ACCOUNTANT_STATE_KEY] = ConfigRecord({"history": json.dumps(stats["history"])})
+        extra = {"epsilon": stats["epsilon"], "noise_multiplier": plan.noise_multiplier,
+                 "sample_rate": plan.sample_rate}
+    else:
+        stats = task.local_train(scenario, model, optimizer, images, labels, device=device, seed=train_seed)
 
     context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(task.optimizer_state_to_tensors(optimizer))
     content = RecordDict({
         "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
         "metrics": MetricRecord({
             "num-examples": len(images), "train_loss": float(stats["loss"]),
-            "steps": int(stats["steps"]),
+            "steps": int(stats["steps"]), "dp-weight": 1.0, **extra,
         }),
     })
     return Message(content=content, reply_to=msg)

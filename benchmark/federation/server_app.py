@@ -23,6 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from benchmark.federation import task
 from benchmark.scenarios import Scenario, get_scenario
@@ -59,6 +60,16 @@ class SeededFedAvg(FedAvg):
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         nodes = [self.partition_to_node[p] for p in chosen]
         return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+
+def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Weighted means as Flower does, except the privacy figures: the worst client counts."""
+    out = aggregate_metricrecords(records, weighted_by_key)
+    for key, pick in (("epsilon", max), ("sample_rate", max), ("noise_multiplier", min)):
+        vals = [float(m[key]) for r in records for m in r.metric_records.values() if key in m]
+        if vals:
+            out[key] = pick(vals)
+    return out
 
 
 def discover_partitions(grid: Grid, num_clients: int, timeout_s: float = NODE_WAIT_S) -> dict[int, int]:
@@ -100,9 +111,27 @@ def run_federation(grid: Grid, run_config: dict,
     fed = task.load_federated_data(scenario, seed, data_root or None)
     model = task.build_model(scenario, fed.dataset, seed=task.derive_seed("init", seed))
     partition_to_node = discover_partitions(grid, scenario.num_clients)
-    strategy = SeededFedAvg(partition_to_node=partition_to_node,
-                            clients_per_round=scenario.clients_per_round, seed=seed,
-                            min_train_nodes=scenario.clients_per_round)
+    privacy_info: dict = {}
+    if scenario.dp_mode == "central-dp":
+        from privacy.central import (DEFAULT_UPDATE_CLIP, UNIFORM_WEIGHT_KEY, calibrate_central,
+                                     wrap_central_dp)
+
+        fedavg = SeededFedAvg(partition_to_node=partition_to_node, clients_per_round=scenario.clients_per_round,
+                              seed=seed, min_train_nodes=scenario.clients_per_round,
+                              weighted_by_key=UNIFORM_WEIGHT_KEY, train_metrics_aggr_fn=aggregate_train_metrics)
+        clip = scenario.max_grad_norm or DEFAULT_UPDATE_CLIP
+        sigma = calibrate_central(target_epsilon=scenario.target_epsilon, delta=scenario.delta,
+                                  rounds=scenario.rounds, num_clients=scenario.num_clients)
+        strategy = wrap_central_dp(fedavg, noise_multiplier=sigma, clipping_norm=clip,
+                                   clients_per_round=scenario.clients_per_round,
+                                   num_clients=scenario.num_clients, delta=scenario.delta)
+        privacy_info = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
+                        "accountant": "flwr-rdp-no-amplification"}
+    else:
+        fedavg = strategy = SeededFedAvg(partition_to_node=partition_to_node,
+                                         clients_per_round=scenario.clients_per_round, seed=seed,
+                                         min_train_nodes=scenario.clients_per_round,
+                                         train_metrics_aggr_fn=aggregate_train_metrics)
     train_config = ConfigRecord({
         "scenario": scenario.to_json(), "seed": seed, "device": device, "data-root": data_root,
     })
@@ -121,12 +150,16 @@ def run_federation(grid: Grid, run_config: dict,
     if missing:
         raise FederationError(f"rounds {missing} produced no aggregate (all clients failed)")
 
+    if scenario.dp_mode == "central-dp":
+        spent = strategy.privacy_spent()
+        privacy_info |= {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(result.arrays.to_torch_state_dict(), out_dir / "global_model.pt")
     history = {
         "train_s": train_s,
+        "central_dp": privacy_info,
         "rounds": [
-            {"round": r, "sampled_partitions": strategy.sampled.get(r, []),
+            {"round": r, "sampled_partitions": fedavg.sampled.get(r, []),
              **{k: float(v) for k, v in result.train_metrics_clientapp[r].items()}}
             for r in sorted(result.train_metrics_clientapp)
         ],

@@ -77,3 +77,15 @@ def local_train(scenario: Scenario, model: torch.nn.Module, optimizer: torch.opt
         epochs=scenario.local_epochs, batch_size=scenario.batch_size,
         conditional=scenario.class_conditional, device=device, seed=seed,
     )
+
+
+def local_dp_plan(scenario: Scenario, n_train: int):
+    """The DP-SGD calibration of a client with ``n_train`` images (same on server and client)."""
+    from privacy.dpsgd import DEFAULT_MAX_GRAD_NORM, plan_local_dp
+
+    return plan_local_dp(
+        n_train=n_train, batch_size=scenario.batch_size, rounds=scenario.rounds,
+        local_epochs=scenario.local_epochs, target_epsilon=scenario.target_epsilon, delta=scenario.delta,
+        max_grad_norm=scenario.max_grad_norm or DEFAULT_MAX_GRAD_NORM, accountant=scenario.accountant,
+        grad_sample_mode=scenario.grad_sample_mode, noise_multiplicity=scenario.noise_multiplicity,
+    )
