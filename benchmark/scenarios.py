@@ -53,6 +53,7 @@ class Scenario:
     accountant: str = "rdp"                 # local: rdp or prv (Opacus); central: rdp (Flower's)
     grad_sample_mode: str = "hooks"         # local DP-SGD: hooks or ghost
     noise_multiplicity: int = 1             # local DP-SGD: noise draws per image (DPDM)
+    central_clipping: str = "server"        # central DP: Flower's server- or client-side clipping
     attacks: tuple[str, ...] = ()
     max_train_images: int | None = None
     heldout_fraction: float = 0.2
@@ -221,6 +222,8 @@ def _validate(s: Scenario) -> str | None:
             return f"accountant {s.accountant!r} not available for {s.dp_mode} (local: rdp, prv; central: rdp)"
         if s.grad_sample_mode not in ("hooks", "ghost"):
             return f"unknown grad_sample_mode {s.grad_sample_mode!r} (hooks or ghost)"
+        if s.central_clipping not in ("server", "client"):
+            return f"central_clipping must be 'server' or 'client', got {s.central_clipping!r}"
         if s.noise_multiplicity < 1 or (s.noise_multiplicity > 1 and s.grad_sample_mode != "hooks"):
             return "noise_multiplicity must be >= 1, and > 1 only with grad_sample_mode 'hooks'"
     return None

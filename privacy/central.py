@@ -7,11 +7,21 @@ deviation ``noise_multiplier * clipping_norm / clients_per_round`` to the averag
 ``DifferentialPrivacyServerSideFixedClipping`` wrapping :class:`SeededFedAvg`, with Flower's own
 RDP accountant attached (``NO_AMPLIFICATION``: we claim no amplification from sampling a fixed
 number of clients per round, so every round is charged in full to every client).
+
+``central_clipping = "client"`` uses Flower's ``DifferentialPrivacyClientSideFixedClipping``
+instead: the server sends the clipping norm and each client clips its own update with Flower's
+``fixedclipping_mod`` before sending it (the server still adds the noise). The client app carries
+:func:`central_clipping_mod`, which applies that mod only when the server asked for it, so the
+same ClientApp serves every scenario.
 """
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
+                                     DifferentialPrivacyServerSideFixedClipping, FedAvg)
 
 from privacy.accounting import client_accountant, client_level_noise
 
@@ -25,12 +35,25 @@ def calibrate_central(*, target_epsilon: float, delta: float, rounds: int, num_c
 
 
 def wrap_central_dp(strategy: FedAvg, *, noise_multiplier: float, clipping_norm: float,
-                    clients_per_round: int, num_clients: int, delta: float):
-    """Flower's server-side fixed-clipping DP wrapper, with Flower's accountant attached."""
+                    clients_per_round: int, num_clients: int, delta: float, side: str = "server"):
+    """Flower's fixed-clipping DP wrapper (server- or client-side clipping), with Flower's
+    accountant attached."""
     if strategy.weighted_by_key != UNIFORM_WEIGHT_KEY:
         raise ValueError(f"central DP needs uniform client weights (weighted_by_key={UNIFORM_WEIGHT_KEY!r})")
-    return DifferentialPrivacyServerSideFixedClipping(
+    wrappers = {"server": DifferentialPrivacyServerSideFixedClipping,
+                "client": DifferentialPrivacyClientSideFixedClipping}
+    if side not in wrappers:
+        raise ValueError(f"central_clipping must be 'server' or 'client', got {side!r}")
+    return wrappers[side](
         strategy, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
         num_sampled_clients=clients_per_round,
         accountant=client_accountant(num_clients=num_clients, delta=delta),
     )
+
+
+def central_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
+    """Flower's ``fixedclipping_mod`` when the server sent a clipping norm, else a no-op."""
+    configs = [r for r in msg.content.config_records.values() if isinstance(r, ConfigRecord)]
+    if any(KEY_CLIPPING_NORM in c for c in configs):
+        return fixedclipping_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)

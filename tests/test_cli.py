@@ -192,6 +192,22 @@ fid_n_samples = 16
 dp_mode = "central-dp"
 target_epsilon = 4.0
 delta = 1e-5
+
+[[scenario]]
+name = "tiny-central-clientclip"
+num_clients = 2
+clients_per_round = 2
+rounds = 1
+max_train_images = 24
+batch_size = 8
+num_train_timesteps = 100
+sample_steps = 2
+fid_n_samples = 16
+dp_mode = "central-dp"
+central_clipping = "client"
+max_grad_norm = 0.2
+target_epsilon = 10.0
+delta = 1e-5
 """
 
 
@@ -213,3 +229,5 @@ def test_dp_runs_record_their_accounting(tmp_path, feddp_cache):
     assert central["epsilon"] <= 4.0
     assert central["epsilon"] == pytest.approx(client_level_epsilon(
         noise_multiplier=central["noise_multiplier"], rounds=2, delta=1e-5, num_clients=3), rel=1e-6)
+    clientclip = df.loc["tiny-central-clientclip"]
+    assert clientclip["max_grad_norm"] == 0.2 and 0 < clientclip["epsilon"] <= 10.0

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from benchmark.federation import client_app, task
@@ -107,3 +107,43 @@ def test_derive_seed_is_stable():
     assert task.derive_seed("a", 1) == task.derive_seed("a", 1) != task.derive_seed("a", 2)
     assert 0 <= task.derive_seed("x") < 2**63
     assert isinstance(np.random.default_rng(task.derive_seed("x")), np.random.Generator)
+
+
+# ------------------------------------------------------------------ central DP (Flower wrappers)
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_central_dp_bounds_a_malicious_clients_influence(side):
+    from privacy.central import KEY_CLIPPING_NORM, UNIFORM_WEIGHT_KEY, central_clipping_mod, wrap_central_dp
+
+    clip, m, dim, sigma = 0.5, 2, 1000, 1e-3
+    base = SeededFedAvg(partition_to_node={0: 101, 1: 202}, clients_per_round=m, seed=0, min_train_nodes=m,
+                        weighted_by_key=UNIFORM_WEIGHT_KEY)
+    strat = wrap_central_dp(base, noise_multiplier=sigma, clipping_norm=clip, clients_per_round=m,
+                            num_clients=2, delta=1e-3, side=side)
+    current = ArrayRecord({"w": torch.zeros(dim)})
+    msgs = list(strat.configure_train(1, current, ConfigRecord(), FakeGrid()))
+    assert (KEY_CLIPPING_NORM in msgs[0].content["config"]) == (side == "client")
+    # Honest: a small update (an exactly-zero update crashes Flower 1.42's clipping with a
+    # ZeroDivisionError in compute_clip_model_update). Malicious: a huge one.
+    honest = torch.full((dim,), 1e-4)
+    updates = [honest, torch.full((dim,), 1e6)]
+    replies = []
+    for msg, upd in zip(msgs, updates):
+        def client(msg_in, ctx, upd=upd):
+            return Message(RecordDict({"arrays": ArrayRecord({"w": upd}),
+                                       "metrics": MetricRecord({UNIFORM_WEIGHT_KEY: 1.0, "num-examples": 5})}),
+                           reply_to=msg_in)
+        replies.append(central_clipping_mod(msg, fresh_context(), client))
+    agg, _ = strat.aggregate_train(1, replies)
+    moved = float(np.linalg.norm(agg["w"].numpy()))
+    slack = 6 * sigma * clip / m * np.sqrt(dim) + float(honest.norm()) / m
+    assert moved <= clip / m + slack
+    assert moved >= clip / m - slack  # the malicious update was clipped, not dropped
+    assert strat.privacy_spent().num_releases == 1
+
+
+def test_central_clipping_mod_is_a_no_op_without_a_clipping_norm():
+    from privacy.central import central_clipping_mod
+
+    msg = train_message(initial_arrays())
+    sentinel = object()
+    assert central_clipping_mod(msg, fresh_context(), lambda m, c: sentinel) is sentinel

@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from benchmark.federation import task
 from benchmark.scenarios import Scenario
+from privacy.central import central_clipping_mod
 
 app = ClientApp()
 
@@ -34,7 +35,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"node": MetricRecord({"partition-id": pid})}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[central_clipping_mod])  # mods on @app.train, not on the ClientApp (Flower 1.42)
 def train(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     scenario = Scenario.from_json(str(cfg["scenario"]))

@@ -124,9 +124,10 @@ def run_federation(grid: Grid, run_config: dict,
                                   rounds=scenario.rounds, num_clients=scenario.num_clients)
         strategy = wrap_central_dp(fedavg, noise_multiplier=sigma, clipping_norm=clip,
                                    clients_per_round=scenario.clients_per_round,
-                                   num_clients=scenario.num_clients, delta=scenario.delta)
+                                   num_clients=scenario.num_clients, delta=scenario.delta,
+                                   side=scenario.central_clipping)
         privacy_info = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
-                        "accountant": "flwr-rdp-no-amplification"}
+                        "accountant": "flwr-rdp-no-amplification", "clipping": scenario.central_clipping}
     else:
         fedavg = strategy = SeededFedAvg(partition_to_node=partition_to_node,
                                          clients_per_round=scenario.clients_per_round, seed=seed,
