@@ -70,6 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     runner.check_writable(opts.out_dir)
     todo = [w for w in work if not w[3]]
+    runner.check_fid_available(tuple(w[0] for w in todo))
     for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
             tuple({w[0] for w in todo}), opts).items():
         print(f"bench: verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err "
@@ -91,6 +92,19 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
     for path in leaderboard.summarize(Path(args.runs_dir), Path(args.results), suites=args.suite):
         print(f"bench: leaderboard {path}")
+    return 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from benchmark.runner import resolve_device
+    from benchmark.utility import compute_fid, load_images
+
+    a, b = load_images(args.a), load_images(args.b)
+    res = compute_fid(a, b, device=resolve_device(args.device), extractor=args.impl)
+    print(f"fid = {res.fid:.6g}  kid = {res.kid:.6g}  (n = {res.n_real} vs {res.n_fake}; {res.fid_impl})")
+    if min(res.n_real, res.n_fake) < 2048:
+        print("note: with fewer than 2048 images per side FID is biased upwards; compare only at equal n",
+              file=sys.stderr)
     return 0
 
 
@@ -175,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true", help="print the runs without running them")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     q.set_defaults(fn=cmd_run)
+
+    q = sub.add_parser("fid", help="FID and KID between two image folders or .npz arrays")
+    q.add_argument("a", help="folder of images, or .npz/.npy (uint8, NCHW or NHWC)")
+    q.add_argument("b", help="folder of images, or .npz/.npy")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--impl", default="clean", help="clean (default, offline) or pytorch-fid (needs its "
+                   "weights in the torch hub cache)")
+    q.set_defaults(fn=cmd_fid)
 
     q = sub.add_parser("account", help="epsilon for a noise multiplier, or the noise for a target epsilon")
     q.add_argument("--level", choices=("sample", "client"), default="sample",

@@ -154,4 +154,25 @@ def summarize(runs_dir: Path, results_dir: Path, suites: list[str] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, to_csv_bytes(df))
         written.append(path)
+    copy_sample_grids(runs_dir, results_dir, suites=sorted(boards))
     return written
+
+
+def copy_sample_grids(runs_dir: Path, results_dir: Path, suites: list[str]) -> list[Path]:
+    """One sample grid per scenario definition: ``results/<suite>/samples/<scenario>-<hash>.png``,
+    from its lowest seed."""
+    chosen: dict[tuple, tuple[int, Path]] = {}
+    for run in find_runs(runs_dir):
+        sc = json.loads((run / "scenario.json").read_text())
+        if sc["suite"] not in suites:
+            continue
+        key = (sc["suite"], sc["name"], sc["hash"])
+        if key not in chosen or sc["seed"] < chosen[key][0]:
+            chosen[key] = (sc["seed"], run)
+    out = []
+    for (suite, name, h), (_seed, run) in sorted(chosen.items()):
+        dest = Path(results_dir) / suite / "samples" / f"{name}-{h}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(dest, (run / "samples.png").read_bytes())
+        out.append(dest)
+    return out

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.data import load_dataset
 from benchmark.federation import task
 from benchmark.federation.simulation import simulate
 from benchmark.model import make_scheduler, sample
@@ -165,15 +166,12 @@ def sample_grid_png(images: np.ndarray, path: Path, ncol: int = 10) -> None:
 FID_REFERENCE_SEED = 0  # fixed: the reference set is the same for every scenario and seed
 
 
-def fid_reference(scenario: Scenario, n: int, data_root: str | None) -> tuple[np.ndarray, str]:
+def fid_reference(test, n: int) -> tuple[np.ndarray, str]:
     """Real images for FID: a fixed sample of the dataset's test split (never a member).
 
     The same images for every scenario and seed of a dataset, so their Inception statistics are
     computed once and cached. Returns the images and the cache key naming them.
     """
-    from benchmark.data import load_dataset
-
-    test = load_dataset(scenario.dataset, data_root=data_root, split="test")
     rng = np.random.default_rng(FID_REFERENCE_SEED)
     idx = np.sort(rng.permutation(len(test.labels))[:n])
     res = test.images.shape[-1]
@@ -206,7 +204,6 @@ def privacy_metrics(scenario: Scenario, history: dict) -> dict:
 
 def verify_before_dp(scenarios, opts: RunOptions) -> dict:
     """``bench verify-dp`` once per (model, input shape, mode) used by a local-DP scenario."""
-    from benchmark.data import load_dataset
     from privacy.verify import verify_dp
 
     reports = {}
@@ -281,14 +278,27 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
     np.savez_compressed(work / "samples.npz", images=fake, labels=fake_labels)
     sample_grid_png(fake[:100], work / "samples.png")
 
-    real, real_key = fid_reference(scenario, scenario.fid_n_samples, opts.data_root)
+    test = load_dataset(scenario.dataset, data_root=opts.data_root, split="test")
+    real, real_key = fid_reference(test, scenario.fid_n_samples)
     t0 = time.perf_counter()
-    fid = compute_fid(real, fake, device=device, real_key=real_key)
+    fid = compute_fid(real, fake, device=device, real_key=real_key, extractor=scenario.fid_impl)
     fid_s = time.perf_counter() - t0
     if not np.isfinite(fid.fid):
         raise RunError(f"{scenario.name} seed {seed}: FID is not finite ({fid.fid})")
 
+    downstream = {}
+    if scenario.class_conditional:
+        from benchmark.utility import downstream_accuracy
+
+        downstream = {
+            "downstream_acc": downstream_accuracy(fake, fake_labels, test.images, test.labels,
+                                                  num_classes=test.num_classes,
+                                                  seed=task.derive_seed("downstream", seed), device=device),
+            "downstream_n_train": len(fake), "downstream_n_test": len(test.labels),
+        }
+
     metrics = {
+        **downstream,
         "fid": fid.fid, "kid": fid.kid, "fid_impl": fid.fid_impl, "fid_n_samples": fid.n_fake,
         "fid_n_real": fid.n_real, "fid_reference": real_key,
         "train_s": history["train_s"], "sample_s": sample_s, "fid_s": fid_s,
@@ -315,6 +325,17 @@ def plan(scenarios: tuple[Scenario, ...], seeds: tuple[int, ...] | None,
                                f"or choose another --out")
             out.append((s, seed, path, done))
     return out
+
+
+def check_fid_available(scenarios) -> None:
+    """Fail before any training when a scenario's FID network is not installed."""
+    from benchmark.utility import ensure_inception_file, pytorch_fid_extractor
+
+    for impl in sorted({s.fid_impl for s in scenarios}):
+        if impl == "clean":
+            ensure_inception_file()
+        else:
+            pytorch_fid_extractor("cpu")
 
 
 def check_writable(out_dir: Path) -> None:

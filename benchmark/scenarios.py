@@ -63,6 +63,7 @@ class Scenario:
     sampler: str = "ddim"
     sample_steps: int = 20
     fid_n_samples: int = 200
+    fid_impl: str = "clean"                 # clean (offline clean-fid network) or pytorch-fid
     seeds: tuple[int, ...] = (0,)
     suite: str = "custom"
     scale: str = "cpu"
@@ -181,6 +182,8 @@ def _validate(s: Scenario) -> str | None:
     for name in ("rounds", "local_epochs", "batch_size", "num_train_timesteps", "sample_steps"):
         if getattr(s, name) < 1:
             return f"{name} must be >= 1, got {getattr(s, name)}"
+    if s.fid_impl not in ("clean", "pytorch-fid"):
+        return f"unknown fid_impl {s.fid_impl!r} (clean or pytorch-fid)"
     if s.fid_n_samples < 2:
         return f"fid_n_samples must be >= 2, got {s.fid_n_samples}"
     if s.sample_steps > s.num_train_timesteps:
@@ -300,7 +303,8 @@ def privacy_suite(scale: Scale) -> tuple[Scenario, ...]:
     """The standard suite: no DP, local DP-SGD and central DP at epsilon 1, 4, 10, IID and non-IID."""
     clients = dict(num_clients=4, clients_per_round=2) if scale.name == "cpu" else \
         dict(num_clients=10, clients_per_round=5)
-    common = _base(scale, "privacy", local_epochs=1, delta=1e-5, **clients)
+    # Class-conditional, so every row also has the downstream accuracy DPImageBench ranks by.
+    common = _base(scale, "privacy", local_epochs=1, delta=1e-5, class_conditional=True, **clients)
     out = []
     for partition in ("iid", "dirichlet-0.5"):
         out.append(Scenario(name=f"privacy-{partition}-nodp", partition=partition, **common))

@@ -73,6 +73,8 @@ __all__ = [
     "ensure_inception_file",
     "cleanfid_extractor",
     "cache_dir_path",
+    "load_images",
+    "downstream_accuracy",
 ]
 
 
@@ -82,6 +84,12 @@ class FIDUnavailableError(RuntimeError):
 
 _CLEANFID_VERSION = importlib.metadata.version("clean-fid")
 FID_IMPL = f"clean-fid-{_CLEANFID_VERSION}:clean:inception-2015-12-05(torchscript):pil-bicubic-299"
+# pytorch-fid's own port of the same TF graph, used only where the user has its weights file.
+PYTORCH_FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_IMPL = (f"pytorch-fid-{importlib.metadata.version('pytorch-fid')}:"
+                    "inception-2015-12-05(pt_inception-6726825d):torch-bilinear-299")
+# extractor name (a scenario's ``fid_impl``) -> the string recorded in every row's ``fid_impl``
+EXTRACTORS = {"clean": FID_IMPL, "pytorch-fid": PYTORCH_FID_IMPL}
 
 #: file name clean-fid's InceptionV3W looks for in its directory
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
@@ -248,10 +256,53 @@ def _preprocess(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def pytorch_fid_weights_path() -> Path:
+    """Where pytorch-fid looks for its weights (torch hub cache): we never download them."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_WEIGHTS
+
+
+def pytorch_fid_extractor(device: str | torch.device = "cpu") -> torch.nn.Module:
+    """pytorch-fid's ``InceptionV3`` (pool3), from the weights file in the torch hub cache only."""
+    path = pytorch_fid_weights_path()
+    if not path.is_file():
+        raise FIDUnavailableError(
+            f"fid_impl=pytorch-fid needs {path} (pytorch-fid's weights, from its GitHub release "
+            f"'fid_weights'); nothing is downloaded. Use fid_impl=clean for the offline network")
+    from pytorch_fid.inception import InceptionV3
+
+    key = (str(path), "pytorch-fid", str(torch.device(device)))
+    with _lock:
+        model = _extractor_memo.get(key)
+        if model is None:  # load_state_dict_from_url finds the cached file and does not download
+            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(torch.device(device)).eval()
+            _extractor_memo[key] = model
+    return model
+
+
+def _pytorch_fid_batch(model, batch: np.ndarray, dev) -> np.ndarray:
+    x = torch.as_tensor(np.repeat(batch, 3, axis=1) if batch.shape[1] == 1 else batch).float().div(255)
+    return model(x.to(dev))[0].squeeze(-1).squeeze(-1).detach().cpu().numpy()
+
+
+def _check_extractor(extractor: str) -> None:
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"unknown FID extractor {extractor!r} (known: {', '.join(EXTRACTORS)})")
+
+
 def inception_features(images: np.ndarray, *, device: str = "cpu", batch_size: int = 64,
-                       progress: bool = False, cache_dir=None) -> np.ndarray:
-    """Pool3 Inception features (float64, (N, 2048)) of uint8 NCHW images, clean-fid clean mode."""
+                       progress: bool = False, cache_dir=None, extractor: str = "clean") -> np.ndarray:
+    """Pool3 Inception features (float64, (N, 2048)) of uint8 NCHW images.
+
+    ``extractor="clean"``: clean-fid clean mode on the offline TorchScript network (default);
+    ``"pytorch-fid"``: pytorch-fid's network and bilinear resize, from its cached weights file.
+    """
     images = _check_images(images)
+    _check_extractor(extractor)
+    if extractor == "pytorch-fid":
+        model, dev = pytorch_fid_extractor(device), torch.device(device)
+        with torch.no_grad():
+            return np.concatenate([_pytorch_fid_batch(model, images[i:i + batch_size], dev)
+                                   for i in range(0, len(images), batch_size)]).astype(np.float64)
     model = cleanfid_extractor(device, cache_dir)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -325,18 +376,21 @@ def _sanitise(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")
 
 
-def _stats_path(key: str, cache_dir=None) -> Path:
+def _stats_path(key: str, cache_dir=None, impl: str = FID_IMPL) -> Path:
     if not key:
         raise ValueError("empty reference key")
-    return cache_dir_path(cache_dir) / "fid_stats" / f"{_sanitise(key)}__{_sanitise(FID_IMPL)}.npz"
+    return cache_dir_path(cache_dir) / "fid_stats" / f"{_sanitise(key)}__{_sanitise(impl)}.npz"
 
 
-def _reference_entry(key: str, images: np.ndarray | None, *, device="cpu", cache_dir=None):
-    path = _stats_path(key, cache_dir)
+def _reference_entry(key: str, images: np.ndarray | None, *, device="cpu", cache_dir=None,
+                     extractor: str = "clean"):
+    _check_extractor(extractor)
+    impl = EXTRACTORS[extractor]
+    path = _stats_path(key, cache_dir, impl)
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
-            if str(z["fid_impl"]) != FID_IMPL:
-                raise ValueError(f"{path} was written by {z['fid_impl']}, not {FID_IMPL}")
+            if str(z["fid_impl"]) != impl:
+                raise ValueError(f"{path} was written by {z['fid_impl']}, not {impl}")
             mu, sigma, feats = z["mu"], z["sigma"], z["feats"].astype(np.float64)
         if images is not None and np.asarray(images).shape[0] != feats.shape[0]:
             raise ValueError(
@@ -346,7 +400,7 @@ def _reference_entry(key: str, images: np.ndarray | None, *, device="cpu", cache
         return mu, sigma, feats
     if images is None:
         raise ValueError(f"no cached reference stats for {key!r} and no images given")
-    feats = inception_features(images, device=device, cache_dir=cache_dir)
+    feats = inception_features(images, device=device, cache_dir=cache_dir, extractor=extractor)
     mu, sigma = feature_stats(feats)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".npz.tmp", dir=path.parent)
@@ -354,7 +408,7 @@ def _reference_entry(key: str, images: np.ndarray | None, *, device="cpu", cache
         with os.fdopen(fd, "wb") as f:
             # features are float32 network outputs, so float32 storage is lossless
             np.savez(f, mu=mu, sigma=sigma, feats=feats.astype(np.float32),
-                     fid_impl=np.array(FID_IMPL), key=np.array(key))
+                     fid_impl=np.array(impl), key=np.array(key))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -363,13 +417,13 @@ def _reference_entry(key: str, images: np.ndarray | None, *, device="cpu", cache
 
 
 def reference_stats(key: str, images: np.ndarray | None, *, device="cpu",
-                    cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
+                    cache_dir=None, extractor: str = "clean") -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of real images, cached at ``<cache_dir>/fid_stats/<key>__<FID_IMPL>.npz``.
 
     ``key`` must identify (dataset, split, resolution, n); on a cache hit ``images`` are not
     read (may be None) beyond checking n.  Writes are atomic (tmp file + os.replace).
     """
-    mu, sigma, _ = _reference_entry(key, images, device=device, cache_dir=cache_dir)
+    mu, sigma, _ = _reference_entry(key, images, device=device, cache_dir=cache_dir, extractor=extractor)
     return mu, sigma
 
 
@@ -384,7 +438,7 @@ class FIDResult:
 
 
 def compute_fid(real: np.ndarray | None, fake: np.ndarray, *, device="cpu", real_key: str | None = None,
-                cache_dir=None) -> FIDResult:
+                cache_dir=None, extractor: str = "clean") -> FIDResult:
     """FID and KID between uint8 NCHW ``real`` and ``fake`` images.
 
     With ``real_key`` the real statistics and features come from :func:`reference_stats`'s
@@ -393,18 +447,127 @@ def compute_fid(real: np.ndarray | None, fake: np.ndarray, *, device="cpu", real
     fake = _check_images(fake, "fake")
     if real_key is not None:
         mu_r, sig_r, feats_r = _reference_entry(real_key, None if real is None else _check_images(real, "real"),
-                                                device=device, cache_dir=cache_dir)
+                                                device=device, cache_dir=cache_dir, extractor=extractor)
     else:
         if real is None:
             raise ValueError("real images are required without real_key")
-        feats_r = inception_features(_check_images(real, "real"), device=device, cache_dir=cache_dir)
+        feats_r = inception_features(_check_images(real, "real"), device=device, cache_dir=cache_dir,
+                                     extractor=extractor)
         mu_r, sig_r = feature_stats(feats_r)
-    feats_f = inception_features(fake, device=device, cache_dir=cache_dir)
+    feats_f = inception_features(fake, device=device, cache_dir=cache_dir, extractor=extractor)
     mu_f, sig_f = feature_stats(feats_f)
     return FIDResult(
         fid=frechet_distance(mu_r, sig_r, mu_f, sig_f),
         kid=kid(feats_r, feats_f),
-        fid_impl=FID_IMPL,
+        fid_impl=EXTRACTORS[extractor],
         n_real=int(feats_r.shape[0]),
         n_fake=int(feats_f.shape[0]),
     )
+
+
+# ------------------------------------------------------------------------- image files for `bench fid`
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class ImageLoadError(ValueError):
+    """An image folder or array file cannot be read as images (one-line message)."""
+
+
+def load_images(path: str | os.PathLike) -> np.ndarray:
+    """uint8 NCHW images from a folder of image files (sorted by name) or an ``.npz``/``.npy``.
+
+    An ``.npz`` is read from its ``images`` array, else its only array. Arrays may be NCHW or
+    NHWC (channels 1 or 3) or NHW grayscale, uint8 in [0, 255].
+    """
+    from PIL import Image
+
+    p = Path(path)
+    if not p.exists():
+        raise ImageLoadError(f"{p} does not exist")
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ImageLoadError(f"{p} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        arrays = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    arrays.append(np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im))
+            except OSError as e:
+                raise ImageLoadError(f"{f}: not a readable image ({e})") from None
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise ImageLoadError(f"{p}: images differ in size or mode ({sorted(shapes)[:3]}...)")
+        arr = np.stack(arrays)
+    else:
+        try:
+            data = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ImageLoadError(f"{p}: not a readable .npz/.npy ({e})") from None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            keys = list(data.keys())
+            if "images" in keys:
+                arr = data["images"]
+            elif len(keys) == 1:
+                arr = data[keys[0]]
+            else:
+                raise ImageLoadError(f"{p}: expected an 'images' array or a single array, found {keys}")
+        else:
+            arr = data
+    if arr.dtype != np.uint8:
+        raise ImageLoadError(f"{p}: images must be uint8 in [0, 255], got {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise ImageLoadError(f"{p}: expected N images of HxW(xC), got shape {arr.shape}")
+    if arr.shape[1] not in (1, 3) and arr.shape[-1] in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.shape[1] not in (1, 3):
+        raise ImageLoadError(f"{p}: images must have 1 or 3 channels, got shape {arr.shape}")
+    if len(arr) < 2:
+        raise ImageLoadError(f"{p}: FID needs at least 2 images, got {len(arr)}")
+    return np.ascontiguousarray(arr)
+
+
+# ---------------------------------------------------------------------------- downstream accuracy
+def _classifier(in_channels: int, num_classes: int) -> torch.nn.Module:
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )
+
+
+def downstream_accuracy(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
+                        test_labels: np.ndarray, *, num_classes: int, steps: int = 200, batch_size: int = 64,
+                        seed: int = 0, device: str = "cpu") -> float:
+    """Train a small CNN on (generated) ``train_images`` and return its accuracy on real ``test_images``.
+
+    The metric DPImageBench ranks by: a class-conditional generator is only useful if a classifier
+    trained on its samples recognises real images. ``steps`` Adam steps, whatever the set size.
+    """
+    train_images, test_images = _check_images(train_images, "train"), _check_images(test_images, "test")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise ValueError(f"train and test images differ in shape: {train_images.shape[1:]} vs {test_images.shape[1:]}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = _classifier(train_images.shape[1], num_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x_all = torch.as_tensor(train_images).float().div(127.5).sub(1)
+    y_all = torch.as_tensor(np.asarray(train_labels, dtype=np.int64))
+    model.train()
+    for _ in range(steps):
+        idx = torch.as_tensor(rng.choice(len(x_all), size=min(batch_size, len(x_all)), replace=False))
+        loss = torch.nn.functional.cross_entropy(model(x_all[idx].to(device)), y_all[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(test_images), 512):
+            x = torch.as_tensor(test_images[i:i + 512]).float().div(127.5).sub(1).to(device)
+            pred = model(x).argmax(1).cpu().numpy()
+            correct += int((pred == np.asarray(test_labels[i:i + 512])).sum())
+    return correct / len(test_images)

@@ -64,6 +64,8 @@ def test_run_resume_and_summarize(tmp_path, feddp_cache):
     df = pd.read_csv(results / "custom" / "leaderboard.csv")
     assert len(df) == 1 and np.isfinite(df["fid"][0]) and df["fid"][0] > 0
     assert df["fid_n_samples"][0] == 16 and df["fid_impl"][0].startswith("clean-fid")
+    assert len(list((results / "custom" / "samples").glob("tiny-iid-*.png"))) == 1
+    assert np.isnan(df["downstream_acc"][0])  # unconditional: no downstream accuracy
     samples = np.load(run / "samples.npz")["images"]
     assert samples.shape == (16, 1, 28, 28) and samples.dtype == np.uint8
 
@@ -175,6 +177,7 @@ batch_size = 8
 num_train_timesteps = 100
 sample_steps = 2
 fid_n_samples = 16
+class_conditional = true
 dp_mode = "local-dpsgd"
 target_epsilon = 4.0
 delta = 1e-5
@@ -225,9 +228,21 @@ def test_dp_runs_record_their_accounting(tmp_path, feddp_cache):
     local, central = df.loc["tiny-local"], df.loc["tiny-central"]
     assert local["dp_level"] == "sample" and local["accountant"] == "opacus-rdp"
     assert 0 < local["epsilon"] <= 4.0 and local["sample_rate"] > 0 and local["noise_multiplier"] > 0
+    assert 0 <= local["downstream_acc"] <= 1  # class-conditional: scored on real test images
     assert central["dp_level"] == "client" and central["accountant"] == "flwr-rdp-no-amplification"
     assert central["epsilon"] <= 4.0
     assert central["epsilon"] == pytest.approx(client_level_epsilon(
         noise_multiplier=central["noise_multiplier"], rounds=2, delta=1e-5, num_clients=3), rel=1e-6)
     clientclip = df.loc["tiny-central-clientclip"]
     assert clientclip["max_grad_norm"] == 0.2 and 0 < clientclip["epsilon"] <= 10.0
+
+
+def test_missing_fid_network_fails_before_training(tmp_path, monkeypatch, capsys):
+    p = tmp_path / "s.toml"
+    p.write_text('name = "x"\nfid_impl = "pytorch-fid"\n')
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setattr("torch.hub._hub_dir", None)
+    assert main(["run", "--scenario-file", str(p), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pt_inception-2015-12-05-6726825d.pth" in err[0]
+    assert not list((tmp_path / "o").rglob("*.json"))
