@@ -69,13 +69,18 @@ def load_run(run: Path) -> dict:
     return {"scenario": scenario, "metrics": metrics, "env": env}
 
 
+def _present(values: list) -> list[float]:
+    """The values that were measured (None and NaN mean 'not computed for this seed')."""
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
 def _mean(values: list) -> float | None:
-    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    xs = _present(values)
     return sum(xs) / len(xs) if xs else None
 
 
 def _std(values: list) -> float | None:
-    xs = [float(v) for v in values if v is not None]
+    xs = _present(values)
     if len(xs) < 2:
         return None
     m = sum(xs) / len(xs)
@@ -107,7 +112,7 @@ def aggregate(records: list[dict]) -> dict:
     for f in MEAN_METRICS:
         row[f] = _mean([m.get(f) for m in ms])
     for f in STD_OF:
-        row[f"{f}_std"] = _std([m.get(f) for m in ms if m.get(f) is not None])
+        row[f"{f}_std"] = _std([m.get(f) for m in ms])
     row["fid_impl"] = _joined([m.get("fid_impl") for m in ms])
     row["fid_n_samples"] = min(int(m["fid_n_samples"]) for m in ms) if all("fid_n_samples" in m for m in ms) else None
     audits = [m.get("audit_failed") for m in ms if m.get("audit_failed") is not None]
