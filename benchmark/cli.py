@@ -116,29 +116,21 @@ def cmd_account(args: argparse.Namespace) -> int:
         if args.sample_rate is None:
             raise acc.AccountingError("sample level needs --sample-rate")
         acc.check_privacy_params(delta=args.delta, sample_rate=args.sample_rate)
-        if args.noise_multiplier is not None:
-            eps = acc.sample_level_epsilon(noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate,
-                                           steps=args.steps, delta=args.delta, accountant=args.accountant)
-            print(f"epsilon = {eps:.6g} at delta = {args.delta:g} (sample level, {args.accountant}, "
-                  f"sigma = {args.noise_multiplier:g}, q = {args.sample_rate:g}, {args.steps} steps)")
-        else:
-            sigma = acc.sample_level_noise(target_epsilon=args.epsilon, sample_rate=args.sample_rate,
-                                           steps=args.steps, delta=args.delta, accountant=args.accountant)
-            print(f"noise_multiplier = {sigma:.6g} for epsilon = {args.epsilon:g} at delta = {args.delta:g} "
-                  f"(sample level, {args.accountant}, q = {args.sample_rate:g}, {args.steps} steps)")
+        common = dict(sample_rate=args.sample_rate, steps=args.steps, delta=args.delta, accountant=args.accountant)
+        epsilon_of, noise_for = acc.sample_level_epsilon, acc.sample_level_noise
+        how = f"sample level, {args.accountant}, q = {args.sample_rate:g}, {args.steps} steps"
     else:
         if args.population is None:
             raise acc.AccountingError("client level needs --population (the number of clients N)")
-        if args.noise_multiplier is not None:
-            eps = acc.client_level_epsilon(noise_multiplier=args.noise_multiplier, rounds=args.steps,
-                                           delta=args.delta, num_clients=args.population)
-            print(f"epsilon = {eps:.6g} at delta = {args.delta:g} (client level, {acc.CLIENT_ACCOUNTANT}, "
-                  f"sigma = {args.noise_multiplier:g}, {args.steps} rounds)")
-        else:
-            sigma = acc.client_level_noise(target_epsilon=args.epsilon, rounds=args.steps, delta=args.delta,
-                                           num_clients=args.population)
-            print(f"noise_multiplier = {sigma:.6g} for epsilon = {args.epsilon:g} at delta = {args.delta:g} "
-                  f"(client level, {acc.CLIENT_ACCOUNTANT}, {args.steps} rounds)")
+        common = dict(rounds=args.steps, delta=args.delta, num_clients=args.population)
+        epsilon_of, noise_for = acc.client_level_epsilon, acc.client_level_noise
+        how = f"client level, {acc.CLIENT_ACCOUNTANT}, {args.steps} rounds"
+    if args.noise_multiplier is not None:
+        eps = epsilon_of(noise_multiplier=args.noise_multiplier, **common)
+        print(f"epsilon = {eps:.6g} at delta = {args.delta:g} ({how}, sigma = {args.noise_multiplier:g})")
+    else:
+        sigma = noise_for(target_epsilon=args.epsilon, **common)
+        print(f"noise_multiplier = {sigma:.6g} for epsilon = {args.epsilon:g} at delta = {args.delta:g} ({how})")
     return 0
 
 

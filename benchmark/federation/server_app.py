@@ -111,14 +111,16 @@ def run_federation(grid: Grid, run_config: dict,
     fed = task.load_federated_data(scenario, seed, data_root or None)
     model = task.build_model(scenario, fed.dataset, seed=task.derive_seed("init", seed))
     partition_to_node = discover_partitions(grid, scenario.num_clients)
-    privacy_info: dict = {}
-    if scenario.dp_mode == "central-dp":
+    central = scenario.dp_mode == "central-dp"
+    if central:
         from privacy.central import (DEFAULT_UPDATE_CLIP, UNIFORM_WEIGHT_KEY, calibrate_central,
                                      wrap_central_dp)
-
-        fedavg = SeededFedAvg(partition_to_node=partition_to_node, clients_per_round=scenario.clients_per_round,
-                              seed=seed, min_train_nodes=scenario.clients_per_round,
-                              weighted_by_key=UNIFORM_WEIGHT_KEY, train_metrics_aggr_fn=aggregate_train_metrics)
+    fedavg = strategy = SeededFedAvg(
+        partition_to_node=partition_to_node, clients_per_round=scenario.clients_per_round, seed=seed,
+        min_train_nodes=scenario.clients_per_round, train_metrics_aggr_fn=aggregate_train_metrics,
+        weighted_by_key=UNIFORM_WEIGHT_KEY if central else "num-examples")
+    privacy_info: dict = {}
+    if central:
         clip = scenario.max_grad_norm or DEFAULT_UPDATE_CLIP
         sigma = calibrate_central(target_epsilon=scenario.target_epsilon, delta=scenario.delta,
                                   rounds=scenario.rounds, num_clients=scenario.num_clients)
@@ -128,11 +130,6 @@ def run_federation(grid: Grid, run_config: dict,
                                    side=scenario.central_clipping)
         privacy_info = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
                         "accountant": "flwr-rdp-no-amplification", "clipping": scenario.central_clipping}
-    else:
-        fedavg = strategy = SeededFedAvg(partition_to_node=partition_to_node,
-                                         clients_per_round=scenario.clients_per_round, seed=seed,
-                                         min_train_nodes=scenario.clients_per_round,
-                                         train_metrics_aggr_fn=aggregate_train_metrics)
     train_config = ConfigRecord({
         "scenario": scenario.to_json(), "seed": seed, "device": device, "data-root": data_root,
     })
@@ -151,7 +148,7 @@ def run_federation(grid: Grid, run_config: dict,
     if missing:
         raise FederationError(f"rounds {missing} produced no aggregate (all clients failed)")
 
-    if scenario.dp_mode == "central-dp":
+    if central:
         spent = strategy.privacy_spent()
         privacy_info |= {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
     out_dir.mkdir(parents=True, exist_ok=True)
