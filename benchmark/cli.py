@@ -84,6 +84,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     suites = sorted({s.suite for s in scenarios})
     for path in leaderboard.summarize(opts.out_dir, Path(args.results), suites=suites):
         print(f"bench: leaderboard {path}")
+    failed = runner.failed_audits(w[2] for w in work)
+    for line in failed:
+        print(f"bench: {line}", file=sys.stderr)
+    if failed:
+        print(f"bench: error: {len(failed)} run(s) failed the empirical privacy audit: their DP claim "
+              f"does not hold (see above)", file=sys.stderr)
+        return 3
     return 0
 
 

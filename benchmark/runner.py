@@ -8,7 +8,10 @@ A run folder is ``<out>/<suite>/<scenario>-<hash>/seed-<n>/`` and holds
     global_model.pt   the final global model (a torch state dict)
     samples.npz       the generated images (uint8 NCHW) and their labels
     samples.png       a grid of generated samples
-    metrics.json      utility (and, as they land, privacy and attack) metrics
+    metrics.json      utility, privacy and attack metrics (the leaderboard's columns)
+    attacks.json, attack_scores.npz, roc.png, inversion.png
+                      what the scenario's attacks recovered (only when it lists attacks;
+                      see attacks.evaluate)
     environment.json  versions, git sha, device, date
     DONE              written last
 
@@ -245,7 +248,7 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
     device = resolve_device(opts.device)
     fed = task.load_federated_data(scenario, seed, opts.data_root)
     write_json(work / "scenario.json", scenario.to_dict() | {"hash": scenario.hash, "seed": seed})
-    write_json(work / "partition.json", fed.partition.to_dict())
+    write_json(work / "partition.json", fed.partition_record())
 
     bar = None
     if opts.progress:
@@ -297,19 +300,42 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
             "downstream_n_train": len(fake), "downstream_n_test": len(test.labels),
         }
 
+    privacy = privacy_metrics(scenario, history)
+    attack_cols = {}
+    if scenario.attacks:
+        from attacks.evaluate import run_attacks
+
+        t0 = time.perf_counter()
+        attack_cols = run_attacks(scenario, seed, model, fed, privacy, work, device=device)
+        attack_cols["attack_s"] = time.perf_counter() - t0
+
     metrics = {
-        **downstream,
+        **downstream, **attack_cols,
         "fid": fid.fid, "kid": fid.kid, "fid_impl": fid.fid_impl, "fid_n_samples": fid.n_fake,
         "fid_n_real": fid.n_real, "fid_reference": real_key,
         "train_s": history["train_s"], "sample_s": sample_s, "fid_s": fid_s,
         "final_train_loss": history["rounds"][-1]["train_loss"],
-        "dp_mode": scenario.dp_mode, **privacy_metrics(scenario, history),
+        "dp_mode": scenario.dp_mode, **privacy,
     }
     write_json(work / "metrics.json", metrics)
     write_json(work / "environment.json", environment(device))
     write_atomic(work / "DONE", "")
     os.replace(work, final)
     return final
+
+
+def failed_audits(paths) -> list[str]:
+    """One loud line per completed run whose empirical epsilon lower bound exceeds its claim."""
+    lines = []
+    for path in paths:
+        mfile = Path(path) / "metrics.json"
+        if not mfile.exists():
+            continue
+        m = json.loads(mfile.read_text())
+        if m.get("audit_failed"):
+            lines.append(f"AUDIT FAILED: {path}: empirical epsilon lower bound {m['epsilon_empirical_lb']:.3g} "
+                         f"(95 % confidence) exceeds the claimed epsilon {m['epsilon']:.3g}")
+    return lines
 
 
 def plan(scenarios: tuple[Scenario, ...], seeds: tuple[int, ...] | None,

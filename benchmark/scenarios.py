@@ -55,6 +55,7 @@ class Scenario:
     noise_multiplicity: int = 1             # local DP-SGD: noise draws per image (DPDM)
     central_clipping: str = "server"        # central DP: Flower's server- or client-side clipping
     attacks: tuple[str, ...] = ()
+    canaries: int = 0                       # audit: k outliers planted in client 0, k kept out
     max_train_images: int | None = None
     heldout_fraction: float = 0.2
     batch_size: int = 32
@@ -205,6 +206,12 @@ def _validate(s: Scenario) -> str | None:
     for a in s.attacks:
         if a not in ATTACKS:
             return f"unknown attack {a!r} (known: {', '.join(ATTACKS)})"
+    if len(set(s.attacks)) != len(s.attacks):
+        return "attacks lists an attack twice"
+    if s.canaries < 0:
+        return f"canaries must be >= 0, got {s.canaries}"
+    if s.canaries and not any(a.startswith("mia-") for a in s.attacks):
+        return "canaries are only scored by membership attacks: add one (mia-loss, mia-secmi, mia-pia)"
     if s.dp_mode not in DP_MODES:
         return f"unknown dp_mode {s.dp_mode!r} (known: {', '.join(DP_MODES)})"
     if s.dp_mode == "none":
@@ -300,11 +307,14 @@ def smoke_suite(scale: Scale) -> tuple[Scenario, ...]:
 
 @register_suite("privacy")
 def privacy_suite(scale: Scale) -> tuple[Scenario, ...]:
-    """The standard suite: no DP, local DP-SGD and central DP at epsilon 1, 4, 10, IID and non-IID."""
+    """The standard suite: no DP, local DP-SGD and central DP at epsilon 1, 4, 10, IID and non-IID,
+    each attacked by every attack (budgets: attacks.base.BUDGETS[scale])."""
     clients = dict(num_clients=4, clients_per_round=2) if scale.name == "cpu" else \
         dict(num_clients=10, clients_per_round=5)
-    # Class-conditional, so every row also has the downstream accuracy DPImageBench ranks by.
-    common = _base(scale, "privacy", local_epochs=1, delta=1e-5, class_conditional=True, **clients)
+    # Class-conditional, so every row also has the downstream accuracy DPImageBench ranks by;
+    # every attack on every row, so every row has its empirical audit.
+    common = _base(scale, "privacy", local_epochs=1, delta=1e-5, class_conditional=True, attacks=ATTACKS,
+                   **clients)
     out = []
     for partition in ("iid", "dirichlet-0.5"):
         out.append(Scenario(name=f"privacy-{partition}-nodp", partition=partition, **common))

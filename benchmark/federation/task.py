@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from benchmark.data import ImageDataset, load_dataset
 from benchmark.model import build_unet, make_scheduler, train_epochs
-from benchmark.partition import Partition, make_partition
+from benchmark.partition import ClientSplit, Partition, make_partition
 from benchmark.scenarios import Scenario
 
 
@@ -24,17 +24,48 @@ def derive_seed(*parts: object) -> int:
 class FederatedData:
     dataset: ImageDataset
     partition: Partition
+    # Audit canaries (attacks.canaries): dataset indices planted in client 0 / kept out.
+    canary_members: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    canary_nonmembers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def partition_record(self) -> dict:
+        """What partition.json holds: every client's indices, and the canaries if any."""
+        d = self.partition.to_dict()
+        if len(self.canary_members):
+            d["canaries"] = {"members": self.canary_members.tolist(),
+                             "nonmembers": self.canary_nonmembers.tolist(), "client": 0}
+        return d
 
 
 def load_federated_data(scenario: Scenario, seed: int, data_root: str | None) -> FederatedData:
-    """The dataset and its partition. Deterministic in (scenario, seed): server and clients agree."""
+    """The dataset and its partition. Deterministic in (scenario, seed): server and clients agree.
+
+    With ``scenario.canaries = k``, 2k canary images are appended to the dataset and k of them
+    are added to client 0's training data (see :mod:`attacks.canaries`).
+    """
     ds = load_dataset(scenario.dataset, data_root=data_root or None, split="train")
     part = make_partition(
         ds.labels, scheme=scenario.partition, num_clients=scenario.num_clients,
         seed=derive_seed("partition", seed), heldout_fraction=scenario.heldout_fraction,
         max_train_images=scenario.max_train_images,
     )
-    return FederatedData(ds, part)
+    if not scenario.canaries:
+        return FederatedData(ds, part)
+    from attacks.canaries import make_canaries, split_canaries
+
+    k = scenario.canaries
+    _, c, r, _ = ds.images.shape
+    imgs, labels = make_canaries(2 * k, channels=c, resolution=r, num_classes=ds.num_classes,
+                                 seed=derive_seed("canary-images", seed))
+    inserted, kept_out = split_canaries(k, seed=derive_seed("canary-split", seed))
+    base = len(ds.labels)
+    ds = ImageDataset(ds.name, np.concatenate([ds.images, imgs]), np.concatenate([ds.labels, labels]),
+                      ds.num_classes)
+    members, nonmembers = base + inserted, base + kept_out
+    first = part.clients[0]
+    clients = (ClientSplit(first.client_id, np.concatenate([first.train_idx, members]), first.heldout_idx),
+               *part.clients[1:])
+    return FederatedData(ds, Partition(part.scheme, part.seed, clients), members, nonmembers)
 
 
 def build_model(scenario: Scenario, dataset: ImageDataset, *, seed: int | None = None):
