@@ -28,6 +28,10 @@ from benchmark.runner import write_atomic
 NO_DP = "none"
 
 
+class ReportError(RuntimeError):
+    """A run folder's file cannot be read for the report (one-line message)."""
+
+
 def _finite(x) -> bool:
     return x is not None and not pd.isna(x) and math.isfinite(float(x))
 
@@ -132,9 +136,19 @@ def attack_scores(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     f = run / "attack_scores.npz"
     if not f.exists():
         return {}
-    with np.load(f) as z:
-        names = sorted(k[: -len("_scores")] for k in z.files if k.endswith("_scores"))
-        return {n: (z[f"{n}_scores"], z[f"{n}_labels"]) for n in names if f"{n}_labels" in z.files}
+    try:
+        with np.load(f) as z:
+            names = sorted(k[: -len("_scores")] for k in z.files if k.endswith("_scores"))
+            missing = [n for n in names if f"{n}_labels" not in z.files]
+            if missing:
+                raise ReportError(f"{f}: {missing[0]}_scores has no {missing[0]}_labels")
+            out = {n: (z[f"{n}_scores"], z[f"{n}_labels"]) for n in names}
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{f}: unreadable ({e})") from None
+    for n, (s, y) in out.items():
+        if s.shape != y.shape or s.ndim != 1 or not set(np.unique(y)) <= {0, 1}:
+            raise ReportError(f"{f}: {n} needs 1-d scores and 0/1 labels of the same length")
+    return out
 
 
 def _roc_axes(ax, n_nonmembers: int) -> None:
@@ -205,8 +219,11 @@ def plot_samples(df: pd.DataFrame, runs: dict, path: Path) -> Path | None:
     for _, row in df.iterrows():
         paths = runs.get((row["scenario"], row["scenario_hash"]))
         if paths and (paths[0] / "samples.png").exists():
-            with Image.open(paths[0] / "samples.png") as im:
-                panels.append((row, np.asarray(im.convert("RGB"))))
+            try:
+                with Image.open(paths[0] / "samples.png") as im:
+                    panels.append((row, np.asarray(im.convert("RGB"))))
+            except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+                raise ReportError(f"{paths[0] / 'samples.png'}: unreadable ({e})") from None
     if not panels:
         return None
     ncol = min(4, len(panels))
@@ -243,7 +260,7 @@ def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str]) -
              f"flwr {joined('flwr')}, diffusers {joined('diffusers')}",
              f"- FID: {joined('fid_impl')}, n = {joined('fid_n_samples')} generated vs as many real test images",
              ""]
-    failed = df[df["audit_failed"].fillna(False).astype(bool)]
+    failed = df[[not pd.isna(x) and bool(x) for x in df["audit_failed"]]]
     if len(failed):
         lines += ["**FAILED PRIVACY AUDIT**: the empirical lower bound on epsilon exceeds the claimed epsilon in "
                   + ", ".join(f"`{r.scenario}` (claimed {_fmt(r.epsilon)}, lower bound {_fmt(r.epsilon_empirical_lb)})"

@@ -88,3 +88,19 @@ def test_attack_scores_reads_the_npz_convention(tmp_path):
     scores, labels = got["mia_loss"]
     assert scores.shape == labels.shape == (400,) and set(np.unique(labels)) == {0, 1}
     assert attack_scores(tmp_path) == {}
+
+
+def test_unreadable_run_files_are_one_line_errors(tmp_path, capsys):
+    from benchmark.cli import main
+
+    runs = tmp_path / "runs"
+    run = write_fake_run(runs, get_scenario("privacy-iid-local-eps4"), 0, attacks={"mia-loss": 1.0})
+    np.savez(run / "attack_scores.npz", mia_loss_scores=np.zeros(3))  # labels missing
+    assert main(["summarize", str(runs), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench: error: ") and "mia_loss_labels" in err[0]
+    (run / "attack_scores.npz").unlink()
+    (run / "samples.png").write_text("not a png")
+    assert main(["summarize", str(runs), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "samples.png: unreadable" in err[0]
