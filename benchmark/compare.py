@@ -17,7 +17,8 @@ Rows are matched by (suite, scenario, scale). For every matched row:
   the band in the worse direction fails; beyond it in the better direction is reported as better;
 * a metric present in BASE but empty in NEW fails (it stopped being measured);
 * ``audit_failed`` true in NEW fails, whatever BASE says;
-* a BASE row missing from NEW fails; a NEW row missing from BASE is reported, not failed.
+* a BASE row missing from NEW fails; a NEW row missing from BASE is reported, not failed
+  (unless its audit failed).
 
 Like asv's ``--factor`` together with its statistical test, a change must be both outside the
 seeds' noise and larger than the margin to count.
@@ -156,10 +157,15 @@ def compare_rows(b: pd.Series, n: pd.Series, *, sigmas: float, gates: dict[str, 
         arrow = "↓" if gate.lower_is_better else "↑"
         out.append(Finding(name, f"{metric} {arrow}", _num(x), _num(y), f"{float(y) - float(x):+.3g}",
                            f"±{band:.3g}", status))
-    if not _na(n["audit_failed"]) and bool(n["audit_failed"]):
-        out.append(Finding(name, "audit_failed", "" if _na(b["audit_failed"]) else str(bool(b["audit_failed"])),
-                           "True", "", "must be False", "AUDIT FAILED"))
-    return out
+    return out + _audit(n, b)
+
+
+def _audit(n: pd.Series, b: pd.Series | None) -> list[Finding]:
+    """A failed audit in NEW fails the gate, whatever BASE says (and also for a new row)."""
+    if _na(n["audit_failed"]) or not bool(n["audit_failed"]):
+        return []
+    was = "" if b is None or _na(b["audit_failed"]) else str(bool(b["audit_failed"]))
+    return [Finding(n["scenario"], "audit_failed", was, "True", "", "must be False", "AUDIT FAILED")]
 
 
 def compare(base: pd.DataFrame, new: pd.DataFrame, *, sigmas: float = 3.0,
@@ -187,6 +193,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, *, sigmas: float = 3.0,
             out.append(Finding(key[1], "row", "present", "", "", "", "MISSING"))
         elif key not in b_idx:
             out.append(Finding(key[1], "row", "", "present", "", "", "new"))
+            out.extend(_audit(n_idx[key], None))
         else:
             out.extend(compare_rows(b_idx[key], n_idx[key], sigmas=sigmas, gates=gates))
     return out

@@ -123,6 +123,10 @@ def test_stronger_attack_failed_audit_missing_metric_and_row(board, tmp_path, ca
     assert code == 1 and any(ln.startswith("privacy-iid-nodp") and "MISSING" in ln for ln in out.splitlines())
     code, out, _ = run_cli(capsys, dropped, board)  # a new row alone is no regression
     assert code == 0 and any(ln.startswith("privacy-iid-nodp") and "new" in ln for ln in out.splitlines())
+    # ... unless its audit failed.
+    failed = edited(board, tmp_path, "privacy-iid-nodp", audit_failed=lambda v: "True")
+    code, out, _ = run_cli(capsys, dropped, failed)
+    assert code == 1 and any(ln.startswith("privacy-iid-nodp") and "AUDIT FAILED" in ln for ln in out.splitlines())
 
 
 def test_changed_definition_or_fid_impl_is_not_compared(board, tmp_path, capsys):
