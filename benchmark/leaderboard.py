@@ -271,6 +271,8 @@ def summarize(runs_dir: Path, results_dir: Path, suites: list[str] | None = None
         write_atomic(path, to_csv_bytes(res.leaderboard))
         if len(res.attacks):
             write_atomic(out / "attacks.csv", to_csv_bytes(res.attacks))
+        else:  # none of these runs has attacks: an older attacks.csv would describe other runs
+            (out / "attacks.csv").unlink(missing_ok=True)
         written.append(path)
     copy_sample_grids(runs_dir, results_dir, suites=sorted(results))
     if report:

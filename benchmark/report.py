@@ -321,4 +321,10 @@ def write_report(res, out_dir: Path) -> list[Path]:
     written += [grid] if grid else []
     md = render_markdown(df, res.attacks, [p.relative_to(out_dir).as_posix() for p in written])
     write_atomic(out_dir / "README.md", md)
+    # A plot these runs no longer give (no attacks now, a scenario gone) must not outlive them.
+    owned = [out_dir / n for n in ("frontier.png", "attack_vs_epsilon.png", "roc.png", "samples.png")]
+    for stale in set(owned + list((out_dir / "roc").glob("*.png"))) - set(written):
+        stale.unlink(missing_ok=True)
+    if (out_dir / "roc").is_dir() and not any((out_dir / "roc").iterdir()):
+        (out_dir / "roc").rmdir()
     return [*written, out_dir / "README.md"]

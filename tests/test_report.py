@@ -44,6 +44,9 @@ def test_report_files_plots_and_markdown(tmp_path):
 
 def test_report_without_attacks_and_without_dp(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
+    make_suite(tmp_path / "old-runs")  # with attacks: its attack files must not outlive a rebuild
+    summarize(tmp_path / "old-runs", results)
+    assert (results / "privacy" / "attacks.csv").exists() and (results / "privacy" / "roc.png").exists()
     make_suite(runs, attacks=False)
     write_fake_run(runs, get_scenario("smoke-iid"), 0)
     summarize(runs, results)
