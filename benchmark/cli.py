@@ -98,8 +98,25 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from benchmark import leaderboard
 
     for path in leaderboard.summarize(Path(args.runs_dir), Path(args.results), suites=args.suite):
-        print(f"bench: leaderboard {path}")
+        print(f"bench: leaderboard {path} (report: {path.parent / 'README.md'})")
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from benchmark import compare
+
+    margins = {}
+    for text in args.margin or ():
+        name, value, rel = compare.parse_margin(text)
+        margins[name] = (value, rel)
+    findings = compare.compare_files(Path(args.base), Path(args.new), sigmas=args.sigmas, margins=margins)
+    shown = findings if args.all else [f for f in findings if f.status != "ok"]
+    if shown:
+        print(compare.format_table(shown, markdown=args.markdown))
+    failing = any(f.failing for f in findings)
+    print(f"bench: {'regression' if failing else 'ok'}: {compare.summary(findings)}",
+          file=sys.stderr if failing else sys.stdout)
+    return 1 if failing else 0
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -225,6 +242,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--results", default="results", help="folder for leaderboards (default: results)")
     q.add_argument("--suite", action="append", help="only this suite (repeatable)")
     q.set_defaults(fn=cmd_summarize)
+
+    from benchmark.compare import GATED, SETTINGS_RTOL
+
+    q = sub.add_parser(
+        "compare", help="gate NEW against BASE leaderboard: exit 1 on a regression",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare two leaderboard CSVs scenario by scenario (rows matched by suite, scenario, "
+        "scale) and exit 1 if NEW regresses, 0 if not, 2 if they cannot be compared.",
+        epilog="A row regresses when:\n"
+        "  its scenario_hash changed (the definition changed: rebuild the baseline);\n"
+        f"  epsilon, noise_multiplier, sample_rate or max_grad_norm moved by more than a relative "
+        f"{SETTINGS_RTOL:g},\n    or accountant, fid_impl or fid_n_samples changed;\n"
+        "  a gated metric got worse by more than its band, where\n"
+        "    band = max(SIGMAS * sqrt(std_base^2/n_base + std_new^2/n_new), margin)\n"
+        "    (seeds' spread; only the margin when either side has one seed);\n"
+        "  a metric BASE has is empty in NEW; audit_failed is true in NEW; a BASE row is missing in NEW.\n"
+        "Gated metrics and default margins (override with --margin METRIC=VALUE, VALUE absolute or N%):\n"
+        + "".join(f"  {m:24s} {g.describe()}\n" for m, g in GATED.items())
+        + "Details: results/README.md.")
+    q.add_argument("base", help="the baseline leaderboard.csv (e.g. the committed one)")
+    q.add_argument("new", help="the leaderboard.csv to check")
+    q.add_argument("--sigmas", type=float, default=3.0, help="band width in standard errors (default 3)")
+    q.add_argument("--margin", action="append", metavar="METRIC=VALUE",
+                   help="override a metric's margin, e.g. fid=5%% or mia_auc=0.01 (repeatable)")
+    q.add_argument("--all", action="store_true", help="list every check, not only those that are not ok")
+    q.add_argument("--markdown", action="store_true", help="print the table as Markdown (CI step summaries)")
+    q.set_defaults(fn=cmd_compare)
     return p
 
 

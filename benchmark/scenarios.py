@@ -325,6 +325,31 @@ def privacy_suite(scale: Scale) -> tuple[Scenario, ...]:
     return tuple(out)
 
 
+# The privacy scenarios the CI gate re-runs on every change (scripts/regression.sh): no DP and
+# epsilon 4 of both DP modes on IID data, and local DP-SGD under label skew.
+REGRESSION_SCENARIOS = ("iid-nodp", "iid-local-eps4", "iid-central-eps4", "dirichlet-0.5-local-eps4")
+
+
+@register_suite("regression")
+def regression_suite(scale: Scale) -> tuple[Scenario, ...]:
+    """A subset of `privacy` for the regression gate (scripts/regression.sh, bench compare).
+
+    ``gpu``: four privacy scenarios at GPU scale with 10 instead of 20 rounds and two seeds (the
+    seeds' spread sets the tolerance band of `bench compare`), sized for one H100 in under
+    30 minutes (an estimate from the H200 step timings; not yet measured). ``cpu``: the first two
+    on 64 images, one round, 16 FID samples and one seed, so that the CPU path of the gate script
+    (tests/test_regression_script.py) runs in minutes; CPU Inception dominates its time.
+    """
+    privacy = {s.name: s for s in privacy_suite(scale)}
+    if scale.name == "cpu":
+        names, sizes = REGRESSION_SCENARIOS[:2], dict(rounds=1, max_train_images=64, fid_n_samples=16,
+                                                        sample_steps=5, seeds=(0,))
+    else:
+        names, sizes = REGRESSION_SCENARIOS, dict(rounds=10, seeds=(0, 1))
+    return tuple(dataclasses.replace(privacy[f"privacy-{n}"], name=f"regression-{n}", suite="regression",
+                                     **sizes) for n in names)
+
+
 @register_suite("seed-paper")
 def seed_paper_suite(scale: Scale) -> tuple[Scenario, ...]:
     """The grid of Tun et al. 2023: beta x N clients x E local epochs, 10 clients per round.

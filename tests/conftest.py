@@ -15,3 +15,66 @@ def feddp_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("FEDDP_CACHE", str(cache))
     return cache
+
+
+def write_fake_run(root, scenario, seed, *, fid=10.0, metrics=None, attacks=None, complete=True, env=None):
+    """A run folder as benchmark.runner writes it (every RUN_FILES entry), without training.
+
+    ``metrics`` updates the default metrics.json; ``attacks`` = {attack name: member score shift}
+    also writes attacks.json, attack_scores.npz, roc.png and inversion.png as the attacks do.
+    """
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from benchmark.runner import RUN_FILES, run_dir
+
+    path = run_dir(root, scenario, seed)
+    path.mkdir(parents=True)
+    (path / "scenario.json").write_text(json.dumps(scenario.to_dict() | {"hash": scenario.hash, "seed": seed}))
+    m = {"fid": fid, "kid": fid / 1000, "fid_impl": "impl-x", "fid_n_samples": 100, "train_s": 2.0,
+         "epsilon": None, "dp_mode": scenario.dp_mode}
+    if scenario.dp_mode != "none":
+        m |= {"epsilon": scenario.target_epsilon * 0.99, "accountant": "rdp", "noise_multiplier": 1.5,
+              "max_grad_norm": 1.0, "sample_rate": 0.125}
+    (path / "environment.json").write_text(json.dumps(env or {
+        "device_name": "cpu", "git_sha": "abc", "torch": "2.14.1", "opacus": "1.6.0", "flwr": "1.42.0",
+        "diffusers": "0.42.1", "date": f"2026-01-0{seed + 1}T00:00:00+00:00"}))
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 255, size=(30, 60), dtype=np.uint8)
+    Image.fromarray(grid, mode="L").save(path / "samples.png")
+    if attacks:
+        mia, arrays = {}, {}
+        for name, shift in attacks.items():
+            scores = np.r_[rng.normal(shift, 1, 200), rng.normal(0, 1, 200)]
+            labels = np.r_[np.ones(200, int), np.zeros(200, int)]
+            auc = float(np.mean(scores[labels == 1][:, None] > scores[labels == 0][None, :]))
+            mia[name] = {"auc": auc, "tpr_at_1pct_fpr": 0.05 + shift / 10, "tpr_at_0_1pct_fpr": shift / 20,
+                         "min_fpr": 0.005, "n_members": 200, "n_nonmembers": 200, "epsilon_lb": shift,
+                         "budget": {}}
+            key = name.replace("-", "_")
+            arrays[f"{key}_scores"], arrays[f"{key}_labels"] = scores, labels
+        best = max(mia, key=lambda k: mia[k]["auc"])
+        m |= {"mia_auc": mia[best]["auc"], "mia_tpr_at_1pct_fpr": mia[best]["tpr_at_1pct_fpr"],
+              "mia_tpr_at_0_1pct_fpr": mia[best]["tpr_at_0_1pct_fpr"], "mia_best_attack": best,
+              "inversion_psnr": 12.0 + seed, "inversion_ssim": 0.3, "epsilon_empirical_lb": mia[best]["epsilon_lb"],
+              "audit_failed": None if scenario.dp_mode == "none" else False}
+        (path / "attacks.json").write_text(json.dumps({
+            "mia": mia, "inversion": {"psnr": m["inversion_psnr"], "ssim": 0.3},
+            "audit": {"epsilon_empirical_lb": m["epsilon_empirical_lb"], "attack": best,
+                      "audit_failed": m["audit_failed"]}}))
+        np.savez(path / "attack_scores.npz", **arrays)
+        for f in ("roc.png", "inversion.png"):
+            (path / f).write_bytes((path / "samples.png").read_bytes())
+    m |= metrics or {}
+    (path / "metrics.json").write_text(json.dumps(m))
+    for f in RUN_FILES:
+        if not (path / f).exists() and (complete or f != "DONE"):
+            (path / f).write_text("")
+    return path
+
+
+@pytest.fixture
+def fake_run():
+    return write_fake_run

@@ -7,25 +7,14 @@ import pandas as pd
 import pytest
 
 from benchmark import leaderboard
-from benchmark.leaderboard import COLUMNS, LeaderboardError, summarize
-from benchmark.runner import RUN_FILES, run_dir
+from benchmark.leaderboard import ATTACK_COLUMNS, COLUMNS, DTYPES, LeaderboardError, read_leaderboard, summarize
+from benchmark.runner import run_dir
 from benchmark.scenarios import get_scenario
+from conftest import REPO, write_fake_run
 
 
-def fake_run(root, scenario, seed, fid, complete=True, env=None):
-    path = run_dir(root, scenario, seed)
-    path.mkdir(parents=True)
-    (path / "scenario.json").write_text(json.dumps(scenario.to_dict() | {"hash": scenario.hash, "seed": seed}))
-    (path / "metrics.json").write_text(json.dumps({
-        "fid": fid, "kid": fid / 1000, "fid_impl": "impl-x", "fid_n_samples": 100, "train_s": 2.0,
-        "epsilon": None}))
-    (path / "environment.json").write_text(json.dumps(env or {
-        "device_name": "cpu", "git_sha": "abc", "torch": "2.14.1", "opacus": "1.6.0", "flwr": "1.42.0",
-        "diffusers": "0.42.1"}))
-    for f in RUN_FILES:
-        if f not in ("scenario.json", "metrics.json", "environment.json") and (complete or f != "DONE"):
-            (path / f).write_text("")
-    return path
+def fake_run(root, scenario, seed, fid, complete=True, env=None, **kw):
+    return write_fake_run(root, scenario, seed, fid=fid, complete=complete, env=env, **kw)
 
 
 def test_mean_std_over_seeds_and_incomplete_runs_ignored(tmp_path):
@@ -85,3 +74,72 @@ def test_suite_filter(tmp_path):
     with pytest.raises(LeaderboardError, match="seed-paper"):
         summarize(runs, tmp_path / "results", suites=["seed-paper"])
     assert leaderboard.summarize(runs, tmp_path / "results", suites=["smoke"])
+
+
+def test_attack_columns_and_attacks_csv(tmp_path):
+    runs = tmp_path / "runs"
+    s = get_scenario("privacy-iid-local-eps4")
+    fake_run(runs, s, 0, 10.0, attacks={"mia-loss": 0.3, "mia-secmi": 1.0})
+    fake_run(runs, s, 1, 12.0, attacks={"mia-loss": 0.5, "mia-secmi": 1.2})
+    fake_run(runs, get_scenario("privacy-iid-nodp"), 0, 9.0)  # no attack files at all
+    (path,) = summarize(runs, tmp_path / "results")
+    df = read_leaderboard(path).set_index("scenario")
+    row = df.loc["privacy-iid-local-eps4"]
+    assert row["mia_best_attack"] == "mia-secmi" and 0.5 < row["mia_auc"] < 1
+    assert row["mia_auc_std"] > 0 and row["inversion_psnr"] == 12.5 and not row["audit_failed"]
+    assert list(df.columns).index("mia_best_attack") == list(df.columns).index("mia_auc") + 2
+    nodp = df.loc["privacy-iid-nodp"]
+    assert pd.isna(nodp["mia_auc"]) and pd.isna(nodp["mia_best_attack"]) and pd.isna(nodp["audit_failed"])
+
+    attacks = pd.read_csv(path.parent / "attacks.csv")
+    assert list(attacks.columns) == ATTACK_COLUMNS
+    assert list(attacks["attack"]) == ["mia-loss", "mia-secmi"]  # the no-attack scenario has no rows
+    loss = attacks.set_index("attack").loc["mia-loss"]
+    assert loss["epsilon_lb"] == pytest.approx(0.4) and loss["tpr_at_1pct_fpr"] == pytest.approx(0.09)
+    assert loss["n_seeds"] == 2 and loss["n_members"] == 200 and loss["epsilon"] == pytest.approx(3.96)
+
+
+def test_without_attacks_no_attacks_csv(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, get_scenario("smoke-iid"), 0, 10.0)
+    (path,) = summarize(runs, tmp_path / "results")
+    assert not (path.parent / "attacks.csv").exists()
+    assert read_leaderboard(path)["mia_auc"].isna().all()
+
+
+def documented_columns() -> dict[str, str]:
+    """column -> dtype, from the leaderboard table of results/README.md."""
+    text = (REPO / "results" / "README.md").read_text()
+    section = text.split("## leaderboard.csv", 1)[1].split("\n## ", 1)[0]
+    table = [ln for ln in section.splitlines() if ln.startswith("|")]
+    out = {}
+    for line in table[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        out[cells[0].strip("`")] = cells[1]
+    return out
+
+
+def test_results_readme_documents_every_column_with_its_dtype(tmp_path):
+    doc = documented_columns()
+    assert list(doc) == COLUMNS
+    names = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
+    assert {c: names[t] for c, t in doc.items()} == DTYPES
+    # A fully populated leaderboard reads back with the documented types, also with plain read_csv.
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(runs, get_scenario("privacy-iid-local-eps4"), seed, 10.0 + seed, attacks={"mia-loss": 0.3 + seed},
+                 metrics={"downstream_acc": 0.5 + seed / 10})
+    (path,) = summarize(runs, tmp_path / "results")
+    plain = pd.read_csv(path)
+    assert plain.notna().all().all(), plain.columns[plain.isna().any()].tolist()
+    kinds = {"string": "O", "Int64": "i", "float64": "f", "boolean": "b"}
+    assert {c: plain[c].dtype.kind for c in COLUMNS} == {c: kinds[t] for c, t in DTYPES.items()}
+
+
+def test_read_leaderboard_refuses_other_schema_versions(tmp_path):
+    old = tmp_path / "old.csv"
+    old.write_text("suite,scenario\nx,y\n")  # version 1 had no schema_version column
+    with pytest.raises(LeaderboardError, match="schema version 1"):
+        read_leaderboard(old)
+    with pytest.raises(LeaderboardError, match="does not exist"):
+        read_leaderboard(tmp_path / "nope.csv")

@@ -87,3 +87,17 @@ def test_toml_refusals_are_one_line(tmp_path, body, match):
 def test_missing_scenario_file(tmp_path):
     with pytest.raises(ScenarioError, match="does not exist"):
         load_scenario_file(tmp_path / "nope.toml")
+
+
+def test_regression_suite_is_a_resized_privacy_subset():
+    from benchmark.scenarios import get_suite
+
+    for scale, n, seeds in (("cpu", 2, (0,)), ("gpu", 4, (0, 1))):
+        reg = get_suite("regression", scale)
+        privacy = {s.name: s for s in get_suite("privacy", scale)}
+        assert len(reg) == n and all(s.suite == "regression" and s.seeds == seeds for s in reg)
+        for s in reg:
+            p = privacy[s.name.replace("regression-", "privacy-")]
+            assert (s.dp_mode, s.target_epsilon, s.partition, s.model, s.num_clients) == \
+                (p.dp_mode, p.target_epsilon, p.partition, p.model, p.num_clients)
+            assert s.rounds < p.rounds and s.hash != p.hash

@@ -1,0 +1,330 @@
+"""What people look at instead of the CSV: ``results/<suite>/README.md`` and its plots.
+
+Written by :func:`benchmark.leaderboard.summarize` (so by ``bench summarize`` and ``bench run``)
+next to ``leaderboard.csv``:
+
+    README.md          the leaderboard as Markdown tables, provenance, failed audits first
+    frontier.png       utility-privacy frontier: FID vs epsilon, one line per (dp_mode, partition)
+    attack_vs_epsilon.png  best membership-inference attack's AUC and TPR at 1% FPR vs epsilon
+    roc.png            best attack's ROC per scenario (log-log, LiRA convention)
+    roc/<scenario>-<hash>.png  every attack's ROC for one scenario
+    samples.png        every scenario's sample grid with its epsilon and FID
+
+Plots that would be empty (no attacks yet, one scenario without DP) are not drawn. Everything is
+a function of the run folders, so rebuilding gives the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.runner import write_atomic
+
+NO_DP = "none"
+
+
+class ReportError(RuntimeError):
+    """A run folder's file cannot be read for the report (one-line message)."""
+
+
+def _finite(x) -> bool:
+    return x is not None and not pd.isna(x) and math.isfinite(float(x))
+
+
+def _fmt(x, spec: str = ".3g", std=None) -> str:
+    if not _finite(x):
+        return ""
+    s = format(float(x), spec)
+    return s + (f" ± {format(float(std), spec)}" if _finite(std) else "")
+
+
+def _figure(**kw):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(**kw)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: float | None = None) -> bool:
+    """One line per (dp_mode, partition) over epsilon; rows without DP as a dashed level per partition."""
+    drew = False
+    dp = df[(df["dp_mode"] != NO_DP) & df["epsilon"].notna() & df[y].notna()]
+    for (mode, part), g in dp.groupby(["dp_mode", "partition"], sort=True):
+        g = g.sort_values("epsilon")
+        err = g[ystd].fillna(0.0).to_numpy(float) if ystd else None
+        ax.errorbar(g["epsilon"].to_numpy(float), g[y].to_numpy(float), yerr=err, marker="o", capsize=3,
+                    label=f"{mode}, {part}")
+        drew = True
+    nodp = df[(df["dp_mode"] == NO_DP) & df[y].notna()]
+    for i, (part, g) in enumerate(nodp.groupby("partition", sort=True)):
+        ax.axhline(float(g[y].mean()), ls="--", color=f"C{7 + i % 3}", label=f"no DP, {part}")
+        drew = True
+    if chance is not None:
+        ax.axhline(chance, ls=":", color="k", lw=1, label="chance")
+    if len(dp):  # log axis, labelled at the epsilons that were run
+        eps = sorted({float(f"{e:.3g}") for e in dp["epsilon"]})
+        ax.set_xscale("log")
+        ax.set_xlim(eps[0] / 1.6, eps[-1] * 1.6)
+        ax.set_xticks(eps, [f"{e:g}" for e in eps])
+        ax.minorticks_off()
+    ax.set_xlabel("epsilon (claimed, at delta)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    if drew:
+        ax.legend(fontsize=7)
+    return drew
+
+
+def _subtitle(df: pd.DataFrame) -> str:
+    scale = ";".join(sorted(set(df["scale"].dropna())))
+    seeds = ";".join(sorted({str(int(n)) for n in df["n_seeds"].dropna()}))
+    return f"scale {scale}, {seeds} seed(s) per point"
+
+
+def plot_frontier(df: pd.DataFrame, path: Path) -> Path | None:
+    """FID vs epsilon (the utility-privacy frontier); error bars are the seeds' std."""
+    if not df["fid"].notna().any() or not (df["dp_mode"] != NO_DP).any():
+        return None
+    plt, fig, ax = _figure(figsize=(6.4, 4.2))
+    _lines(df, ax, "fid", "fid_std", "FID (lower is better)")
+    impl = ";".join(sorted(set(df["fid_impl"].dropna())))
+    n = ";".join(sorted({str(int(x)) for x in df["fid_n_samples"].dropna()}))
+    ax.set_title(f"{df['suite'].iloc[0]}: utility vs privacy\n{_subtitle(df)}; FID at n = {n}", fontsize=9)
+    fig.text(0.01, -0.02, f"fid_impl: {impl}", fontsize=6)
+    return _save(plt, fig, path)
+
+
+def plot_attack_vs_epsilon(df: pd.DataFrame, path: Path) -> Path | None:
+    if not df["mia_auc"].notna().any():
+        return None
+    plt, fig, (a, b) = _figure(ncols=2, figsize=(10, 4))
+    _lines(df, a, "mia_auc", "mia_auc_std", "best MIA AUC (lower is better)", chance=0.5)
+    _lines(df, b, "mia_tpr_at_1pct_fpr", "mia_tpr_at_1pct_fpr_std", "TPR at 1% FPR (lower is better)",
+           chance=0.01)
+    fig.suptitle(f"{df['suite'].iloc[0]}: membership inference vs epsilon ({_subtitle(df)})", fontsize=9)
+    return _save(plt, fig, path)
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FPR and TPR at every threshold (higher score = member), from (0, 0) to (1, 1)."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # tied scores cross the threshold together
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    return np.r_[0.0, fp / max(1, (~labels).sum())], np.r_[0.0, tp / max(1, labels.sum())]
+
+
+def attack_scores(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """attack name (with '_', as stored) -> (scores, labels) from a run's attack_scores.npz, if any."""
+    f = run / "attack_scores.npz"
+    if not f.exists():
+        return {}
+    try:
+        with np.load(f) as z:
+            names = sorted(k[: -len("_scores")] for k in z.files if k.endswith("_scores"))
+            missing = [n for n in names if f"{n}_labels" not in z.files]
+            if missing:
+                raise ReportError(f"{f}: {missing[0]}_scores has no {missing[0]}_labels")
+            out = {n: (z[f"{n}_scores"], z[f"{n}_labels"]) for n in names}
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{f}: unreadable ({e})") from None
+    for n, (s, y) in out.items():
+        if s.shape != y.shape or s.ndim != 1 or not set(np.unique(y)) <= {0, 1}:
+            raise ReportError(f"{f}: {n} needs 1-d scores and 0/1 labels of the same length")
+    return out
+
+
+def _roc_axes(ax, n_nonmembers: int) -> None:
+    lo = 1.0 / max(n_nonmembers, 10)
+    grid = np.logspace(math.log10(lo), 0, 50)
+    ax.plot(grid, grid, ls=":", color="k", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, 1)
+    ax.set_ylim(lo, 1.05)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _tpr_at(fpr, tpr, at: float) -> float:
+    ok = fpr <= at
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def _auc(fpr, tpr) -> float:
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
+    """roc/<scenario>-<hash>.png for every scenario with attack scores (its lowest seed), and roc.png
+    with the best attack (highest AUC) of each scenario."""
+    written, best = [], []
+    for _, row in df.iterrows():
+        paths = runs.get((row["scenario"], row["scenario_hash"]))
+        scores = attack_scores(paths[0]) if paths else {}
+        if not scores:
+            continue
+        plt, fig, ax = _figure(figsize=(4.6, 4.2))
+        n_non, top = 10, None
+        for name, (s, y) in scores.items():
+            fpr, tpr = roc_curve(s, y)
+            auc = _auc(fpr, tpr)
+            n_non = max(n_non, int((np.asarray(y) == 0).sum()))
+            ax.plot(np.maximum(fpr, 1e-12), np.maximum(tpr, 1e-12), lw=1.2,
+                    label=f"{name.replace('_', '-')}: AUC {auc:.3f}, TPR@1% {_tpr_at(fpr, tpr, 0.01):.3f}")
+            if top is None or auc > top[0]:
+                top = (auc, name, fpr, tpr)
+        _roc_axes(ax, n_non)
+        ax.legend(fontsize=6, loc="lower right")
+        eps = f"epsilon {row['epsilon']:.3g}" if _finite(row["epsilon"]) else "no DP"
+        seed = paths[0].name
+        ax.set_title(f"{row['scenario']} ({eps}, {seed})", fontsize=8)
+        written.append(_save(plt, fig, out_dir / "roc" / f"{row['scenario']}-{row['scenario_hash']}.png"))
+        best.append((row["scenario"], eps, n_non, top))
+    if best:
+        plt, fig, ax = _figure(figsize=(6, 5))
+        for scenario, eps, _n, (auc, name, fpr, tpr) in best:
+            ax.plot(np.maximum(fpr, 1e-12), np.maximum(tpr, 1e-12), lw=1.2,
+                    label=f"{scenario} ({eps}): {name.replace('_', '-')}, AUC {auc:.3f}")
+        _roc_axes(ax, max(b[2] for b in best))
+        ax.legend(fontsize=6, loc="lower right")
+        ax.set_title(f"{df['suite'].iloc[0]}: best membership-inference attack per scenario", fontsize=9)
+        written.append(_save(plt, fig, out_dir / "roc.png"))
+    return written
+
+
+def plot_samples(df: pd.DataFrame, runs: dict, path: Path) -> Path | None:
+    """Each scenario's sample grid (its lowest seed), titled with epsilon and FID."""
+    from PIL import Image
+
+    panels = []
+    for _, row in df.iterrows():
+        paths = runs.get((row["scenario"], row["scenario_hash"]))
+        if paths and (paths[0] / "samples.png").exists():
+            try:
+                with Image.open(paths[0] / "samples.png") as im:
+                    panels.append((row, np.asarray(im.convert("RGB"))))
+            except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+                raise ReportError(f"{paths[0] / 'samples.png'}: unreadable ({e})") from None
+    if not panels:
+        return None
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    plt, fig, axes = _figure(nrows=nrow, ncols=ncol, figsize=(3.2 * ncol, 3.6 * nrow), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (row, img) in zip(axes.flat, panels):
+        ax.imshow(img, interpolation="nearest")
+        eps = f"eps {row['epsilon']:.3g}" if _finite(row["epsilon"]) else "no DP"
+        ax.set_title(f"{row['scenario']}\n{eps}, FID {_fmt(row['fid'], '.1f')}", fontsize=7)
+    return _save(plt, fig, path)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str]) -> str:
+    """The leaderboard as Markdown (the columns people read; the CSV has all of them)."""
+    from benchmark.leaderboard import SCHEMA_VERSION
+
+    suite = df["suite"].iloc[0]
+    joined = lambda col: "; ".join(sorted(set(";".join(df[col].dropna().astype(str)).split(";")) - {""}))  # noqa: E731
+    lines = [f"# Leaderboard: `{suite}`", "",
+             f"Generated by `bench summarize` from the run folders (do not edit by hand). All columns: "
+             f"[`leaderboard.csv`](leaderboard.csv), schema version {SCHEMA_VERSION}, documented in "
+             f"[results/README.md](../README.md). Arrows: which direction is better.", "",
+             f"- scale: {joined('scale')}; seeds: {joined('seeds')}",
+             f"- device: {joined('device')}",
+             f"- git: {joined('git_sha')}; torch {joined('torch')}, opacus {joined('opacus')}, "
+             f"flwr {joined('flwr')}, diffusers {joined('diffusers')}",
+             f"- FID: {joined('fid_impl')}, n = {joined('fid_n_samples')} generated vs as many real test images",
+             ""]
+    failed = df[[not pd.isna(x) and bool(x) for x in df["audit_failed"]]]
+    if len(failed):
+        lines += ["**FAILED PRIVACY AUDIT**: the empirical lower bound on epsilon exceeds the claimed epsilon in "
+                  + ", ".join(f"`{r.scenario}` (claimed {_fmt(r.epsilon)}, lower bound {_fmt(r.epsilon_empirical_lb)})"
+                              for r in failed.itertuples()) + ".", ""]
+    cols = [  # (header, column, cell); attack columns only where some row has them
+        ("scenario", "scenario", lambda r: f"`{r.scenario}`"), ("partition", "partition", lambda r: r.partition),
+        ("DP", "dp_mode", lambda r: "none" if r.dp_mode == NO_DP else f"{r.dp_mode} ({r.dp_level})"),
+        ("epsilon ↓", "epsilon", lambda r: _fmt(r.epsilon)),
+        ("delta", "epsilon", lambda r: _fmt(r.delta, "g") if _finite(r.epsilon) else ""),
+        ("FID ↓", "fid", lambda r: _fmt(r.fid, ".1f", r.fid_std)),
+        ("KID ↓", "kid", lambda r: _fmt(r.kid, ".3f", r.kid_std)),
+        ("downstream acc ↑", "downstream_acc", lambda r: _fmt(r.downstream_acc, ".3f", r.downstream_acc_std)),
+        ("MIA AUC ↓", "mia_auc", lambda r: _fmt(r.mia_auc, ".3f", r.mia_auc_std)
+         + (f" ({r.mia_best_attack})" if _finite(r.mia_auc) and not pd.isna(r.mia_best_attack) else "")),
+        ("TPR@1%FPR ↓", "mia_tpr_at_1pct_fpr", lambda r: _fmt(r.mia_tpr_at_1pct_fpr, ".3f")),
+        ("TPR@0.1%FPR ↓", "mia_tpr_at_0_1pct_fpr", lambda r: _fmt(r.mia_tpr_at_0_1pct_fpr, ".3f")),
+        ("inversion PSNR (dB) ↓", "inversion_psnr", lambda r: _fmt(r.inversion_psnr, ".1f")),
+        ("inversion SSIM ↓", "inversion_ssim", lambda r: _fmt(r.inversion_ssim, ".3f")),
+        ("epsilon lb", "epsilon_empirical_lb", lambda r: _fmt(r.epsilon_empirical_lb)),
+        ("audit", "audit_failed",
+         lambda r: "" if pd.isna(r.audit_failed) else ("**FAILED**" if r.audit_failed else "passed")),
+        ("seeds", "n_seeds", lambda r: str(r.n_seeds)),
+    ]
+    cols = [c for c in cols if df[c[1]].notna().any() or c[1] in ("scenario", "partition", "dp_mode", "fid")]
+    header = [c[0] for c in cols]
+    rows = [[c[2](r) for c in cols] for r in df.itertuples()]
+    if not df["mia_auc"].notna().any():
+        lines += ["No attacks ran in this suite: the attack columns are empty and left out below.", ""]
+    lines += [_table(header, rows), ""]
+    if len(attacks):
+        lines += ["## Membership-inference attacks", "",
+                  "One row per scenario and attack ([`attacks.csv`](attacks.csv)), mean over seeds.", "",
+                  _table(["scenario", "epsilon", "attack", "AUC ↓", "TPR@1%FPR ↓", "TPR@0.1%FPR ↓", "epsilon lb",
+                          "members / non-members", "seeds"],
+                         [[f"`{a.scenario}`", _fmt(a.epsilon), a.attack, _fmt(a.auc, ".3f", a.auc_std),
+                           _fmt(a.tpr_at_1pct_fpr, ".3f"), _fmt(a.tpr_at_0_1pct_fpr, ".3f"), _fmt(a.epsilon_lb),
+                           f"{_fmt(a.n_members, 'g')} / {_fmt(a.n_nonmembers, 'g')}", str(a.n_seeds)]
+                          for a in attacks.itertuples()]), ""]
+    captions = {"frontier.png": "Utility vs privacy", "attack_vs_epsilon.png": "Membership inference vs epsilon",
+                "roc.png": "ROC of the best attack per scenario (log-log)", "samples.png": "Samples"}
+    for p in plots:
+        if p in captions:
+            lines += [f"## {captions[p]}", "", f"![{captions[p]}]({p})", ""]
+    if any(p.startswith("roc/") for p in plots):
+        lines += ["Every attack's ROC per scenario: " + ", ".join(
+            f"[{Path(p).stem}]({p})" for p in plots if p.startswith("roc/")), ""]
+    return "\n".join(lines)
+
+
+def write_report(res, out_dir: Path) -> list[Path]:
+    """README.md and the plots of one suite (a :class:`benchmark.leaderboard.SuiteResults`)."""
+    out_dir = Path(out_dir)
+    df = res.leaderboard
+    written = [p for p in (plot_frontier(df, out_dir / "frontier.png"),
+                           plot_attack_vs_epsilon(df, out_dir / "attack_vs_epsilon.png")) if p]
+    written += plot_rocs(df, res.runs, out_dir)
+    grid = plot_samples(df, res.runs, out_dir / "samples.png")
+    written += [grid] if grid else []
+    md = render_markdown(df, res.attacks, [p.relative_to(out_dir).as_posix() for p in written])
+    write_atomic(out_dir / "README.md", md)
+    # A plot these runs no longer give (no attacks now, a scenario gone) must not outlive them.
+    owned = [out_dir / n for n in ("frontier.png", "attack_vs_epsilon.png", "roc.png", "samples.png")]
+    for stale in set(owned + list((out_dir / "roc").glob("*.png"))) - set(written):
+        stale.unlink(missing_ok=True)
+    if (out_dir / "roc").is_dir() and not any((out_dir / "roc").iterdir()):
+        (out_dir / "roc").rmdir()
+    return [*written, out_dir / "README.md"]

@@ -1,0 +1,174 @@
+"""bench compare: the regression gate between two leaderboards (fake run folders, no training)."""
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from benchmark import compare as cmp
+from benchmark.cli import main
+from benchmark.leaderboard import read_leaderboard, summarize
+from benchmark.scenarios import get_scenario
+from conftest import write_fake_run
+
+SCENARIOS = ("privacy-iid-nodp", "privacy-iid-local-eps4", "privacy-iid-central-eps4")
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """A leaderboard of three scenarios x three seeds, with attacks on the DP rows."""
+    tmp = tmp_path_factory.mktemp("board")
+    for i, name in enumerate(SCENARIOS):
+        s = get_scenario(name)
+        for seed in (0, 1, 2):
+            write_fake_run(tmp / "runs", s, seed, fid=100.0 + 10 * i + seed,
+                           metrics={"downstream_acc": 0.8 + seed / 100},
+                           attacks=None if s.dp_mode == "none" else {"mia-loss": 0.2 + seed / 50})
+    (path,) = summarize(tmp / "runs", tmp / "results", report=False)
+    return path
+
+
+def edited(board, tmp_path, scenario, **changes):
+    df = pd.read_csv(board, dtype=str, keep_default_na=False)
+    row = df.index[df["scenario"] == scenario][0]
+    for col, fn in changes.items():
+        df.loc[row, col] = fn(df.loc[row, col])
+    path = tmp_path / "new.csv"
+    path.write_text(df.to_csv(index=False, lineterminator="\n"))
+    return path
+
+
+def run_cli(capsys, *argv):
+    code = main(["compare", *map(str, argv)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_itself_exits_zero(board, capsys):
+    code, out, err = run_cli(capsys, board, board, "--all")
+    assert code == 0, out + err
+    assert "no regression in 3 scenario(s)" in out and "WORSE" not in out and "CHANGED" not in out
+    assert "fid ↓" in out and "epsilon" in out  # --all lists the checks
+
+
+def test_fid_50pct_worse_fails_and_names_the_row(board, tmp_path, capsys):
+    new = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 1.5))
+    code, out, err = run_cli(capsys, board, new)
+    assert code == 1
+    bad = [ln for ln in out.splitlines() if "WORSE" in ln]
+    assert len(bad) == 1 and bad[0].startswith("privacy-iid-local-eps4") and "fid" in bad[0]
+    assert err.strip().splitlines()[-1].startswith("bench: regression: 1 regression(s): privacy-iid-local-eps4 fid")
+    # 50% better is reported, never failed.
+    better = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 0.5))
+    code, out, _ = run_cli(capsys, board, better)
+    assert code == 0 and "better" in out
+
+
+@pytest.mark.parametrize("factor", [1.0002, 0.999])
+def test_changed_epsilon_fails_either_way(board, tmp_path, capsys, factor):
+    new = edited(board, tmp_path, "privacy-iid-central-eps4", epsilon=lambda v: repr(float(v) * factor))
+    code, out, err = run_cli(capsys, board, new)
+    assert code == 1
+    (line,) = [ln for ln in out.splitlines() if "CHANGED" in ln]
+    assert line.startswith("privacy-iid-central-eps4") and line.split()[1] == "epsilon"
+
+
+def test_small_changes_inside_the_band_pass(board, tmp_path):
+    # FID +5% (inside the 10% margin), AUC +0.01 (inside 0.02), epsilon within 1e-5 relative.
+    new = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 1.05),
+                 mia_auc=lambda v: repr(float(v) + 0.01), epsilon=lambda v: repr(float(v) * (1 + 1e-5)))
+    found = cmp.compare_files(board, new)
+    assert not [f for f in found if f.failing]
+
+
+def test_band_from_the_seeds_spread(board):
+    df = read_leaderboard(board)
+    b = df.iloc[0]
+    n = b.copy()
+    # FID std 1 over 3 seeds on both sides: 3 sigma = 3 * sqrt(2/3) = 2.45, below the margin
+    # (10% of 101), which is the floor: a 9.9% change passes ...
+    n["fid"] = b["fid"] + 0.099 * b["fid"]
+    assert [f.status for f in cmp.compare_rows(b, n, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")] == ["ok"]
+    # ... and with a wide spread the band grows beyond the margin.
+    b2, n2 = b.copy(), b.copy()
+    b2["fid_std"] = n2["fid_std"] = 20.0  # SE = 20 * sqrt(2/3) = 16.3; 3 sigma = 49
+    n2["fid"] = b["fid"] + 40.0
+    assert [f.status for f in cmp.compare_rows(b2, n2, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")] == ["ok"]
+    n2["fid"] = b["fid"] + 50.0
+    (f,) = [f for f in cmp.compare_rows(b2, n2, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")]
+    assert f.status == "WORSE" and f.band == "±49"
+    # One seed on a side: the margin alone.
+    b3, n3 = b2.copy(), n2.copy()
+    n3["fid_std"], n3["n_seeds"], n3["fid"] = float("nan"), 1, b["fid"] * 1.11
+    (f,) = [f for f in cmp.compare_rows(b3, n3, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")]
+    assert f.status == "WORSE" and f.band == f"±{0.1 * b['fid']:.3g}"
+
+
+def test_stronger_attack_failed_audit_missing_metric_and_row(board, tmp_path, capsys):
+    new = edited(board, tmp_path, "privacy-iid-local-eps4", mia_auc=lambda v: repr(float(v) + 0.2),
+                 audit_failed=lambda v: "True")
+    code, out, _ = run_cli(capsys, board, new)
+    assert code == 1
+    assert any(ln.startswith("privacy-iid-local-eps4") and "mia_auc" in ln and "WORSE" in ln for ln in out.splitlines())
+    assert any(ln.startswith("privacy-iid-local-eps4") and "AUDIT FAILED" in ln for ln in out.splitlines())
+
+    new = edited(board, tmp_path, "privacy-iid-central-eps4", inversion_psnr=lambda v: "")
+    code, out, _ = run_cli(capsys, board, new)
+    assert code == 1 and any("inversion_psnr" in ln and "MISSING" in ln for ln in out.splitlines())
+
+    df = pd.read_csv(board, dtype=str, keep_default_na=False)
+    dropped = tmp_path / "dropped.csv"
+    dropped.write_text(df[df["scenario"] != "privacy-iid-nodp"].to_csv(index=False, lineterminator="\n"))
+    code, out, _ = run_cli(capsys, board, dropped)
+    assert code == 1 and any(ln.startswith("privacy-iid-nodp") and "MISSING" in ln for ln in out.splitlines())
+    code, out, _ = run_cli(capsys, dropped, board)  # a new row alone is no regression
+    assert code == 0 and any(ln.startswith("privacy-iid-nodp") and "new" in ln for ln in out.splitlines())
+    # ... unless its audit failed.
+    failed = edited(board, tmp_path, "privacy-iid-nodp", audit_failed=lambda v: "True")
+    code, out, _ = run_cli(capsys, dropped, failed)
+    assert code == 1 and any(ln.startswith("privacy-iid-nodp") and "AUDIT FAILED" in ln for ln in out.splitlines())
+
+
+def test_changed_definition_or_fid_impl_is_not_compared(board, tmp_path, capsys):
+    s = get_scenario("privacy-iid-nodp")
+    new = edited(board, tmp_path, "privacy-iid-nodp",
+                 scenario_hash=lambda v: dataclasses.replace(s, rounds=7).hash, fid=lambda v: "1e9")
+    code, out, _ = run_cli(capsys, board, new)
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("privacy-iid-nodp")]
+    assert code == 1 and "scenario_hash" in line and "CHANGED" in line and "fid" not in line.split()[1]
+    new = edited(board, tmp_path, "privacy-iid-nodp", fid_impl=lambda v: "other-extractor", fid=lambda v: "1e9")
+    code, out, _ = run_cli(capsys, board, new)
+    assert code == 1 and "fid_impl" in out and "WORSE" not in out
+
+
+def test_markdown_table(board, tmp_path, capsys):
+    new = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 1.5))
+    code, out, _ = run_cli(capsys, board, new, "--markdown")
+    assert code == 1 and out.startswith("| scenario | check |") and "**WORSE**" in out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["compare", "/nonexistent.csv", "/nonexistent2.csv"], "does not exist"),
+    (["compare", "BOARD", "BOARD", "--margin", "fid"], "METRIC=VALUE"),
+    (["compare", "BOARD", "BOARD", "--margin", "fid=lots"], "not a number"),
+    (["compare", "BOARD", "OLD"], "schema version 1"),
+    (["compare", "BOARD", "OTHER"], "no scenario in common"),
+])
+def test_cannot_compare_is_one_line_exit_2(board, tmp_path, capsys, argv, match):
+    old = tmp_path / "old.csv"
+    old.write_text("suite,scenario,fid\nprivacy,x,1.0\n")
+    other = edited(board, tmp_path, "privacy-iid-nodp")
+    df = pd.read_csv(other, dtype=str, keep_default_na=False)
+    df["scale"] = "gpu"
+    other.write_text(df.to_csv(index=False, lineterminator="\n"))
+    paths = {"BOARD": str(board), "OLD": str(old), "OTHER": str(other)}
+    assert main([paths.get(a, a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench: error: ") and match in err[0]
+
+
+def test_margin_override(board, tmp_path):
+    new = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 1.05))
+    assert not [f for f in cmp.compare_files(board, new) if f.failing]
+    found = cmp.compare_files(board, new, margins={"fid": (0.01, True)})
+    assert [(f.scenario, f.status) for f in found if f.failing] == [("privacy-iid-local-eps4", "WORSE")]

@@ -1,0 +1,109 @@
+"""results/<suite>/README.md and the plots, from fake run folders (no training)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmark.leaderboard import summarize
+from benchmark.report import _auc, attack_scores, roc_curve
+from benchmark.scenarios import get_scenario
+from conftest import write_fake_run
+
+PRIVACY = ("privacy-iid-nodp", "privacy-iid-local-eps1", "privacy-iid-local-eps4", "privacy-iid-central-eps4",
+           "privacy-dirichlet-0.5-local-eps4")
+
+
+def make_suite(runs, attacks=True):
+    for i, name in enumerate(PRIVACY):
+        s = get_scenario(name)
+        for seed in (0, 1):
+            write_fake_run(runs, s, seed, fid=80.0 + 10 * i + seed,
+                           attacks={"mia-loss": 0.1 * i, "mia-secmi": 0.3} if attacks else None)
+
+
+def test_report_files_plots_and_markdown(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    make_suite(runs)
+    summarize(runs, results)
+    out = results / "privacy"
+    pngs = ["frontier.png", "attack_vs_epsilon.png", "roc.png", "samples.png"]
+    for name in pngs + [f"roc/{n}-{get_scenario(n).hash}.png" for n in PRIVACY]:
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and min(im.size) > 100, name
+    md = (out / "README.md").read_text()
+    for name in PRIVACY:
+        assert f"`{name}`" in md
+    for name in pngs:
+        assert f"]({name})" in md
+    assert "## Membership-inference attacks" in md and "mia-secmi" in md and "FAILED" not in md
+    # Rebuilding gives the same bytes, plots included.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    summarize(runs, results)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_report_without_attacks_and_without_dp(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    make_suite(tmp_path / "old-runs")  # with attacks: its attack files must not outlive a rebuild
+    summarize(tmp_path / "old-runs", results)
+    assert (results / "privacy" / "attacks.csv").exists() and (results / "privacy" / "roc.png").exists()
+    make_suite(runs, attacks=False)
+    write_fake_run(runs, get_scenario("smoke-iid"), 0)
+    summarize(runs, results)
+    assert (results / "privacy" / "frontier.png").exists()
+    for name in ("attack_vs_epsilon.png", "roc.png", "roc", "attacks.csv"):
+        assert not (results / "privacy" / name).exists(), name
+    md = (results / "privacy" / "README.md").read_text()
+    assert "No attacks ran" in md and "MIA AUC" not in md
+    # No DP at all: no frontier to draw, the table and the sample grid remain.
+    assert not (results / "smoke" / "frontier.png").exists()
+    assert (results / "smoke" / "samples.png").exists() and "`smoke-iid`" in (results / "smoke" / "README.md").read_text()
+
+
+def test_failed_audit_is_loud(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    s = get_scenario("privacy-iid-local-eps1")
+    write_fake_run(runs, s, 0, attacks={"mia-loss": 2.0}, metrics={"audit_failed": True, "epsilon_empirical_lb": 1.7})
+    write_fake_run(runs, s, 1, attacks={"mia-loss": 2.0})
+    summarize(runs, results)
+    md = (results / "privacy" / "README.md").read_text()
+    head = md.split("| scenario |")[0]
+    assert "**FAILED PRIVACY AUDIT**" in head and "`privacy-iid-local-eps1`" in head
+    assert "**FAILED**" in md
+
+
+def test_roc_curve_known_answer():
+    scores = np.array([0.9, 0.8, 0.8, 0.3, 0.1])
+    labels = np.array([1, 1, 0, 0, 0])
+    fpr, tpr = roc_curve(scores, labels)
+    # thresholds: >=0.9 -> (0, 1/2); >=0.8 (tie, one member one non-member) -> (1/3, 1); then (2/3, 1), (1, 1)
+    assert np.allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1]) and np.allclose(tpr, [0, 0.5, 1, 1, 1])
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=300).round(1), rng.integers(0, 2, 300)
+    assert _auc(*roc_curve(s, y)) == pytest.approx(sk.roc_auc_score(y, s), abs=1e-12)
+
+
+def test_attack_scores_reads_the_npz_convention(tmp_path):
+    run = write_fake_run(tmp_path, get_scenario("privacy-iid-local-eps4"), 0, attacks={"mia-loss": 1.0, "mia-pia": 0.5})
+    got = attack_scores(run)
+    assert sorted(got) == ["mia_loss", "mia_pia"]
+    scores, labels = got["mia_loss"]
+    assert scores.shape == labels.shape == (400,) and set(np.unique(labels)) == {0, 1}
+    assert attack_scores(tmp_path) == {}
+
+
+def test_unreadable_run_files_are_one_line_errors(tmp_path, capsys):
+    from benchmark.cli import main
+
+    runs = tmp_path / "runs"
+    run = write_fake_run(runs, get_scenario("privacy-iid-local-eps4"), 0, attacks={"mia-loss": 1.0})
+    np.savez(run / "attack_scores.npz", mia_loss_scores=np.zeros(3))  # labels missing
+    assert main(["summarize", str(runs), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench: error: ") and "mia_loss_labels" in err[0]
+    (run / "attack_scores.npz").unlink()
+    (run / "samples.png").write_text("not a png")
+    assert main(["summarize", str(runs), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "samples.png: unreadable" in err[0]
