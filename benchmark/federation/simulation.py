@@ -31,7 +31,11 @@ def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        box["history"] = run_federation(grid, run_config, on_round=on_round)
+        try:
+            box["history"] = run_federation(grid, run_config, on_round=on_round)
+        except Exception as e:  # noqa: BLE001 - Flower would log it and return; we re-raise it below
+            box["error"] = e
+            raise
 
     init_args = {"num_cpus": num_cpus} if num_cpus else {}
     backend_config = {
@@ -44,6 +48,8 @@ def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
                        backend_config=backend_config)
     except Exception as e:  # noqa: BLE001 - re-raised with one line, cause chained
         raise SimulationError(f"federated simulation failed: {_root_message(e)}") from e
+    if "error" in box:  # e.g. a round with too few valid client updates: its own one line
+        raise box["error"]
     if "history" not in box:
         raise SimulationError("federated simulation ended without a result (see the Flower log above)")
     return box["history"]
