@@ -42,7 +42,8 @@ def screened(min_replies=2, central=False):
         inner = wrap_central_dp(base, noise_multiplier=1e-6, clipping_norm=1.0, clients_per_round=3,
                                 num_clients=3, delta=1e-3)
     return ScreenedAggregation(inner, min_replies=min_replies, weight_key=key,
-                               required_weight=1.0 if central else None)
+                               expected_weights={n: 1.0 if central else 10.0 for n in NODES.values()},
+                               node_names={n: f"partition {p}" for p, n in NODES.items()})
 
 
 def start_round(strategy):
@@ -83,10 +84,11 @@ def test_invalid_update_is_rejected_counted_and_never_averaged(kind):
         assert torch.equal(torch.from_numpy(agg[k].numpy()), torch.full_like(GLOBAL[k], 2.0))
     stats = s.rounds[1]
     assert (stats["sampled"], stats["aggregated"], stats["rejected_invalid"]) == (3, 2, 1)
-    assert stats["dropped_error"] == stats["dropped_timeout"] == 0 and "303" in stats["problems"]
+    assert stats["dropped_error"] == stats["dropped_timeout"] == 0 and "partition 2" in stats["problems"]
 
 
-@pytest.mark.parametrize("metrics", [{"train_loss": float("nan")}, {"num-examples": -5}, {"num-examples": 0}])
+@pytest.mark.parametrize("metrics", [{"train_loss": float("nan")}, {"num-examples": -5}, {"num-examples": 0},
+                                     {"num-examples": 10**9}])  # a client claiming more images than it holds
 def test_invalid_metrics_are_rejected(metrics):
     s = screened()
     msgs = start_round(s)
@@ -100,7 +102,7 @@ def test_client_that_raises_is_dropped_and_counted():
     failed = Message(Error(code=0, reason="RuntimeError: boom\nTraceback ..."), reply_to=msgs[202])
     agg, metrics = s.aggregate_train(1, [honest(msgs[101]), failed, honest(msgs[303])])
     assert agg is not None and metrics["train_loss"] == 0.5
-    assert s.rounds[1]["dropped_error"] == 1 and "boom" in s.rounds[1]["problems"]["202"]
+    assert s.rounds[1]["dropped_error"] == 1 and "boom" in s.rounds[1]["problems"]["partition 1"]
 
 
 def test_client_past_the_timeout_is_dropped_and_counted():
@@ -108,7 +110,7 @@ def test_client_past_the_timeout_is_dropped_and_counted():
     msgs = start_round(s)
     agg, _ = s.aggregate_train(1, [honest(msgs[101]), honest(msgs[303])])  # 202 never answered
     assert agg is not None
-    assert s.rounds[1]["dropped_timeout"] == 1 and s.rounds[1]["problems"]["202"].startswith("no reply")
+    assert s.rounds[1]["dropped_timeout"] == 1 and s.rounds[1]["problems"]["partition 1"].startswith("no reply")
 
 
 def test_round_fails_cleanly_below_the_minimum():
@@ -171,3 +173,54 @@ def test_known_hash_is_unchanged():
 
 
 KNOWN_SMOKE_IID_HASH = "0dc7e5b8111c"  # before issue 8 added fields
+
+
+# ------------------------------------------------------------------ the same, in Flower's simulation
+SIM_CODE = """
+import json, sys
+from benchmark.federation.simulation import simulate
+from faulty_client_app import app
+simulate(json.loads(sys.argv[1]), num_clients=4, client_app=app)
+"""
+
+
+def simulate_faulty(tmp_path, faulty: str, **fields):
+    """Run the real ServerApp with tests/apps/faulty_client_app.py in a subprocess (Ray workers
+    import the faulty app by module name, so its folder goes on their PYTHONPATH)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    scenario = Scenario(name="faulty", num_clients=4, clients_per_round=4, rounds=1, max_train_images=32,
+                        batch_size=8, num_train_timesteps=50, sample_steps=5, **fields)
+    cfg = {"scenario": scenario.to_json(), "seed": 0, "out-dir": str(tmp_path / "out"), "device": "cpu"}
+    env = dict(os.environ, FEDDP_FAULTY=faulty, FEDDP_HANG_S="50",
+               PYTHONPATH=os.pathsep.join([str(repo), str(repo / "tests" / "apps"), os.environ.get("PYTHONPATH", "")]))
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    res = subprocess.run([sys.executable, "-c", SIM_CODE, json.dumps(cfg)], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=repo)
+    history = tmp_path / "out" / "history.json"
+    return res, json.loads(history.read_text()) if history.exists() else None
+
+
+@pytest.mark.slow
+def test_simulation_drops_a_raising_a_hanging_and_a_nan_client(tmp_path):
+    res, history = simulate_faulty(tmp_path, "1:raise,2:hang,3:nan", min_clients_per_round=1,
+                                   round_timeout_s=40.0)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (r1,) = history["rounds"]
+    assert (r1["sampled"], r1["aggregated"], r1["dropped_error"], r1["dropped_timeout"],
+            r1["rejected_invalid"]) == (4, 1, 1, 1, 1)
+    assert r1["problems"]["partition 1"].startswith("client error")
+    assert r1["problems"]["partition 2"] == "no reply before the round timeout"
+    assert "NaN" in r1["problems"]["partition 3"]
+
+
+@pytest.mark.slow
+def test_simulation_round_fails_cleanly_below_the_minimum(tmp_path):
+    res, history = simulate_faulty(tmp_path, "1:shape", min_clients_per_round=4)
+    assert res.returncode != 0 and history is None  # nothing written
+    assert "RoundFailedError: round 1: 3 valid update(s) of 4 sampled, minimum 4" in res.stderr

@@ -14,7 +14,8 @@ wrapper included) and screens every round's replies before anything is clipped o
 sampled client that raised, did not reply within ``round_timeout_s`` (Flower's ``timeout`` of
 ``send_and_receive``), or sent arrays with other keys, shapes or dtypes than the global model, or
 any non-finite value (arrays or metrics), is dropped for that round, logged, and counted in
-``history.json`` (``dropped_error``, ``dropped_timeout``, ``rejected_invalid``). When fewer than
+``history.json`` (``dropped_error``, ``dropped_timeout``, ``rejected_invalid``). A client must
+also report the weight the server expects (its partition's image count; 1 under central DP). When fewer than
 ``min_clients_per_round`` valid updates remain, the round fails with :class:`RoundFailedError`
 and the run with it (one line, nothing published). Screening comes *before* the DP wrapper
 because Flower 1.42's clipping crashes on a wrong shape and turns NaN into NaN.
@@ -23,6 +24,7 @@ because Flower 1.42's clipping crashes on a wrong shape and turns NaN into NaN.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -123,16 +125,20 @@ class ScreenedAggregation(Strategy):
     """
 
     def __init__(self, strategy: Strategy, *, min_replies: int, weight_key: str,
-                 required_weight: float | None = None) -> None:
+                 expected_weights: dict[int, float] | None = None,
+                 node_names: dict[int, str] | None = None) -> None:
         self.strategy = strategy
+        self.node_names = node_names or {}  # node id -> what history.json calls it
         self.min_replies = min_replies
         self.weight_key = weight_key
-        self.required_weight = required_weight  # central DP: every client must report 1.0
+        # node id -> the weight it must report: its partition's image count (FedAvg), or 1.0
+        # (central DP). The server knows both, so a client cannot inflate its share.
+        self.expected_weights = expected_weights or {}
         self.rounds: dict[int, dict] = {}
         self._expected: dict[int, tuple[list[int], ArrayRecord]] = {}
 
     def summary(self) -> None:
-        flwr_log(20, "\t├──> Reply screening: minimum %s valid updates per round", self.min_replies)
+        flwr_log(logging.INFO, "\t├──> Reply screening: minimum %s valid updates per round", self.min_replies)
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -150,36 +156,39 @@ class ScreenedAggregation(Strategy):
             src = reply.metadata.src_node_id
             if src not in nodes or src in seen:
                 stats["rejected_invalid"] += 1
-                stats["problems"][str(src)] = "not sampled this round, or a second reply"
+                stats["problems"][self._name(src) + " (extra reply)"] = "not sampled this round, or a second reply"
                 continue
             seen.add(src)
             if reply.has_error():
                 stats["dropped_error"] += 1
-                stats["problems"][str(src)] = f"client error: {reply.error.reason}".splitlines()[0][:300]
+                stats["problems"][self._name(src)] = f"client error: {reply.error.reason}".splitlines()[0][:300]
                 continue
             problem = reply_problem(reply, reference, self.weight_key)
-            if problem is None and self.required_weight is not None:
+            if problem is None and src in self.expected_weights:
                 weight = next(iter(reply.content.metric_records.values()))[self.weight_key]
-                if weight != self.required_weight:
-                    problem = f"metric {self.weight_key!r} must be {self.required_weight}, got {weight!r}"
+                if weight != self.expected_weights[src]:
+                    problem = f"metric {self.weight_key!r} must be {self.expected_weights[src]:g}, got {weight!r}"
             if problem:
                 stats["rejected_invalid"] += 1
-                stats["problems"][str(src)] = problem
+                stats["problems"][self._name(src)] = problem
                 continue
             valid.append(reply)
         stats["dropped_timeout"] = len(set(nodes) - seen)
         for node in sorted(set(nodes) - seen):
-            stats["problems"][str(node)] = "no reply before the round timeout"
+            stats["problems"][self._name(node)] = "no reply before the round timeout"
         stats["aggregated"] = len(valid)
         self.rounds[server_round] = stats
         for node, why in stats["problems"].items():
-            flwr_log(30, "round %s: dropped node %s: %s", server_round, node, why)
+            flwr_log(logging.WARNING, "round %s: dropped %s: %s", server_round, node, why)
         if len(valid) < self.min_replies:
             raise RoundFailedError(
                 f"round {server_round}: {len(valid)} valid update(s) of {len(nodes)} sampled, minimum "
                 f"{self.min_replies} (errors {stats['dropped_error']}, timeouts {stats['dropped_timeout']}, "
                 f"invalid {stats['rejected_invalid']})")
         return self.strategy.aggregate_train(server_round, valid)
+
+    def _name(self, node_id: int) -> str:
+        return self.node_names.get(node_id, f"node {node_id}")
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -258,7 +267,9 @@ def run_federation(grid: Grid, run_config: dict,
         privacy_info = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
                         "accountant": "flwr-rdp-no-amplification", "clipping": scenario.central_clipping}
     screened = ScreenedAggregation(strategy, min_replies=scenario.min_replies,
-                                   weight_key=fedavg.weighted_by_key, required_weight=1.0 if central else None)
+                                   weight_key=fedavg.weighted_by_key, node_names={n: f"partition {p}" for p, n in partition_to_node.items()},
+        expected_weights={n: 1.0 if central else float(len(fed.partition.clients[p].train_idx))
+                          for p, n in partition_to_node.items()})
     train_config = ConfigRecord({
         "scenario": scenario.to_json(), "seed": seed, "device": device, "data-root": data_root,
     })
