@@ -68,6 +68,9 @@ def test_run_resume_and_summarize(tmp_path, feddp_cache):
     assert np.isnan(df["downstream_acc"][0])  # unconditional: no downstream accuracy
     samples = np.load(run / "samples.npz")["images"]
     assert samples.shape == (16, 1, 28, 28) and samples.dtype == np.uint8
+    (round1,) = __import__("json").loads((run / "history.json").read_text())["rounds"]
+    assert (round1["sampled"], round1["aggregated"], round1["dropped_error"], round1["dropped_timeout"],
+            round1["rejected_invalid"], round1["problems"]) == (2, 2, 0, 0, 0, {})
 
     # A second run without --resume refuses before doing anything; with --resume it skips.
     again = bench(*args)
