@@ -7,7 +7,6 @@ no reply at all (Flower's ``send_and_receive(timeout=...)`` returns what came in
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
