@@ -68,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for s, seed, path, done in work:
             print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
         return 0
+    runner.check_data(work, opts)
     runner.check_writable(opts.out_dir)
     todo = [w for w in work if not w[3]]
     runner.check_fid_available(tuple(w[0] for w in todo))

@@ -230,8 +230,6 @@ def verify_before_dp(scenarios, opts: RunOptions) -> dict:
 
 def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
     """Train, evaluate and record one (scenario, seed). Returns the complete run folder."""
-    from benchmark.utility import compute_fid
-
     final = run_dir(opts.out_dir, scenario, seed)
     if final.exists():
         if is_complete(final) and opts.resume:
@@ -244,6 +242,23 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
     work = final.parent / f".{final.name}.partial-{os.getpid()}"
     work.mkdir()
+
+    try:
+        return _run_in(work, final, scenario, seed, opts)
+    except BaseException:
+        # An ordinary failure leaves nothing behind (a kill -9 leaves the .partial folder, which
+        # the next run of this (scenario, seed) removes).
+        shutil.rmtree(work, ignore_errors=True)
+        for empty in (final.parent, final.parent.parent):  # the scenario and suite folders, if empty
+            try:
+                empty.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOptions) -> Path:
+    from benchmark.utility import compute_fid
 
     device = resolve_device(opts.device)
     fed = task.load_federated_data(scenario, seed, opts.data_root)
@@ -362,6 +377,29 @@ def check_fid_available(scenarios) -> None:
             ensure_inception_file()
         else:
             pytorch_fid_extractor("cpu")
+
+
+def check_data(work, opts: RunOptions) -> None:
+    """Fail before any training (and before any folder is made) when a scenario cannot run on its
+    data: missing or corrupt dataset files (train and test split), more clients than images, or a
+    sample-level ``delta`` not below 1/n for some client's n training images."""
+    loaded: dict[tuple[str, str], object] = {}
+
+    def split(name: str, which: str):
+        if (name, which) not in loaded:
+            loaded[name, which] = load_dataset(name, data_root=opts.data_root, split=which)
+        return loaded[name, which]
+
+    for scenario, seed, _path, done in work:
+        if done:
+            continue
+        split(scenario.dataset, "test")
+        fed = task.load_federated_data(scenario, seed, opts.data_root, dataset=split(scenario.dataset, "train"))
+        if scenario.dp_mode == "local-dpsgd":
+            n = max(len(c.train_idx) for c in fed.partition.clients)
+            if scenario.delta >= 1 / n:
+                raise RunError(f"scenario {scenario.name!r}: sample-level delta={scenario.delta:g} must be "
+                               f"below 1/n = {1 / n:g} (a client holds n = {n} training images)")
 
 
 def check_writable(out_dir: Path) -> None:

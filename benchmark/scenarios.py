@@ -31,6 +31,10 @@ ATTACKS = ("mia-loss", "mia-secmi", "mia-pia", "inversion")
 SAMPLERS = ("ddim", "ddpm")
 
 
+# Added in issue 8; at these values a scenario's hash is what it was before they existed.
+HASH_NEUTRAL_DEFAULTS = {"min_clients_per_round": None, "round_timeout_s": None, "canaries": 0}
+
+
 class ScenarioError(ValueError):
     """A scenario, suite or scenario file is invalid; the message is one line."""
 
@@ -68,6 +72,15 @@ class Scenario:
     seeds: tuple[int, ...] = (0,)
     suite: str = "custom"
     scale: str = "cpu"
+    # Faulty clients (see benchmark/federation/server_app.py). None: every sampled client must
+    # deliver a valid update, and Flower's 3600 s reply timeout.
+    min_clients_per_round: int | None = None
+    round_timeout_s: float | None = None
+
+    @property
+    def min_replies(self) -> int:
+        """Valid updates a round needs; fewer and the round (and the run) fails."""
+        return self.clients_per_round if self.min_clients_per_round is None else self.min_clients_per_round
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -77,10 +90,18 @@ class Scenario:
 
     # Identity -----------------------------------------------------------------------------
     def definition(self) -> dict:
-        """Every field that changes what a run computes (not the seeds, not the suite)."""
+        """Every field that changes what a run computes (not the seeds, not the suite).
+
+        Fields added after results were published (``HASH_NEUTRAL_DEFAULTS``) enter the
+        definition only when set to something else than their default, so the hashes of
+        existing scenarios, and the run folders and leaderboards named by them, stay valid.
+        """
         d = dataclasses.asdict(self)
         d.pop("seeds")
         d.pop("suite")
+        for key, default in HASH_NEUTRAL_DEFAULTS.items():
+            if d[key] == default:
+                d.pop(key)
         return d
 
     @property
@@ -180,6 +201,11 @@ def _validate(s: Scenario) -> str | None:
         return (
             f"clients_per_round must be in [1, num_clients={s.num_clients}], got {s.clients_per_round}"
         )
+    if s.min_clients_per_round is not None and not 1 <= s.min_clients_per_round <= s.clients_per_round:
+        return (f"min_clients_per_round must be in [1, clients_per_round={s.clients_per_round}], "
+                f"got {s.min_clients_per_round}")
+    if s.round_timeout_s is not None and not (s.round_timeout_s > 0 and math.isfinite(s.round_timeout_s)):
+        return f"round_timeout_s must be a positive number of seconds, got {s.round_timeout_s}"
     for name in ("rounds", "local_epochs", "batch_size", "num_train_timesteps", "sample_steps"):
         if getattr(s, name) < 1:
             return f"{name} must be >= 1, got {getattr(s, name)}"
@@ -226,6 +252,10 @@ def _validate(s: Scenario) -> str | None:
             return f"dp_mode {s.dp_mode!r} needs delta in (0, 1), got {s.delta}"
         if s.dp_mode == "central-dp" and s.delta >= 1 / s.num_clients:
             return f"client-level delta={s.delta:g} must be below 1/num_clients = {1 / s.num_clients:g}"
+        if s.dp_mode == "central-dp" and s.min_replies != s.clients_per_round:
+            # The noise is calibrated to clients_per_round updates; Flower's DP wrapper
+            # aggregates only complete rounds (a missing client fails the round).
+            return "central-dp needs min_clients_per_round = clients_per_round (the noise is calibrated to it)"
         if s.max_grad_norm is not None and not (s.max_grad_norm > 0 and math.isfinite(s.max_grad_norm)):
             return f"max_grad_norm must be > 0, got {s.max_grad_norm}"
         if s.accountant not in ("rdp", "prv") or (s.dp_mode == "central-dp" and s.accountant != "rdp"):

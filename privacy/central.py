@@ -13,6 +13,14 @@ instead: the server sends the clipping norm and each client clips its own update
 ``fixedclipping_mod`` before sending it (the server still adds the noise). The client app carries
 :func:`central_clipping_mod`, which applies that mod only when the server asked for it, so the
 same ClientApp serves every scenario.
+
+Flower 1.42 traps (the server's reply screening in ``benchmark/federation/server_app.py`` runs
+before this wrapper because of the first two): clipping subtracts arrays without checking shapes
+(a wrong-shaped update crashes the run) and turns a NaN update into NaN; unequal client weights
+raise ``ValueError`` (the whole run, not the round); with the accountant attached it skips a round
+with any failed or missing client; ``compute_clip_model_update`` divides by zero on an all-zero
+update; the noise comes from numpy's *global, unseeded* RNG (``np.random.normal``), so central-DP
+runs are not bit-reproducible, and the RNG is not cryptographically secure either.
 """
 
 from __future__ import annotations

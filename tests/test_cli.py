@@ -68,6 +68,9 @@ def test_run_resume_and_summarize(tmp_path, feddp_cache):
     assert np.isnan(df["downstream_acc"][0])  # unconditional: no downstream accuracy
     samples = np.load(run / "samples.npz")["images"]
     assert samples.shape == (16, 1, 28, 28) and samples.dtype == np.uint8
+    (round1,) = __import__("json").loads((run / "history.json").read_text())["rounds"]
+    assert (round1["sampled"], round1["aggregated"], round1["dropped_error"], round1["dropped_timeout"],
+            round1["rejected_invalid"], round1["problems"]) == (2, 2, 0, 0, 0, {})
 
     # A second run without --resume refuses before doing anything; with --resume it skips.
     again = bench(*args)
@@ -104,12 +107,23 @@ def test_kill_mid_suite_then_resume(tmp_path, feddp_cache):
     assert not list(out.glob("custom/tiny-dirichlet-*/seed-0/DONE"))
     first_mtime = (first / "DONE").stat().st_mtime_ns
     assert not (results / "custom" / "leaderboard.csv").exists()
+    # The completed run is whole: every file parses.
+    for name in ("scenario.json", "partition.json", "history.json", "metrics.json", "environment.json"):
+        __import__("json").loads((first / name).read_text())
+    __import__("torch").load(first / "global_model.pt", weights_only=True)
+    assert np.load(first / "samples.npz")["images"].shape[0] == 16
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name and ".partial" not in str(p.parent)]
+    # A leaderboard built now holds the complete run only, never the killed one.
+    early = tmp_path / "early"
+    assert bench("summarize", str(out), "--results", str(early)).returncode == 0
+    assert list(pd.read_csv(early / "custom" / "leaderboard.csv")["scenario"]) == ["tiny-iid"]
 
     res = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "1 already complete" in res.stderr
     assert (first / "DONE").stat().st_mtime_ns == first_mtime  # not redone
     assert not list(out.rglob(".*partial*"))  # the killed run's leftovers were cleaned
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
     df = pd.read_csv(results / "custom" / "leaderboard.csv")
     assert sorted(df["scenario"]) == ["tiny-dirichlet", "tiny-iid"] and df["fid"].notna().all()
 
@@ -127,23 +141,6 @@ def test_bad_input_is_one_line(capsys, argv, match):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bench: error: ") and match in err[0]
-
-
-def test_bad_scenario_file_field(tmp_path, capsys):
-    p = tmp_path / "bad.toml"
-    p.write_text('name = "x"\nnum_clients = 4\nclients_per_round = 9\n')
-    assert main(["run", "--scenario-file", str(p), "--out", str(tmp_path / "o")]) == 2
-    assert "clients_per_round" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
-
-
-def test_more_clients_than_images_is_one_line(tmp_path, capsys):
-    p = tmp_path / "bad.toml"
-    p.write_text('name = "x"\ndataset = "digits-embedded"\nnum_clients = 4000\nclients_per_round = 2\n')
-    assert main(["run", "--scenario-file", str(p), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("bench: error: ") and "clients" in err[-1]
-    assert not list((tmp_path / "o").rglob("DONE"))
 
 
 def test_unwritable_out(tmp_path, capsys):
@@ -246,3 +243,107 @@ def test_missing_fid_network_fails_before_training(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pt_inception-2015-12-05-6726825d.pth" in err[0]
     assert not list((tmp_path / "o").rglob("*.json"))
+
+
+# ---------------------------------------------------------------- bad input, one case at a time, through `bench run`
+def assert_refused(argv, capsys, match, out):
+    """Exit 2, exactly one line on stderr, naming the problem; nothing under --out."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench: error: "), err
+    assert __import__("re").search(match, err[0]), err[0]
+    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+
+
+@pytest.mark.parametrize("body, match", [
+    ('name = "x"\nnum_clientz = 3\n', "unknown field.*num_clientz"),
+    ('name = "x"\nnum_clients = "4"\n', "field 'num_clients' must be int"),
+    ('name = "x"\nrounds = 2.5\n', "field 'rounds' must be int"),
+    ('name = "x"\ndp_mode = "local-dpsgd"\ntarget_epsilon = 0\ndelta = 1e-5\n', "target_epsilon > 0"),
+    ('name = "x"\ndp_mode = "central-dp"\ntarget_epsilon = -1.0\ndelta = 1e-5\n', "target_epsilon > 0"),
+    ('name = "x"\ndp_mode = "local-dpsgd"\ntarget_epsilon = 1\ndelta = 0.0\n', r"delta in \(0, 1\)"),
+    ('name = "x"\ndp_mode = "local-dpsgd"\ntarget_epsilon = 1\ndelta = 1.5\n', r"delta in \(0, 1\)"),
+    ('name = "x"\ndp_mode = "central-dp"\nnum_clients = 4\ntarget_epsilon = 1\ndelta = 0.25\n',
+     "below 1/num_clients"),
+    # sample level: delta must be below 1/n for each client's n images (256 images over 4 clients)
+    ('name = "x"\ndp_mode = "local-dpsgd"\nmax_train_images = 256\ntarget_epsilon = 1\ndelta = 0.05\n',
+     r"sample-level delta=0.05 must be below 1/n"),
+    ('name = "x"\nnum_clients = 2\nclients_per_round = 3\n', "clients_per_round must be in"),
+    ('name = "x"\nclients_per_round = 2\nmin_clients_per_round = 3\n', "min_clients_per_round must be in"),
+    ('name = "x"\npartition = "dirichlet-0"\n', "alpha"),
+    ('name = "x"\npartition = "dirichlet--0.5"\n', "alpha|dirichlet"),
+    ('name = "x"\nnum_clients = 8\nclients_per_round = 2\nmax_train_images = 5\n', "fewer images than num_clients"),
+    ('name = "x"\ndataset = "digits-embedded"\nnum_clients = 4000\nclients_per_round = 2\n', "clients"),
+])
+def test_bad_scenario_file_is_one_line_and_writes_nothing(tmp_path, capsys, body, match):
+    p = tmp_path / "bad.toml"
+    p.write_text(body)
+    out = tmp_path / "o"
+    assert_refused(["run", "--scenario-file", str(p), "--out", str(out), "--no-progress"], capsys, match, out)
+
+
+def _idx(arr, magic=None):
+    import struct
+
+    magic = magic if magic is not None else 0x00000800 | arr.ndim
+    return struct.pack(f">I{arr.ndim}I", magic, *arr.shape) + arr.astype(np.uint8).tobytes()
+
+
+def _mnist_files(root, *, corrupt=None):
+    d = root / "mnist"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        images = _idx(rng.integers(0, 256, (n, 28, 28)), magic=0x0BADBEEF if corrupt == "magic" else None)
+        if corrupt == "truncated":
+            images = images[: len(images) // 2]
+        (d / f"{prefix}-images-idx3-ubyte").write_bytes(images)
+        (d / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(rng.integers(0, 10, (n,))))
+    if corrupt == "missing":
+        (d / "t10k-labels-idx1-ubyte").unlink()
+
+
+@pytest.mark.parametrize("dataset, make, match", [
+    ("mnist", lambda r: _mnist_files(r, corrupt="missing"), "t10k-labels-idx1-ubyte"),
+    ("mnist", lambda r: _mnist_files(r, corrupt="truncated"), "idx3-ubyte: truncated"),
+    ("mnist", lambda r: _mnist_files(r, corrupt="magic"), "magic"),
+    ("medmnist:dermamnist", lambda r: (r / "medmnist").mkdir() or np.savez(
+        r / "medmnist" / "dermamnist.npz", test_images=np.zeros((2, 28, 28), np.uint8)), "missing arrays"),
+    ("cifar10", lambda r: None, "cifar-10-batches-py"),
+])
+def test_bad_dataset_files_are_one_line_and_write_nothing(tmp_path, capsys, dataset, make, match):
+    root = tmp_path / "data"
+    root.mkdir()
+    make(root)
+    p = tmp_path / "s.toml"
+    p.write_text(f'name = "x"\ndataset = "{dataset}"\nnum_clients = 2\nmax_train_images = 20\n')
+    out = tmp_path / "o"
+    assert_refused(["run", "--scenario-file", str(p), "--out", str(out), "--data-root", str(root), "--no-progress"],
+                   capsys, match, out)
+
+
+@pytest.mark.slow
+def test_same_scenario_and_seed_give_the_same_metrics(tmp_path, feddp_cache):
+    """The smoke suite on CPU, twice: identical models, samples and metrics (timings aside)."""
+    import json
+
+    import torch
+
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"runs{i}"
+        res = bench("run", "--suite", "smoke", "--out", str(out), "--results", str(tmp_path / f"results{i}"),
+                    "--no-progress")
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs.append(out)
+    a_runs = sorted(p.relative_to(runs[0]) for p in runs[0].glob("smoke/*/seed-*"))
+    assert len(a_runs) == 2 and a_runs == sorted(p.relative_to(runs[1]) for p in runs[1].glob("smoke/*/seed-*"))
+    timing = {"train_s", "sample_s", "fid_s"}
+    for rel in a_runs:
+        a, b = runs[0] / rel, runs[1] / rel
+        ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+        assert {k: v for k, v in ma.items() if k not in timing} == {k: v for k, v in mb.items() if k not in timing}
+        sa, sb = (torch.load(d / "global_model.pt", weights_only=True) for d in (a, b))
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert np.array_equal(np.load(a / "samples.npz")["images"], np.load(b / "samples.npz")["images"])
+        assert (a / "partition.json").read_bytes() == (b / "partition.json").read_bytes()

@@ -38,19 +38,53 @@ def initial_arrays() -> ArrayRecord:
     return ArrayRecord(task.build_model(SCENARIO, fed.dataset, seed=0).state_dict())
 
 
-def test_client_reply_holds_only_model_arrays_and_scalar_metrics():
+def assert_only_updates_and_scalars(reply: Message, arrays: ArrayRecord, images: np.ndarray) -> None:
+    """Every record a client sends: parameter arrays shaped as the model's, scalar metrics, nothing else."""
+    from flwr.app import ConfigRecord as CR
+
+    content = reply.content
+    param_shapes = {tuple(a.shape) for a in arrays.values()}
+    img_shape = tuple(images.shape[1:])
+    for name, record in content.items():
+        assert not isinstance(record, CR), f"{name}: a ConfigRecord could carry arbitrary data"
+        if isinstance(record, ArrayRecord):
+            assert set(record.keys()) == set(arrays.keys())
+            for key, arr in record.items():
+                shape = tuple(arr.shape)
+                assert shape == tuple(arrays[key].shape) and shape in param_shapes
+                assert shape[-len(img_shape):] != img_shape and shape[-2:] != img_shape[-2:], key
+        else:
+            assert isinstance(record, MetricRecord), f"{name}: {type(record).__name__}"
+            for key, value in record.items():
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
+
+
+@pytest.mark.parametrize("dp_mode", ["none", "local-dpsgd"])
+def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode):
+    import dataclasses
+
+    scenario = SCENARIO if dp_mode == "none" else dataclasses.replace(
+        SCENARIO, dp_mode="local-dpsgd", target_epsilon=8.0, delta=1e-5)
     arrays = initial_arrays()
     ctx = fresh_context()
-    reply = client_app.train(train_message(arrays), ctx)
+    fed = task.load_federated_data(SCENARIO, 0, None)
+    split = fed.partition.clients[1]
+    images = fed.dataset.images[split.train_idx]
+
+    query = client_app.query(Message(RecordDict(), dst_node_id=1, message_type="query"), ctx)
+    assert_only_updates_and_scalars(query, arrays, images)
+    assert dict(query.content["node"]) == {"partition-id": 1}
+    msg = train_message(arrays)
+    msg.content["config"]["scenario"] = scenario.to_json()
+    reply = client_app.train(msg, ctx)
+    assert_only_updates_and_scalars(reply, arrays, images)
     content = reply.content
     assert set(content.keys()) == {"arrays", "metrics"}
-    assert set(content["arrays"].keys()) == set(arrays.keys())
-    for key, arr in content["arrays"].items():
-        assert arr.shape == arrays[key].shape  # parameter shapes only: no image-shaped payload
-    fed = task.load_federated_data(SCENARIO, 0, None)
-    n_train = len(fed.partition.clients[1].train_idx)
-    assert dict(content["metrics"]).keys() == {"num-examples", "train_loss", "steps", "dp-weight"}
-    assert content["metrics"]["num-examples"] == n_train
+    expected = {"num-examples", "train_loss", "steps", "dp-weight"}
+    if dp_mode == "local-dpsgd":
+        expected |= {"epsilon", "noise_multiplier", "sample_rate"}
+    assert dict(content["metrics"]).keys() == expected
+    assert content["metrics"]["num-examples"] == len(split.train_idx)
     # The update changed the model.
     new = content["arrays"].to_torch_state_dict()
     old = arrays.to_torch_state_dict()
@@ -147,3 +181,47 @@ def test_central_clipping_mod_is_a_no_op_without_a_clipping_norm():
     msg = train_message(initial_arrays())
     sentinel = object()
     assert central_clipping_mod(msg, fresh_context(), lambda m, c: sentinel) is sentinel
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("attack_scale", [1e2, 1e8])
+def test_one_malicious_client_moves_the_aggregate_by_at_most_clip_over_m(side, attack_scale):
+    """Same honest clients and the same noise draw, once with a malicious client and once with
+    that client sending no change: the aggregates differ by at most clip / clients_per_round."""
+    from privacy.central import UNIFORM_WEIGHT_KEY, central_clipping_mod, wrap_central_dp
+
+    clip, m, sigma = 0.5, 4, 0.3
+    nodes = {p: 101 + p for p in range(m)}
+    rng = np.random.default_rng(0)
+    shapes = {"w": (16, 8), "b": (8,)}
+    current = {k: torch.from_numpy(rng.normal(size=s).astype(np.float32)) for k, s in shapes.items()}
+    honest = [{k: current[k] + 0.05 * torch.from_numpy(rng.normal(size=s).astype(np.float32))
+               for k, s in shapes.items()} for _ in range(m - 1)]
+    attack = {k: current[k] + attack_scale * torch.from_numpy(rng.normal(size=s).astype(np.float32))
+              for k, s in shapes.items()}
+    # A tiny non-zero change (an exactly-zero update crashes Flower 1.42's clipping).
+    idle = {k: current[k] + 1e-7 for k in shapes}
+
+    class Grid4:
+        def get_node_ids(self):
+            return list(nodes.values())
+
+    def aggregate(last):
+        base = SeededFedAvg(partition_to_node=nodes, clients_per_round=m, seed=0, min_train_nodes=m,
+                            weighted_by_key=UNIFORM_WEIGHT_KEY)
+        strat = wrap_central_dp(base, noise_multiplier=sigma, clipping_norm=clip, clients_per_round=m,
+                                num_clients=m, delta=1e-3, side=side)
+        msgs = list(strat.configure_train(1, ArrayRecord(current), ConfigRecord(), Grid4()))
+        replies = []
+        for msg, upd in zip(msgs, honest + [last]):
+            def client(msg_in, ctx, upd=upd):
+                return Message(RecordDict({"arrays": ArrayRecord(upd),
+                                           "metrics": MetricRecord({UNIFORM_WEIGHT_KEY: 1.0})}), reply_to=msg_in)
+            replies.append(central_clipping_mod(msg, fresh_context(), client))
+        np.random.seed(1234)  # Flower draws the noise from numpy's global RNG: the same draw twice
+        agg, _ = strat.aggregate_train(1, replies)
+        return np.concatenate([agg[k].numpy().ravel() for k in sorted(shapes)])
+
+    moved = float(np.linalg.norm(aggregate(attack) - aggregate(idle)))
+    assert moved <= clip / m * (1 + 1e-5) + 1e-6
+    assert moved >= 0.9 * clip / m  # clipped to the bound, not dropped

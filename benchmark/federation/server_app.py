@@ -8,11 +8,24 @@ the final global model and the round history are written), ``device`` and option
 Clients are sampled with a seeded generator over *partition ids* (learned once with a query
 message), not with Flower's unseeded ``random.sample`` over node ids, so a (scenario, seed) pair
 always trains the same clients in the same rounds, in simulation and in deployment alike.
+
+Faulty and malicious clients: :class:`ScreenedAggregation` wraps the whole strategy (central DP
+wrapper included) and screens every round's replies before anything is clipped or averaged. A
+sampled client that raised, did not reply within ``round_timeout_s`` (Flower's ``timeout`` of
+``send_and_receive``), or sent arrays with other keys, shapes or dtypes than the global model, or
+any non-finite value (arrays or metrics), is dropped for that round, logged, and counted in
+``history.json`` (``dropped_error``, ``dropped_timeout``, ``rejected_invalid``). A client must
+also report the weight the server expects (its partition's image count; 1 under central DP). When fewer than
+``min_clients_per_round`` valid updates remain, the round fails with :class:`RoundFailedError`
+and the run with it (one line, nothing published). Screening comes *before* the DP wrapper
+because Flower 1.42's clipping crashes on a wrong shape and turns NaN into NaN.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -22,8 +35,9 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.supercore import log as flwr_log
 
 from benchmark.federation import task
 from benchmark.scenarios import Scenario, get_scenario
@@ -33,8 +47,15 @@ app = ServerApp()
 NODE_WAIT_S = 120.0
 
 
+FLOWER_DEFAULT_TIMEOUT_S = 3600.0  # Strategy.start's default reply timeout
+
+
 class FederationError(RuntimeError):
     """The federation could not run as configured (one-line message)."""
+
+
+class RoundFailedError(FederationError):
+    """Fewer than the minimum number of valid client updates arrived in a round."""
 
 
 class SeededFedAvg(FedAvg):
@@ -60,6 +81,121 @@ class SeededFedAvg(FedAvg):
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         nodes = [self.partition_to_node[p] for p in chosen]
         return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+
+def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str) -> str | None:
+    """Why a client's train reply must not be aggregated, or None when it is fine.
+
+    The reply must carry exactly one ArrayRecord with the global model's keys, shapes and dtypes,
+    all values finite, and one MetricRecord of finite numbers including a positive ``weight_key``.
+    """
+    content = reply.content
+    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        return (f"expected one ArrayRecord and one MetricRecord, got {len(content.array_records)} "
+                f"and {len(content.metric_records)}")
+    arrays = next(iter(content.array_records.values()))
+    if set(arrays.keys()) != set(reference.keys()):
+        extra, missing = sorted(set(arrays) - set(reference)), sorted(set(reference) - set(arrays))
+        return f"array keys differ from the global model's (extra {extra[:3]}, missing {missing[:3]})"
+    for key, ref in reference.items():
+        arr = arrays[key]
+        if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
+            return f"array {key!r} is {arr.dtype}{list(arr.shape)}, expected {ref.dtype}{list(ref.shape)}"
+        values = arr.numpy()
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            return f"array {key!r} holds NaN or Inf"
+    metrics = next(iter(content.metric_records.values()))
+    for key, value in metrics.items():
+        vals = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+            return f"metric {key!r} is not finite ({value!r})"
+    weight = metrics.get(weight_key)
+    if weight is None or not weight > 0:
+        return f"metric {weight_key!r} must be a positive number, got {weight!r}"
+    return None
+
+
+class ScreenedAggregation(Strategy):
+    """Wraps a strategy; drops and counts failed, late and invalid client replies before the
+    wrapped strategy (FedAvg or Flower's DP wrapper around it) sees them.
+
+    ``min_replies``: the round fails (:class:`RoundFailedError`) with fewer valid updates.
+    ``rounds[r]`` holds the round's counts: ``sampled``, ``aggregated``, ``dropped_error``,
+    ``dropped_timeout``, ``rejected_invalid`` and the ``problems`` seen (node id: reason).
+    """
+
+    def __init__(self, strategy: Strategy, *, min_replies: int, weight_key: str,
+                 expected_weights: dict[int, float] | None = None,
+                 node_names: dict[int, str] | None = None) -> None:
+        self.strategy = strategy
+        self.node_names = node_names or {}  # node id -> what history.json calls it
+        self.min_replies = min_replies
+        self.weight_key = weight_key
+        # node id -> the weight it must report: its partition's image count (FedAvg), or 1.0
+        # (central DP). The server knows both, so a client cannot inflate its share.
+        self.expected_weights = expected_weights or {}
+        self.rounds: dict[int, dict] = {}
+        self._expected: dict[int, tuple[list[int], ArrayRecord]] = {}
+
+    def summary(self) -> None:
+        flwr_log(logging.INFO, "\t├──> Reply screening: minimum %s valid updates per round", self.min_replies)
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._expected[server_round] = ([m.metadata.dst_node_id for m in msgs], arrays)
+        return msgs
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        nodes, reference = self._expected.pop(server_round)
+        stats = {"sampled": len(nodes), "dropped_error": 0, "dropped_timeout": 0, "rejected_invalid": 0,
+                 "problems": {}}
+        valid, seen = [], set()
+        for reply in replies:
+            src = reply.metadata.src_node_id
+            if src not in nodes or src in seen:
+                stats["rejected_invalid"] += 1
+                stats["problems"][self._name(src) + " (extra reply)"] = "not sampled this round, or a second reply"
+                continue
+            seen.add(src)
+            if reply.has_error():
+                stats["dropped_error"] += 1
+                stats["problems"][self._name(src)] = f"client error: {reply.error.reason}".splitlines()[0][:300]
+                continue
+            problem = reply_problem(reply, reference, self.weight_key)
+            if problem is None and src in self.expected_weights:
+                weight = next(iter(reply.content.metric_records.values()))[self.weight_key]
+                if weight != self.expected_weights[src]:
+                    problem = f"metric {self.weight_key!r} must be {self.expected_weights[src]:g}, got {weight!r}"
+            if problem:
+                stats["rejected_invalid"] += 1
+                stats["problems"][self._name(src)] = problem
+                continue
+            valid.append(reply)
+        stats["dropped_timeout"] = len(set(nodes) - seen)
+        for node in sorted(set(nodes) - seen):
+            stats["problems"][self._name(node)] = "no reply before the round timeout"
+        stats["aggregated"] = len(valid)
+        self.rounds[server_round] = stats
+        for node, why in stats["problems"].items():
+            flwr_log(logging.WARNING, "round %s: dropped %s: %s", server_round, node, why)
+        if len(valid) < self.min_replies:
+            raise RoundFailedError(
+                f"round {server_round}: {len(valid)} valid update(s) of {len(nodes)} sampled, minimum "
+                f"{self.min_replies} (errors {stats['dropped_error']}, timeouts {stats['dropped_timeout']}, "
+                f"invalid {stats['rejected_invalid']})")
+        return self.strategy.aggregate_train(server_round, valid)
+
+    def _name(self, node_id: int) -> str:
+        return self.node_names.get(node_id, f"node {node_id}")
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -130,6 +266,10 @@ def run_federation(grid: Grid, run_config: dict,
                                    side=scenario.central_clipping)
         privacy_info = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
                         "accountant": "flwr-rdp-no-amplification", "clipping": scenario.central_clipping}
+    screened = ScreenedAggregation(strategy, min_replies=scenario.min_replies,
+                                   weight_key=fedavg.weighted_by_key, node_names={n: f"partition {p}" for p, n in partition_to_node.items()},
+        expected_weights={n: 1.0 if central else float(len(fed.partition.clients[p].train_idx))
+                          for p, n in partition_to_node.items()})
     train_config = ConfigRecord({
         "scenario": scenario.to_json(), "seed": seed, "device": device, "data-root": data_root,
     })
@@ -140,8 +280,9 @@ def run_federation(grid: Grid, run_config: dict,
         return None
 
     t0 = time.perf_counter()
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+    result = screened.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
                             num_rounds=scenario.rounds, train_config=train_config,
+                            timeout=scenario.round_timeout_s or FLOWER_DEFAULT_TIMEOUT_S,
                             evaluate_fn=evaluate_fn)
     train_s = time.perf_counter() - t0
     missing = [r for r in range(1, scenario.rounds + 1) if r not in result.train_metrics_clientapp]
@@ -158,7 +299,9 @@ def run_federation(grid: Grid, run_config: dict,
         "central_dp": privacy_info,
         "rounds": [
             {"round": r, "sampled_partitions": fedavg.sampled.get(r, []),
-             **{k: float(v) for k, v in result.train_metrics_clientapp[r].items()}}
+             **{k: v for k, v in screened.rounds.get(r, {}).items() if k != "problems"},
+             **{k: float(v) for k, v in result.train_metrics_clientapp[r].items()},
+             "problems": screened.rounds.get(r, {}).get("problems", {})}
             for r in sorted(result.train_metrics_clientapp)
         ],
     }

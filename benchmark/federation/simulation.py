@@ -11,10 +11,11 @@ import logging
 from collections.abc import Callable
 
 from flwr.app import Context
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from benchmark.federation.client_app import app as client_app
+from benchmark.federation.client_app import app as default_client_app
 from benchmark.federation.server_app import run_federation
 
 
@@ -23,15 +24,23 @@ class SimulationError(RuntimeError):
 
 
 def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
-             gpu_fraction: float = 0.0, on_round: Callable[[int], None] | None = None) -> dict:
-    """Run one federated training in simulation; return the round history."""
+             gpu_fraction: float = 0.0, on_round: Callable[[int], None] | None = None,
+             client_app: ClientApp = default_client_app) -> dict:
+    """Run one federated training in simulation; return the round history.
+
+    ``client_app`` is ours unless a test swaps in a faulty one.
+    """
     box: dict = {}
 
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        box["history"] = run_federation(grid, run_config, on_round=on_round)
+        try:
+            box["history"] = run_federation(grid, run_config, on_round=on_round)
+        except Exception as e:  # noqa: BLE001 - Flower would log it and return; we re-raise it below
+            box["error"] = e
+            raise
 
     init_args = {"num_cpus": num_cpus} if num_cpus else {}
     backend_config = {
@@ -43,7 +52,11 @@ def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                        backend_config=backend_config)
     except Exception as e:  # noqa: BLE001 - re-raised with one line, cause chained
+        if "error" in box:
+            raise box["error"] from e
         raise SimulationError(f"federated simulation failed: {_root_message(e)}") from e
+    if "error" in box:  # e.g. a round with too few valid client updates: its own one line
+        raise box["error"]
     if "history" not in box:
         raise SimulationError("federated simulation ended without a result (see the Flower log above)")
     return box["history"]

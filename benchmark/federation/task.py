@@ -37,13 +37,16 @@ class FederatedData:
         return d
 
 
-def load_federated_data(scenario: Scenario, seed: int, data_root: str | None) -> FederatedData:
+def load_federated_data(scenario: Scenario, seed: int, data_root: str | None,
+                        dataset: ImageDataset | None = None) -> FederatedData:
     """The dataset and its partition. Deterministic in (scenario, seed): server and clients agree.
 
+    ``dataset``: the scenario's training split, already loaded (to partition many scenarios).
     With ``scenario.canaries = k``, 2k canary images are appended to the dataset and k of them
     are added to client 0's training data (see :mod:`attacks.canaries`).
     """
-    ds = load_dataset(scenario.dataset, data_root=data_root or None, split="train")
+    ds = dataset if dataset is not None else load_dataset(scenario.dataset, data_root=data_root or None,
+                                                          split="train")
     part = make_partition(
         ds.labels, scheme=scenario.partition, num_clients=scenario.num_clients,
         seed=derive_seed("partition", seed), heldout_fraction=scenario.heldout_fraction,

@@ -1,0 +1,225 @@
+"""Faulty and malicious clients in a round: the server's reply screening (ScreenedAggregation),
+driven with crafted replies to the real strategies (SeededFedAvg, Flower's central-DP wrapper).
+
+A client that raises arrives as an error reply; one that hangs past the round timeout arrives as
+no reply at all (Flower's ``send_and_receive(timeout=...)`` returns what came in time).
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from benchmark.federation.server_app import RoundFailedError, ScreenedAggregation, SeededFedAvg
+from benchmark.scenarios import Scenario, ScenarioError
+
+NODES = {0: 101, 1: 202, 2: 303}
+GLOBAL = {"w": torch.zeros(4, 3), "b": torch.zeros(3)}
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
+
+
+class FakeGrid:
+    def get_node_ids(self):
+        return list(NODES.values())
+
+
+def screened(min_replies=2, central=False):
+    from privacy.central import UNIFORM_WEIGHT_KEY, wrap_central_dp
+
+    key = UNIFORM_WEIGHT_KEY if central else "num-examples"
+    inner = base = SeededFedAvg(partition_to_node=NODES, clients_per_round=3, seed=0, min_train_nodes=3,
+                                weighted_by_key=key)
+    if central:
+        inner = wrap_central_dp(base, noise_multiplier=1e-6, clipping_norm=1.0, clients_per_round=3,
+                                num_clients=3, delta=1e-3)
+    return ScreenedAggregation(inner, min_replies=min_replies, weight_key=key,
+                               expected_weights={n: 1.0 if central else 10.0 for n in NODES.values()},
+                               node_names={n: f"partition {p}" for p, n in NODES.items()})
+
+
+def start_round(strategy):
+    msgs = list(strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord(), FakeGrid()))
+    return {m.metadata.dst_node_id: m for m in msgs}
+
+
+def reply(msg, arrays=None, **metrics):
+    arrays = arrays if arrays is not None else {k: torch.ones_like(v) for k, v in GLOBAL.items()}
+    metrics = {"num-examples": 10, "dp-weight": 1.0, "train_loss": 0.5} | metrics
+    return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def honest(msg, value=1.0):
+    return reply(msg, {k: torch.full_like(v, value) for k, v in GLOBAL.items()})
+
+
+def bad_arrays(kind):
+    good = {k: torch.ones_like(v) for k, v in GLOBAL.items()}
+    return {
+        "nan": good | {"w": torch.full((4, 3), float("nan"))},
+        "inf": good | {"b": torch.tensor([1.0, float("inf"), 1.0])},
+        "shape": good | {"w": torch.ones(5, 3)},
+        "dtype": good | {"w": torch.ones(4, 3, dtype=torch.float64)},
+        "extra-key": good | {"images": torch.ones(2, 1, 28, 28)},
+        "missing-key": {"w": good["w"]},
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "shape", "dtype", "extra-key", "missing-key"])
+def test_invalid_update_is_rejected_counted_and_never_averaged(kind):
+    s = screened()
+    msgs = start_round(s)
+    replies = [honest(msgs[101], 1.0), honest(msgs[202], 3.0), reply(msgs[303], bad_arrays(kind))]
+    agg, _ = s.aggregate_train(1, replies)
+    for k in GLOBAL:
+        # The mean of the two valid updates only.
+        assert torch.equal(torch.from_numpy(agg[k].numpy()), torch.full_like(GLOBAL[k], 2.0))
+    stats = s.rounds[1]
+    assert (stats["sampled"], stats["aggregated"], stats["rejected_invalid"]) == (3, 2, 1)
+    assert stats["dropped_error"] == stats["dropped_timeout"] == 0 and "partition 2" in stats["problems"]
+
+
+@pytest.mark.parametrize("metrics", [{"train_loss": float("nan")}, {"num-examples": -5}, {"num-examples": 0},
+                                     {"num-examples": 10**9}])  # a client claiming more images than it holds
+def test_invalid_metrics_are_rejected(metrics):
+    s = screened()
+    msgs = start_round(s)
+    s.aggregate_train(1, [honest(msgs[101]), honest(msgs[202]), reply(msgs[303], **metrics)])
+    assert s.rounds[1]["rejected_invalid"] == 1 and s.rounds[1]["aggregated"] == 2
+
+
+def test_client_that_raises_is_dropped_and_counted():
+    s = screened()
+    msgs = start_round(s)
+    failed = Message(Error(code=0, reason="RuntimeError: boom\nTraceback ..."), reply_to=msgs[202])
+    agg, metrics = s.aggregate_train(1, [honest(msgs[101]), failed, honest(msgs[303])])
+    assert agg is not None and metrics["train_loss"] == 0.5
+    assert s.rounds[1]["dropped_error"] == 1 and "boom" in s.rounds[1]["problems"]["partition 1"]
+
+
+def test_client_past_the_timeout_is_dropped_and_counted():
+    s = screened()
+    msgs = start_round(s)
+    agg, _ = s.aggregate_train(1, [honest(msgs[101]), honest(msgs[303])])  # 202 never answered
+    assert agg is not None
+    assert s.rounds[1]["dropped_timeout"] == 1 and s.rounds[1]["problems"]["partition 1"].startswith("no reply")
+
+
+def test_round_fails_cleanly_below_the_minimum():
+    s = screened(min_replies=3)
+    msgs = start_round(s)
+    with pytest.raises(RoundFailedError, match=r"round 1: 2 valid update\(s\) of 3 sampled, minimum 3 "
+                                               r"\(errors 0, timeouts 0, invalid 1\)"):
+        s.aggregate_train(1, [honest(msgs[101]), honest(msgs[202]), reply(msgs[303], bad_arrays("nan"))])
+    assert s.rounds[1]["aggregated"] == 2
+
+
+def test_reply_from_an_unsampled_or_repeated_node_is_rejected():
+    s = screened()
+    msgs = start_round(s)
+    twice = honest(msgs[101], 100.0)
+    s.aggregate_train(1, [honest(msgs[101]), twice, honest(msgs[202]), honest(msgs[303])])
+    assert s.rounds[1]["rejected_invalid"] == 1 and s.rounds[1]["aggregated"] == 3
+
+
+def test_central_dp_screens_before_clipping():
+    """Flower 1.42's clipping crashes on a wrong shape and passes NaN on: screening comes first.
+    Under central DP every sampled client is needed (the noise is calibrated to their number)."""
+    for kind in ("shape", "nan"):
+        s = screened(min_replies=3, central=True)
+        msgs = start_round(s)
+        with pytest.raises(RoundFailedError):
+            s.aggregate_train(1, [honest(msgs[101]), honest(msgs[202]), reply(msgs[303], bad_arrays(kind))])
+    # A client claiming a larger weight than the others is rejected, not a crash of the run.
+    s = screened(min_replies=3, central=True)
+    msgs = start_round(s)
+    with pytest.raises(RoundFailedError, match="invalid 1"):
+        s.aggregate_train(1, [honest(msgs[101]), honest(msgs[202]), reply(msgs[303], **{"dp-weight": 1e6})])
+    s = screened(min_replies=3, central=True)
+    msgs = start_round(s)
+    agg, _ = s.aggregate_train(1, [honest(msgs[n], 0.1) for n in (101, 202, 303)])
+    assert agg is not None and s.rounds[1]["aggregated"] == 3
+
+
+def test_scenario_fields_for_faulty_clients():
+    s = Scenario(name="f", num_clients=4, clients_per_round=3)
+    assert s.min_replies == 3  # default: every sampled client
+    assert dataclasses.replace(s, min_clients_per_round=2).min_replies == 2
+    # New fields at their defaults leave the hash as it was before they existed.
+    assert "min_clients_per_round" not in s.definition() and "round_timeout_s" not in s.definition()
+    assert dataclasses.replace(s, round_timeout_s=30.0).hash != s.hash
+    with pytest.raises(ScenarioError, match="min_clients_per_round must be in"):
+        dataclasses.replace(s, min_clients_per_round=4)
+    with pytest.raises(ScenarioError, match="round_timeout_s"):
+        dataclasses.replace(s, round_timeout_s=0.0)
+    with pytest.raises(ScenarioError, match="central-dp needs min_clients_per_round"):
+        Scenario(name="c", num_clients=4, clients_per_round=3, min_clients_per_round=2, dp_mode="central-dp",
+                 target_epsilon=4.0, delta=1e-5)
+
+
+def test_known_hash_is_unchanged():
+    """The published smoke hash (runs/ and results/ are named by it) survives the new fields."""
+    from benchmark.scenarios import get_scenario
+
+    assert get_scenario("smoke-iid").hash == KNOWN_SMOKE_IID_HASH
+
+
+KNOWN_SMOKE_IID_HASH = "0dc7e5b8111c"  # before issue 8 added fields
+
+
+# ------------------------------------------------------------------ the same, in Flower's simulation
+SIM_CODE = """
+import json, sys
+from benchmark.federation.simulation import simulate
+from faulty_client_app import app
+simulate(json.loads(sys.argv[1]), num_clients=4, client_app=app)
+"""
+
+
+def simulate_faulty(tmp_path, faulty: str, **fields):
+    """Run the real ServerApp with tests/apps/faulty_client_app.py in a subprocess (Ray workers
+    import the faulty app by module name, so its folder goes on their PYTHONPATH)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    scenario = Scenario(name="faulty", num_clients=4, clients_per_round=4, rounds=1, max_train_images=32,
+                        batch_size=8, num_train_timesteps=50, sample_steps=5, **fields)
+    cfg = {"scenario": scenario.to_json(), "seed": 0, "out-dir": str(tmp_path / "out"), "device": "cpu"}
+    env = dict(os.environ, FEDDP_FAULTY=faulty, FEDDP_HANG_S="50",
+               PYTHONPATH=os.pathsep.join([str(repo), str(repo / "tests" / "apps"), os.environ.get("PYTHONPATH", "")]))
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    res = subprocess.run([sys.executable, "-c", SIM_CODE, json.dumps(cfg)], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=repo)
+    history = tmp_path / "out" / "history.json"
+    return res, json.loads(history.read_text()) if history.exists() else None
+
+
+@pytest.mark.slow
+def test_simulation_drops_a_raising_a_hanging_and_a_nan_client(tmp_path):
+    res, history = simulate_faulty(tmp_path, "1:raise,2:hang,3:nan", min_clients_per_round=1,
+                                   round_timeout_s=40.0)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (r1,) = history["rounds"]
+    assert (r1["sampled"], r1["aggregated"], r1["dropped_error"], r1["dropped_timeout"],
+            r1["rejected_invalid"]) == (4, 1, 1, 1, 1)
+    assert r1["problems"]["partition 1"].startswith("client error")
+    assert r1["problems"]["partition 2"] == "no reply before the round timeout"
+    assert "NaN" in r1["problems"]["partition 3"]
+
+
+@pytest.mark.slow
+def test_simulation_round_fails_cleanly_below_the_minimum(tmp_path):
+    res, history = simulate_faulty(tmp_path, "1:shape", min_clients_per_round=4)
+    assert res.returncode != 0 and history is None  # nothing written
+    assert "RoundFailedError: round 1: 3 valid update(s) of 4 sampled, minimum 4" in res.stderr
