@@ -87,3 +87,18 @@ def test_toml_refusals_are_one_line(tmp_path, body, match):
 def test_missing_scenario_file(tmp_path):
     with pytest.raises(ScenarioError, match="does not exist"):
         load_scenario_file(tmp_path / "nope.toml")
+
+
+def test_issue7_fields_mixed_ghost_modes_and_dpm_solver():
+    from privacy.dpsgd import GRAD_SAMPLE_MODES
+    from benchmark.scenarios import GRAD_SAMPLE_MODES as SCENARIO_MODES
+
+    assert SCENARIO_MODES == GRAD_SAMPLE_MODES  # the scenario layer mirrors privacy/ without importing it
+    dp = dict(dp_mode="local-dpsgd", target_epsilon=4.0, delta=1e-5)
+    for mode in ("mixed-ghost", "mixed-ghost-bk"):
+        assert Scenario(name="s", grad_sample_mode=mode, **dp).grad_sample_mode == mode
+    with pytest.raises(ScenarioError, match="unknown grad_sample_mode 'fast'.*mixed-ghost-bk"):
+        Scenario(name="s", grad_sample_mode="fast", **dp)
+    assert Scenario(name="s", sampler="dpm-solver").sampler == "dpm-solver"
+    # The defaults (and so the published scenario hashes) are unchanged.
+    assert Scenario(name="s").grad_sample_mode == "hooks" and Scenario(name="s").sampler == "ddim"
