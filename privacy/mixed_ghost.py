@@ -16,7 +16,8 @@ Two grad-sample modes come from this module:
                     gradients; once every norm is known, each layer's clipped gradient sum is its
                     ordinary weight gradient with the output gradients scaled per sample by the
                     clip factor ``c_i`` (``conv2d_weight``, an einsum, ...). One forward, one
-                    backward, and one weight-gradient pass per layer.
+                    backward to the activations only (no weight gradients), the norms, and one
+                    weight-gradient pass per layer.
 
 Both keep Opacus' optimizer (``DPOptimizerFastGradientClipping``: noise on ``p.grad``), its
 accountant, its Poisson data loader, and its ``_norm_sample`` / ``get_clipping_coef``
@@ -32,8 +33,17 @@ Traps (found while building this, Opacus 1.6.0 / torch 2.14):
   ``ghost`` too (it writes the class-level registry): ours live in the subclass' own
   ``NORM_SAMPLERS`` so that ``ghost`` stays Opacus' as a baseline.
 * Opacus' Linear norm sampler always takes the ghost route on 3-d inputs (a T x T matrix per
-  sample): on the 14x14 attention of unet-28 (T = 196, d = p = 64) that is ~10x the work of the
+  sample): on the 14x14 attention of unet-28 (T = 196, d = p = 64) that is ~6x the work of the
   per-sample gradient. Ours chooses by cost.
+* Per-sample Conv2d gradients through im2col (Opacus' ``unfold2d`` + einsum, or ``F.unfold`` +
+  bmm) are slow and memory-heavy (9x the activation for a 3x3 kernel); one weight-gradient
+  convolution with the batch folded into the groups gives the same (B, p, d) tensor 4-7x faster
+  on CPU (measured on a 32-channel 28x28 layer), so the per-sample route uses that.
+* bf16 autocast: a norm computed in bf16 is off by ~0.4%, and an underestimated norm lets a
+  clipped contribution exceed C. Our norm samplers and book-keeping sums upcast to float32, so
+  ``mixed-ghost-bk`` clips to float32 accuracy; Opacus' second backward (``ghost``,
+  ``mixed-ghost``) recomputes the clipped sum in bf16, so there the bound holds only to bf16
+  rounding.
 * ``PrivacyEngine._prepare_model`` refuses a pre-wrapped module unless
   ``type(module) is get_gsm_class(mode)``, so a subclass cannot be passed in; overriding
   ``_prepare_model`` is the extension point that keeps optimizer, accountant and loader Opacus'.
