@@ -17,6 +17,7 @@ memory).
 from __future__ import annotations
 
 import contextlib
+import gc
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -193,6 +194,7 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
         # A dedicated GPU: one mode at a time, so that each mode's peak memory is its own.
         for mode in order:
             say(f"train {mode}")
+            gc.collect()  # the previous mode's model, optimizer state and Opacus hooks (cycles)
             _peak_reset(device)
             step, close = build(mode)
             try:
@@ -200,7 +202,7 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
                 peaks[mode] = _peak(device)
             finally:
                 close()
-            del step
+            del step, close
     else:
         # A (shared) CPU: the modes take turns step by step, so that load from other processes
         # falls on every mode alike and the ratios stay meaningful.
