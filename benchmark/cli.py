@@ -170,12 +170,28 @@ def cmd_verify_dp(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     report = verify_dp(args.model, device=device, batch_size=args.batch_size, modes=tuple(args.modes.split(",")),
-                       dtype=dtype, num_classes=None if args.unconditional else 10)
+                       dtype=dtype, num_classes=None if args.unconditional else 10,
+                       amp=None if args.amp == "off" else args.amp)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     if not report.passed:
         print(f"bench: error: per-sample gradients of {args.model} do not match the per-sample loop",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    import json
+
+    from benchmark.perf import run_perf
+    from benchmark.runner import resolve_device
+
+    device = resolve_device(args.device)
+    report = run_perf(args.model, batch=args.batch, device=device, modes=tuple(args.modes.split(",")),
+                      steps=args.steps, warmup=args.warmup, amp=None if args.amp == "off" else args.amp,
+                      sampler=args.sampler, sample_steps=args.sample_steps, fid_batch=args.fid_batch,
+                      progress=None if args.json else (lambda m: print(f"bench: perf {m}", file=sys.stderr)))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0
 
 
@@ -232,11 +248,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="a model config (bench list --models)")
     q.add_argument("--device", default="cpu")
     q.add_argument("--batch-size", type=int, default=4)
-    q.add_argument("--modes", default="hooks,ghost", help="comma-separated: hooks,ghost")
+    q.add_argument("--modes", default="hooks,ghost,mixed-ghost,mixed-ghost-bk",
+                   help="comma-separated (default: all): hooks,ghost,mixed-ghost,mixed-ghost-bk")
     q.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     q.add_argument("--unconditional", action="store_true", help="without the class embedding")
+    q.add_argument("--amp", choices=("off", "bf16"), default="off",
+                   help="bf16 autocast forward (compared at bf16 accuracy, 3e-2)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_verify_dp)
+
+    q = sub.add_parser("perf", help="images/s and peak memory of the plain step and every DP mode, "
+                       "sampling and FID features, on one machine in one run")
+    q.add_argument("--model", required=True, help="a model config (bench list --models)")
+    q.add_argument("--batch", type=int, default=32, help="training batch size (default 32)")
+    q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    q.add_argument("--modes", default="plain,hooks,ghost,mixed-ghost,mixed-ghost-bk",
+                   help="comma-separated training modes (plain is always timed: the ratios are to it)")
+    q.add_argument("--steps", type=int, default=5, help="timed steps per mode (median; default 5)")
+    q.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    q.add_argument("--amp", choices=("off", "bf16"), default="off", help="bf16 autocast of the forward")
+    q.add_argument("--sampler", default="ddim", help="ddim (default), dpm-solver or ddpm")
+    q.add_argument("--sample-steps", type=int, default=10, help="denoising steps to time (0: skip sampling)")
+    q.add_argument("--fid-batch", type=int, help="images per FID-feature call (default min(batch, 64); 0: skip)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_perf)
 
     q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
     q.add_argument("runs_dir", help="folder of run folders (bench run --out)")

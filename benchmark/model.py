@@ -2,7 +2,7 @@
 
 Read top to bottom this is the whole algorithm: images in [-1, 1], a random timestep and Gaussian
 noise per image, the UNet predicts the noise (epsilon parameterisation), loss = MSE. Sampling uses
-diffusers' DDIM (or full DDPM) scheduler built from the training scheduler's config.
+diffusers' DDIM, DPM-Solver++ or full DDPM scheduler built from the training scheduler's config.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 # Named UNet configs. Channels and resolution come from the dataset; these fix the architecture.
 # Every config has one attention level, as in DDPM; that is what exercises Opacus' conv grad
@@ -145,6 +145,11 @@ def train_epochs(model: UNet2DModel, optimizer: torch.optim.Optimizer, scheduler
     return {"loss": total / max(steps, 1), "steps": steps}
 
 
+# Evaluation samplers (a scenario's ``sampler``), each built from the training scheduler's config.
+# dpm-solver: DPM-Solver++ (2nd order multistep), good samples in 10-25 steps where DDIM needs 50+.
+SAMPLER_SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpm-solver": DPMSolverMultistepScheduler}
+
+
 @torch.no_grad()
 def sample(model: UNet2DModel, train_scheduler: DDPMScheduler, n: int, *, steps: int,
            sampler: str = "ddim", num_classes: int | None = None, seed: int = 0,
@@ -154,12 +159,10 @@ def sample(model: UNet2DModel, train_scheduler: DDPMScheduler, n: int, *, steps:
     Unconditional models get labels of -1. Class-conditional models get classes round-robin,
     so the generated set is class-balanced (what downstream accuracy needs).
     """
-    if sampler == "ddim":
-        sched = DDIMScheduler.from_config(train_scheduler.config)
-    elif sampler == "ddpm":
-        sched = DDPMScheduler.from_config(train_scheduler.config)
-    else:
-        raise ValueError(f"unknown sampler {sampler!r}")
+    try:
+        sched = SAMPLER_SCHEDULERS[sampler].from_config(train_scheduler.config)
+    except KeyError:
+        raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLER_SCHEDULERS)})") from None
     model.eval()
     c, r = model.config.in_channels, model.config.sample_size
     gen = torch.Generator(device=device).manual_seed(seed)

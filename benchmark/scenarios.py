@@ -28,7 +28,9 @@ from benchmark.partition import PartitionError, parse_scheme
 
 DP_MODES = ("none", "local-dpsgd", "central-dp")
 ATTACKS = ("mia-loss", "mia-secmi", "mia-pia", "inversion")
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpm-solver")
+# Mirrors privacy.dpsgd.GRAD_SAMPLE_MODES (not imported: scenarios stay light, without Opacus).
+GRAD_SAMPLE_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
 
 
 # Added in issue 8; at these values a scenario's hash is what it was before they existed.
@@ -55,7 +57,7 @@ class Scenario:
     delta: float | None = None
     max_grad_norm: float | None = None      # per-sample clip (local) / per-update clip (central)
     accountant: str = "rdp"                 # local: rdp or prv (Opacus); central: rdp (Flower's)
-    grad_sample_mode: str = "hooks"         # local DP-SGD: hooks or ghost
+    grad_sample_mode: str = "hooks"         # local DP-SGD: hooks, ghost, mixed-ghost, mixed-ghost-bk
     noise_multiplicity: int = 1             # local DP-SGD: noise draws per image (DPDM)
     central_clipping: str = "server"        # central DP: Flower's server- or client-side clipping
     attacks: tuple[str, ...] = ()
@@ -260,8 +262,8 @@ def _validate(s: Scenario) -> str | None:
             return f"max_grad_norm must be > 0, got {s.max_grad_norm}"
         if s.accountant not in ("rdp", "prv") or (s.dp_mode == "central-dp" and s.accountant != "rdp"):
             return f"accountant {s.accountant!r} not available for {s.dp_mode} (local: rdp, prv; central: rdp)"
-        if s.grad_sample_mode not in ("hooks", "ghost"):
-            return f"unknown grad_sample_mode {s.grad_sample_mode!r} (hooks or ghost)"
+        if s.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            return f"unknown grad_sample_mode {s.grad_sample_mode!r} (known: {', '.join(GRAD_SAMPLE_MODES)})"
         if s.central_clipping not in ("server", "client"):
             return f"central_clipping must be 'server' or 'client', got {s.central_clipping!r}"
         if s.noise_multiplicity < 1 or (s.noise_multiplicity > 1 and s.grad_sample_mode != "hooks"):

@@ -8,9 +8,12 @@ the accountant's history lives across rounds in the client's Flower context, and
 actually spent is reported after every round (the leaderboard shows the maximum over clients,
 whose data are disjoint).
 
-Grad-sample modes: ``hooks`` (per-sample gradients) and ``ghost`` (Opacus' ghost clipping: norms
-without materialising per-sample gradients where a norm sampler exists, then a second backward).
-Both run with the Conv2d fix of :mod:`privacy.grad_samplers` and pass ``bench verify-dp``.
+Grad-sample modes (``GRAD_SAMPLE_MODES``): ``hooks`` (per-sample gradients), ``ghost`` (Opacus'
+ghost clipping: norms without materialising per-sample gradients where a norm sampler exists, then
+a second backward), ``mixed-ghost`` and ``mixed-ghost-bk`` (:mod:`privacy.mixed_ghost`: per-layer
+cost-chosen ghost norms for Conv2d/Linear/GroupNorm, then Opacus' second backward resp.
+book-keeping with one backward). All run with the Conv2d fix of :mod:`privacy.grad_samplers` and
+pass ``bench verify-dp``.
 
 Noise multiplicity (DPDM, Dockhorn et al. 2023): K noise/timestep draws per image, whose
 per-sample gradients are averaged *before* clipping. One image is still one privacy unit, so the
@@ -28,6 +31,9 @@ import torch
 import privacy  # noqa: F401  (installs the grad-sampler fix)
 from benchmark.model import diffusion_loss, make_scheduler, to_model_range
 from privacy.accounting import sample_level_noise
+from privacy.mixed_ghost import MixedGhostPrivacyEngine, dp_backward
+
+GRAD_SAMPLE_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
 
 DEFAULT_MAX_GRAD_NORM = 1.0
 
@@ -55,8 +61,8 @@ def plan_local_dp(*, n_train: int, batch_size: int, rounds: int, local_epochs: i
     """Calibrate the noise for a client with ``n_train`` images (worst case: every round)."""
     if n_train < 1:
         raise ValueError("a DP-SGD client needs at least one training image")
-    if grad_sample_mode not in ("hooks", "ghost"):
-        raise ValueError(f"unknown grad_sample_mode {grad_sample_mode!r} (hooks or ghost)")
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"unknown grad_sample_mode {grad_sample_mode!r} (known: {', '.join(GRAD_SAMPLE_MODES)})")
     if noise_multiplicity < 1:
         raise ValueError("noise_multiplicity must be >= 1")
     if noise_multiplicity > 1 and grad_sample_mode != "hooks":
@@ -77,10 +83,7 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
                     accountant_history: list[tuple[float, float, int]]) -> dict:
     """``epochs`` of DP-SGD on one client. Returns loss, steps, the accountant's new history and
     the epsilon spent so far (this round included)."""
-    from opacus import PrivacyEngine
-    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
-
-    engine = PrivacyEngine(accountant=plan.accountant)
+    engine = MixedGhostPrivacyEngine(accountant=plan.accountant)  # Opacus' engine + the mixed-ghost modes
     engine.accountant.history = [tuple(h) for h in accountant_history]
     data = torch.utils.data.TensorDataset(torch.as_tensor(images), torch.as_tensor(labels))
     loader = torch.utils.data.DataLoader(data, batch_size=math.ceil(len(images) * plan.sample_rate),
@@ -114,8 +117,8 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
                 x0 = x0.repeat_interleave(k, 0)
                 y = y.repeat_interleave(k, 0) if y is not None else None
             per_loss = diffusion_loss(gsm, scheduler, x0, y, generator=gen, reduction="none")
-            if plan.grad_sample_mode == "ghost":
-                DPTensorFastGradientClipping(gsm, dp_opt, per_loss, "mean").backward()
+            if plan.grad_sample_mode != "hooks":
+                dp_backward(gsm, dp_opt, per_loss)
             else:
                 per_loss.mean().backward()
                 if k > 1:
@@ -140,7 +143,7 @@ def _average_multiplicity(gsm: torch.nn.Module, batch: int, k: int) -> None:
 def _zero_grads(gsm: torch.nn.Module, mode: str) -> None:
     for p in gsm.parameters():
         if p.requires_grad:
-            if mode == "ghost":
+            if mode != "hooks":
                 p.grad = torch.zeros_like(p)
             else:
                 p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)

@@ -9,6 +9,8 @@ reproduce it:
            reference gradients clipped by the reference norms.
 ``ghost``  Opacus ``GradSampleModuleFastGradientClipping`` (ghost clipping, double backward):
            per-sample norms, and the clipped gradient sum after the second backward.
+``mixed-ghost``, ``mixed-ghost-bk``  :mod:`privacy.mixed_ghost`: per-layer cost-chosen ghost norms
+           (Conv2d, Linear, GroupNorm), then Opacus' second backward resp. book-keeping sums.
 
 In both modes the clip factors Opacus applied are checked against the reference: each image's
 contribution ``factor_i * g_i`` must not exceed the clipping norm. That is the property the DP
@@ -25,7 +27,8 @@ import torch
 import privacy  # noqa: F401  (installs the grad-sampler fix)
 from benchmark.model import MODEL_INPUTS, build_unet, diffusion_loss, make_scheduler
 
-GRAD_SAMPLE_MODES = ("hooks", "ghost")
+GRAD_SAMPLE_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
+AMP_TOL = 3e-2  # bf16 autocast: 8-bit mantissas, batched vs one-image rounding
 
 
 @dataclass
@@ -49,6 +52,7 @@ class VerifyReport:
     batch_size: int
     max_grad_norm: float
     modes: list[ModeReport]
+    amp: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -59,13 +63,13 @@ class VerifyReport:
 
     def table(self) -> str:
         lines = [f"verify-dp {self.model} on {self.device} ({self.dtype}, batch {self.batch_size}, "
-                 f"clip {self.max_grad_norm:.4g})",
-                 f"{'mode':6s} {'grad rel err':>12s} {'zero tensors':>12s} {'norm rel err':>12s} "
+                 f"clip {self.max_grad_norm:.4g}{', bf16 autocast' if self.amp else ''})",
+                 f"{'mode':14s} {'grad rel err':>12s} {'zero tensors':>12s} {'norm rel err':>12s} "
                  f"{'clipped sum err':>15s} {'max contrib/C':>13s}  result"]
         for m in self.modes:
             ge = "-" if m.grad_rel_err is None else f"{m.grad_rel_err:.2e}"
             zp = "-" if m.zero_params is None else str(m.zero_params)
-            lines.append(f"{m.mode:6s} {ge:>12s} {zp:>12s} {m.norm_rel_err:12.2e} "
+            lines.append(f"{m.mode:14s} {ge:>12s} {zp:>12s} {m.norm_rel_err:12.2e} "
                          f"{m.clipped_sum_rel_err:15.2e} {m.max_contribution_over_clip:13.6f}  "
                          f"{'ok' if m.passed else 'MISMATCH: ' + '; '.join(m.problems)}")
         return "\n".join(lines)
@@ -130,26 +134,31 @@ def _check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol) -> ModeRep
     return _finish("hooks", _rel(got, ref), len(zero), worst, norms, summed, factors, ref, ref_norms, clip, tol)
 
 
-def _check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol) -> ModeReport:
+def _check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="ghost") -> ModeReport:
     from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
         GradSampleModuleFastGradientClipping)
     from opacus.optimizers import DPOptimizerFastGradientClipping
-    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+    from privacy import mixed_ghost
 
     x0, noise, t, labels = inputs
     m = copy.deepcopy(model)
-    gsm = GradSampleModuleFastGradientClipping(m, batch_first=True, loss_reduction="mean",
-                                               max_grad_norm=clip, use_ghost_clipping=True)
+    if mode == "ghost":
+        gsm = GradSampleModuleFastGradientClipping(m, batch_first=True, loss_reduction="mean",
+                                                   max_grad_norm=clip, use_ghost_clipping=True)
+    else:
+        gsm = mixed_ghost.wrap(m, mode, max_grad_norm=clip)
     opt = DPOptimizerFastGradientClipping(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0,
                                           max_grad_norm=clip, expected_batch_size=x0.shape[0],
                                           loss_reduction="mean")
     opt.zero_grad()
     per_loss = diffusion_loss(gsm, scheduler, x0, labels, noise=noise, timesteps=t, reduction="none")
-    DPTensorFastGradientClipping(gsm, opt, per_loss, "mean").backward()
+    mixed_ghost.dp_backward(gsm, opt, per_loss)  # Opacus' double backward, or book-keeping
     norms = gsm.per_sample_gradient_norms.detach()
     summed = {n.removeprefix("_module."): p.grad.detach() for n, p in gsm.named_parameters() if p.requires_grad}
     factors = gsm.get_clipping_coef().detach()
-    return _finish("ghost", None, None, None, norms, summed, factors, ref, ref_norms, clip, tol)
+    gsm._close()
+    return _finish(mode, None, None, None, norms, summed, factors, ref, ref_norms, clip, tol)
 
 
 def _finish(mode, grad_err, zero, worst, norms, summed, factors, ref, ref_norms, clip, tol) -> ModeReport:
@@ -175,22 +184,32 @@ def _finish(mode, grad_err, zero, worst, norms, summed, factors, ref, ref_norms,
 def verify_dp(model_name: str, *, device: str = "cpu", batch_size: int = 4, num_classes: int | None = 10,
               modes: tuple[str, ...] = GRAD_SAMPLE_MODES, dtype: torch.dtype = torch.float32,
               seed: int = 0, tol: float | None = None, in_channels: int | None = None,
-              resolution: int | None = None) -> VerifyReport:
-    """Compare every requested mode with the per-sample loop on ``model_name``'s real UNet."""
+              resolution: int | None = None, amp: str | None = None) -> VerifyReport:
+    """Compare every requested mode with the per-sample loop on ``model_name``'s real UNet.
+
+    ``amp="bf16"`` runs the forward of the reference and of every mode under bf16 autocast (as
+    ``bench perf --amp bf16`` trains) and compares at ``AMP_TOL``: the batched and the one-image
+    forward round differently in bf16, so agreement is to bf16 accuracy, not float32's.
+    """
     unknown = [m for m in modes if m not in GRAD_SAMPLE_MODES]
     if unknown:
         raise ValueError(f"unknown DP mode(s) {', '.join(unknown)} (known: {', '.join(GRAD_SAMPLE_MODES)})")
     if batch_size < 2:
         raise ValueError("verify-dp needs a batch of at least 2 images")
-    tol = tol if tol is not None else (1e-4 if dtype == torch.float32 else 1e-9)
+    if amp not in (None, "bf16"):
+        raise ValueError(f"unknown amp {amp!r} (bf16)")
+    tol = tol if tol is not None else (AMP_TOL if amp else 1e-4 if dtype == torch.float32 else 1e-9)
     # TF32 convolutions/matmuls (cuDNN's default on Ampere+) round to 10-bit mantissas, which
     # differ between the batched and the per-sample path by ~1e-3: that is arithmetic, not the
     # algorithm under test, so verification runs in full float32.
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        return _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol, in_channels,
-                       resolution)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp is not None):
+            rep = _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol, in_channels,
+                          resolution)
+        rep.amp = amp
+        return rep
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
@@ -208,6 +227,8 @@ def _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol
     clip = float(ref_norms.median())  # half the images get clipped
     reports = []
     for mode in modes:
-        check = _check_hooks if mode == "hooks" else _check_ghost
-        reports.append(check(model, scheduler, inputs, ref, ref_norms, clip, tol))
+        if mode == "hooks":
+            reports.append(_check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol))
+        else:
+            reports.append(_check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode))
     return VerifyReport(model_name, str(device), str(dtype).removeprefix("torch."), batch_size, clip, reports)

@@ -2,13 +2,14 @@
 
 1. ``verify-dp`` on every model config on CUDA (float32, TF32 off), with our Conv2d fix and with
    Opacus' stock grad sampler (to record what the fix fixes on a GPU).
-2. A side-by-side DP step vs plain step timing (median of timed steps after warm-up, synchronised,
-   TF32 on as in training), hooks and ghost, with peak memory. Writes JSON to $OUT.
+2. ``bench perf`` (benchmark/perf.py) on unet-28 b256 and unet-32 b128: plain, hooks, ghost,
+   mixed-ghost, mixed-ghost-bk (median of 10 synchronised steps after 3, TF32 on as in training),
+   float32 and bf16 autocast, peak memory per mode, DPM-Solver sampling and FID features.
+   Writes JSON to $OUT (after each table, so a timeout keeps what was measured).
 """
 
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -16,7 +17,6 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 
-from benchmark.model import MODEL_INPUTS, build_unet, diffusion_loss, make_scheduler  # noqa: E402
 from privacy.grad_samplers import stock_opacus_conv2d  # noqa: E402
 from privacy.verify import verify_dp  # noqa: E402
 
@@ -24,74 +24,41 @@ OUT = os.environ.get("OUT", ".")
 dev = os.environ.get("GPU_CHECKS_DEVICE", "cuda")  # "cpu" to dry-run the script here
 small = dev == "cpu"
 results = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
-           "verify": [], "steps": []}
+           "verify": []}
 
 for name, bs in ((("unet-tiny", 2),) if small else (("unet-tiny", 8), ("unet-28", 8), ("unet-32", 4))):
     for fixed in (True, False):
         t0 = time.perf_counter()
-        if fixed:
+        if fixed:  # every mode: hooks, ghost, mixed-ghost, mixed-ghost-bk
             rep = verify_dp(name, device=dev, batch_size=bs)
-        else:
+        else:  # what the fix fixes, in Opacus' own modes
             with stock_opacus_conv2d():
-                rep = verify_dp(name, device=dev, batch_size=bs)
+                rep = verify_dp(name, device=dev, batch_size=bs, modes=("hooks", "ghost"))
         print(("FIXED " if fixed else "STOCK OPACUS ") + rep.table(), f"({time.perf_counter() - t0:.1f} s)",
               flush=True)
         results["verify"].append({"fixed": fixed, **rep.to_dict()})
 
 
-def time_steps(name, batch, mode, n=10, warmup=3):
-    from opacus import GradSampleModule
-    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
-        GradSampleModuleFastGradientClipping)
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+# 2. bench perf (benchmark/perf.py): plain and every DP mode, sampling and FID features, TF32 on,
+# in float32 and with bf16 autocast. Issue 7's bar: the fastest correct DP mode >= 0.8x plain on
+# unet-32 and >= 0.5x on unet-28, peak memory <= 1.5x plain.
+from benchmark.perf import run_perf  # noqa: E402
 
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    c, r = MODEL_INPUTS[name]
-    model = build_unet(name, in_channels=c, resolution=r, seed=0).to(dev)
-    sched = make_scheduler()
-    x0 = torch.rand(batch, c, r, r, device=dev) * 2 - 1
-    base = torch.optim.Adam(model.parameters(), lr=1e-4)
-    if mode == "plain":
-        net, opt = model, base
-    elif mode == "hooks":
-        net = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-        opt = DPOptimizer(base, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch)
-    else:
-        net = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
-                                                   max_grad_norm=1.0, use_ghost_clipping=True)
-        opt = DPOptimizerFastGradientClipping(base, noise_multiplier=1.0, max_grad_norm=1.0,
-                                              expected_batch_size=batch, loss_reduction="mean")
-    times = []
-    if dev == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    if small:
-        n, warmup = 2, 1
-    for i in range(warmup + n):
-        sync()
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        per = diffusion_loss(net, sched, x0, reduction="none")
-        if mode == "ghost":
-            DPTensorFastGradientClipping(net, opt, per, "mean").backward()
-        else:
-            per.mean().backward()
-        opt.step()
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {"model": name, "batch": batch, "mode": mode, "median_s": med, "img_per_s": batch / med,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
-
-
+results["perf"] = []
 for name, batch in ((("unet-tiny", 4),) if small else (("unet-28", 256), ("unet-32", 128))):
-    rows = [time_steps(name, batch, m) for m in ("plain", "hooks", "ghost")]
-    for row in rows:
-        row["ratio_to_plain"] = row["img_per_s"] / rows[0]["img_per_s"]
-        print(json.dumps(row), flush=True)
-        results["steps"].append(row)
+    for amp in (None, "bf16"):
+        t0 = time.perf_counter()
+        rep = run_perf(name, batch=batch, device=dev, steps=2 if small else 10, warmup=1 if small else 3,
+                       amp=amp, sample_steps=2 if small else 10, fid_batch=4 if small else 256,
+                       sampler="dpm-solver")
+        print(rep.table(), f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        results["perf"].append(rep.to_dict())
+        plain = next(r for r in rep.rows if r.mode == "plain")
+        for r in rep.rows:
+            if r.what == "train" and r.mode != "plain" and r.peak_gib and plain.peak_gib:
+                print(f"  {r.mode}: {r.ratio_to_plain:.2f}x plain, memory {r.peak_gib / plain.peak_gib:.2f}x plain")
+        with open(os.path.join(OUT, "gpu_checks.json"), "w") as f:  # partial results survive a timeout
+            json.dump(results, f, indent=2)
 
 with open(os.path.join(OUT, "gpu_checks.json"), "w") as f:
     json.dump(results, f, indent=2)

@@ -50,13 +50,13 @@ def test_per_image_loss_shape():
     assert diffusion_loss(model, make_scheduler(50), x0, reduction="none").shape == (5,)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm-solver"])
 def test_sampling_shapes_and_conditioning(sampler):
     model = build_unet("unet-tiny", in_channels=1, resolution=8, num_classes=3, seed=0)
-    imgs, labels = sample(model, make_scheduler(20), 7, steps=3 if sampler == "ddim" else 20,
+    imgs, labels = sample(model, make_scheduler(20), 7, steps=20 if sampler == "ddpm" else 3,
                           sampler=sampler, num_classes=3, seed=1, batch_size=4)
     assert imgs.shape == (7, 1, 8, 8) and imgs.dtype == np.uint8
     assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
-    again, _ = sample(model, make_scheduler(20), 7, steps=3 if sampler == "ddim" else 20,
+    again, _ = sample(model, make_scheduler(20), 7, steps=20 if sampler == "ddpm" else 3,
                       sampler=sampler, num_classes=3, seed=1, batch_size=4)
     assert np.array_equal(imgs, again)

@@ -103,8 +103,9 @@ def test_fix_is_installed():
 
 @pytest.mark.parametrize("model", ["unet-tiny", "unet-28"])
 def test_every_mode_matches_per_sample_loop_on_real_unet(model):
-    report = verify_dp(model, batch_size=3, modes=("hooks", "ghost"))
+    report = verify_dp(model, batch_size=3)  # every mode: hooks, ghost, mixed-ghost, mixed-ghost-bk
     assert report.passed, report.table()
+    assert [m.mode for m in report.modes] == ["hooks", "ghost", "mixed-ghost", "mixed-ghost-bk"]
     for m in report.modes:
         assert m.norm_rel_err < 1e-4 and m.max_contribution_over_clip <= 1 + 1e-4
     assert report.modes[0].zero_params == 0 and report.modes[0].grad_rel_err < 1e-4
@@ -112,8 +113,48 @@ def test_every_mode_matches_per_sample_loop_on_real_unet(model):
 
 @pytest.mark.slow
 def test_every_mode_matches_per_sample_loop_on_32px_unet():
-    report = verify_dp("unet-32", batch_size=2, modes=("hooks", "ghost"))
+    report = verify_dp("unet-32", batch_size=2)
     assert report.passed, report.table()
+    assert all(m.norm_rel_err < 1e-4 and m.max_contribution_over_clip <= 1 + 1e-4 for m in report.modes)
+
+
+@pytest.mark.parametrize("route", ["ghost", "per-sample"])
+def test_mixed_ghost_modes_match_per_sample_loop_on_either_route(route):
+    # unet-tiny's layers all take the per-sample route by cost: force each branch to test both.
+    from privacy.mixed_ghost import force_route
+
+    with force_route(route):
+        report = verify_dp("unet-tiny", batch_size=3, modes=("mixed-ghost", "mixed-ghost-bk"))
+    assert report.passed, report.table()
+    assert all(m.norm_rel_err < 1e-4 and m.max_contribution_over_clip <= 1 + 1e-4 for m in report.modes)
+
+
+def test_mixed_ghost_chooses_ghost_where_it_is_cheaper():
+    from benchmark.model import build_unet
+    from privacy.mixed_ghost import ghost_is_cheaper, routes
+
+    assert ghost_is_cheaper(49, 576, 64) and not ghost_is_cheaper(784, 288, 32)
+    r = routes(build_unet("unet-28", in_channels=1, resolution=28), 1, 28)
+    assert {v[0] for v in r.values()} == {"ghost", "per-sample"}
+    assert all(v[0] == "ghost" for v in r.values() if v[1] == 49 and v[2] >= 576)
+
+
+def test_bf16_autocast_keeps_per_sample_norms_and_the_clipping_bound():
+    # The forward under bf16 autocast (bench perf --amp bf16): agreement with the (also autocast)
+    # per-sample loop only to bf16 accuracy, AMP_TOL = 3e-2; book-keeping sums in float32.
+    from privacy.verify import AMP_TOL
+
+    report = verify_dp("unet-tiny", batch_size=3, modes=("hooks", "mixed-ghost-bk"), amp="bf16")
+    assert report.amp == "bf16" and report.passed, report.table()
+    for m in report.modes:
+        assert m.norm_rel_err < AMP_TOL and m.max_contribution_over_clip <= 1 + AMP_TOL
+
+
+def test_book_keeping_refuses_a_layer_it_cannot_sum():
+    from privacy.mixed_ghost import wrap
+
+    with pytest.raises(NotImplementedError, match="LayerNorm"):
+        wrap(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3)), "mixed-ghost-bk", max_grad_norm=1.0)
 
 
 def test_stock_opacus_conv_sampler_is_wrong_on_this_model_and_verification_catches_it():
@@ -168,7 +209,7 @@ def _dp_vs_plain(mode: str) -> float:
     return math.sqrt(num / den)
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "mixed-ghost", "mixed-ghost-bk"])
 def test_dp_step_without_noise_and_clipping_equals_plain_step(mode):
     assert _dp_vs_plain(mode) < 1e-5
 

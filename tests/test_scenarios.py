@@ -101,3 +101,18 @@ def test_regression_suite_is_a_resized_privacy_subset():
             assert (s.dp_mode, s.target_epsilon, s.partition, s.model, s.num_clients) == \
                 (p.dp_mode, p.target_epsilon, p.partition, p.model, p.num_clients)
             assert s.rounds < p.rounds and s.hash != p.hash
+
+
+def test_issue7_fields_mixed_ghost_modes_and_dpm_solver():
+    from privacy.dpsgd import GRAD_SAMPLE_MODES
+    from benchmark.scenarios import GRAD_SAMPLE_MODES as SCENARIO_MODES
+
+    assert SCENARIO_MODES == GRAD_SAMPLE_MODES  # the scenario layer mirrors privacy/ without importing it
+    dp = dict(dp_mode="local-dpsgd", target_epsilon=4.0, delta=1e-5)
+    for mode in ("mixed-ghost", "mixed-ghost-bk"):
+        assert Scenario(name="s", grad_sample_mode=mode, **dp).grad_sample_mode == mode
+    with pytest.raises(ScenarioError, match="unknown grad_sample_mode 'fast'.*mixed-ghost-bk"):
+        Scenario(name="s", grad_sample_mode="fast", **dp)
+    assert Scenario(name="s", sampler="dpm-solver").sampler == "dpm-solver"
+    # The defaults (and so the published scenario hashes) are unchanged.
+    assert Scenario(name="s").grad_sample_mode == "hooks" and Scenario(name="s").sampler == "ddim"

@@ -34,10 +34,26 @@ def test_plain_training_step(benchmark, tiny):
     benchmark.pedantic(step, rounds=10, warmup_rounds=2)
 
 
-def test_ddim_sampling_10_steps(benchmark, tiny):
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "mixed-ghost", "mixed-ghost-bk"])
+def test_dp_training_step(benchmark, mode):
+    from benchmark.perf import make_train_step
+
+    model = build_unet("unet-tiny", in_channels=1, resolution=28, seed=0)
+    step, close = make_train_step(model, mode, batch=BATCH, device="cpu")
+    benchmark.extra_info["images_per_step"] = BATCH
+    benchmark.extra_info["mode"] = mode
+    try:
+        benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    finally:
+        close()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver"])
+def test_sampling_10_steps(benchmark, tiny, sampler):
     model, sched, _ = tiny
     benchmark.extra_info["images"] = BATCH
-    benchmark.pedantic(lambda: sample(model, sched, BATCH, steps=10, seed=0), rounds=3, warmup_rounds=1)
+    benchmark.pedantic(lambda: sample(model, sched, BATCH, steps=10, sampler=sampler, seed=0), rounds=3,
+                       warmup_rounds=1)
 
 
 def test_inception_features(benchmark, tmp_path, monkeypatch):

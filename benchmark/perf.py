@@ -1,0 +1,250 @@
+"""``bench perf``: images/s and peak memory of the training step in every mode, on one machine, in one run.
+
+For one model config and batch size: the plain (non-private) step and each DP grad-sample mode the
+product offers (Opacus' ``hooks`` and ``ghost``, our ``mixed-ghost`` and ``mixed-ghost-bk``), each
+a full optimizer step (forward, backward, clipping, noise, Adam), timed as the median of
+``steps`` synchronised steps after ``warmup`` untimed ones, with the ratio to the plain step; then
+sampling images/s (the scenario sampler, ``sample_steps`` denoising steps) and FID-feature
+images/s (the offline Inception extractor). Peak memory is CUDA's ``max_memory_allocated`` per
+mode (not measured on CPU: the caching allocator's statistics exist only on CUDA).
+
+Ratios are only comparable within one run (same machine, same load): on a shared CPU the medians
+move by tens of percent between runs, which is why every mode is timed in the same call, and on
+CPU the modes take turns step by step (on CUDA they run one after the other, for per-mode peak
+memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+DP_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
+TRAIN_MODES = ("plain", *DP_MODES)
+
+
+@dataclass
+class PerfRow:
+    what: str                  # train / sample / fid-features
+    mode: str                  # plain, a DP mode, or the sampler
+    batch: int
+    median_s: float
+    img_per_s: float
+    ratio_to_plain: float | None = None
+    peak_gib: float | None = None
+
+
+@dataclass
+class PerfReport:
+    model: str
+    device: str
+    device_name: str
+    batch: int
+    amp: str | None
+    steps: int
+    warmup: int
+    torch_threads: int
+    versions: dict[str, str]
+    rows: list[PerfRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        lines = [f"bench perf {self.model} batch {self.batch} on {self.device_name}"
+                 f" (amp {self.amp or 'off'}, median of {self.steps} steps after {self.warmup}, "
+                 f"{self.torch_threads} threads; torch {self.versions.get('torch')}, opacus "
+                 f"{self.versions.get('opacus')})",
+                 f"{'what':13s} {'mode':15s} {'img/s':>10s} {'vs plain':>9s} {'peak GiB':>9s} {'median s':>9s}"]
+        for r in self.rows:
+            ratio = "" if r.ratio_to_plain is None else f"{r.ratio_to_plain:.2f}x"
+            peak = "n/a" if r.peak_gib is None else f"{r.peak_gib:.2f}"
+            lines.append(f"{r.what:13s} {r.mode:15s} {r.img_per_s:10,.1f} {ratio:>9s} {peak:>9s} {r.median_s:9.4f}")
+        return "\n".join(lines)
+
+
+def _sync(device: str):
+    return torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+
+def _peak_reset(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if str(device).startswith("cuda") else None
+
+
+def _timed(fn, *, steps: int, warmup: int, device: str) -> float:
+    sync = _sync(device)
+    times = []
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def autocast(device: str, amp: str | None):
+    """bf16 autocast around the forward (and loss) only; the backward follows the forward's dtypes."""
+    if amp is None:
+        return contextlib.nullcontext()
+    if amp != "bf16":
+        raise ValueError(f"unknown amp {amp!r} (bf16)")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def make_train_step(model: torch.nn.Module, mode: str, *, batch: int, device: str, amp: str | None = None,
+                    max_grad_norm: float = 1.0, noise_multiplier: float = 1.0, seed: int = 0):
+    """One optimizer step of ``mode`` on ``model`` (which it wraps); returns ``step()`` and a cleanup."""
+    from opacus import GradSampleModule
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
+        GradSampleModuleFastGradientClipping)
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+    from benchmark.model import diffusion_loss, make_scheduler
+    from privacy import mixed_ghost
+
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"unknown mode {mode!r} (known: {', '.join(TRAIN_MODES)})")
+    c, r = model.config.in_channels, model.config.sample_size
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x0 = torch.rand(batch, c, r, r, generator=gen, device=device) * 2 - 1
+    labels = (torch.randint(0, model.config.num_class_embeds, (batch,), generator=gen, device=device)
+              if model.config.num_class_embeds else None)
+    sched = make_scheduler()
+    base = torch.optim.Adam(model.parameters(), lr=1e-4)
+    dp_kw = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=batch,
+                 generator=torch.Generator(device=device).manual_seed(seed + 1))
+    if mode == "plain":
+        net, opt = model, base
+    elif mode == "hooks":
+        net = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        opt = DPOptimizer(base, **dp_kw)
+    else:
+        if mode == "ghost":
+            net = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
+                                                       max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        else:
+            net = mixed_ghost.wrap(model, mode, max_grad_norm=max_grad_norm)
+        opt = DPOptimizerFastGradientClipping(base, loss_reduction="mean", **dp_kw)
+    net.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            per = diffusion_loss(net, sched, x0, labels, generator=gen, reduction="none")
+        per = per.float()
+        if mode in ("plain", "hooks"):
+            with mixed_ghost.quiet_output_hooks():
+                per.mean().backward()
+        else:
+            mixed_ghost.dp_backward(net, opt, per)
+        opt.step()
+
+    def close():
+        if mode != "plain":
+            net._close()
+
+    return step, close
+
+
+def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[str, ...] = TRAIN_MODES,
+             steps: int = 5, warmup: int = 2, amp: str | None = None, conditional: bool = False,
+             sampler: str = "ddim", sample_steps: int = 10, sample_batch: int | None = None,
+             fid_batch: int | None = None, tf32: bool = True, progress=None) -> PerfReport:
+    """Time every mode of ``modes`` (``plain`` first: the ratios are to it), sampling and FID features."""
+    from importlib import metadata
+
+    from benchmark.model import MODEL_INPUTS, build_unet, make_scheduler, sample
+
+    if "plain" not in modes:
+        modes = ("plain", *modes)
+    unknown = [m for m in modes if m not in TRAIN_MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {', '.join(unknown)} (known: {', '.join(TRAIN_MODES)})")
+    c, r = MODEL_INPUTS[model_name]
+    if str(device).startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = f"cpu ({torch.get_num_threads()} threads)"
+    versions = {d: metadata.version(d) for d in ("torch", "opacus", "diffusers")}
+    report = PerfReport(model_name, str(device), name, batch, amp, steps, warmup, torch.get_num_threads(), versions)
+    say = progress or (lambda _msg: None)
+    order = ("plain", *[m for m in modes if m != "plain"])
+
+    def build(mode):
+        model = build_unet(model_name, in_channels=c, resolution=r, num_classes=10 if conditional else None,
+                           seed=0).to(device)
+        return make_train_step(model, mode, batch=batch, device=device, amp=amp)
+
+    medians, peaks = {}, {}
+    if str(device).startswith("cuda"):
+        # A dedicated GPU: one mode at a time, so that each mode's peak memory is its own.
+        for mode in order:
+            say(f"train {mode}")
+            gc.collect()  # the previous mode's model, optimizer state and Opacus hooks (cycles)
+            _peak_reset(device)
+            step, close = build(mode)
+            try:
+                medians[mode] = _timed(step, steps=steps, warmup=warmup, device=device)
+                peaks[mode] = _peak(device)
+            finally:
+                close()
+            del step, close
+    else:
+        # A (shared) CPU: the modes take turns step by step, so that load from other processes
+        # falls on every mode alike and the ratios stay meaningful.
+        say(f"train {', '.join(order)} (interleaved)")
+        built = {mode: build(mode) for mode in order}
+        times = {mode: [] for mode in order}
+        try:
+            for i in range(warmup + steps):
+                for mode in order:
+                    t0 = time.perf_counter()
+                    built[mode][0]()
+                    if i >= warmup:
+                        times[mode].append(time.perf_counter() - t0)
+        finally:
+            for _step, close in built.values():
+                close()
+        medians = {mode: statistics.median(t) for mode, t in times.items()}
+    plain_ips = batch / medians["plain"]
+    for mode in order:
+        ips = batch / medians[mode]
+        report.rows.append(PerfRow("train", mode, batch, medians[mode], ips, ips / plain_ips, peaks.get(mode)))
+    if sample_steps > 0:
+        say(f"sample {sampler}")
+        model = build_unet(model_name, in_channels=c, resolution=r, seed=0).to(device)
+        sb = sample_batch or batch
+        _peak_reset(device)
+        with autocast(device, amp):
+            med = _timed(lambda: sample(model, make_scheduler(), sb, steps=sample_steps, sampler=sampler,
+                                        device=device, batch_size=sb),
+                         steps=max(1, steps // 2), warmup=1, device=device)
+        report.rows.append(PerfRow("sample", f"{sampler}-{sample_steps}", sb, med, sb / med, None, _peak(device)))
+    if fid_batch != 0:
+        import numpy as np
+
+        from benchmark.utility import inception_features
+
+        say("fid features")
+        n = fid_batch or min(batch, 64)
+        images = np.random.default_rng(0).integers(0, 256, (n, c, r, r), dtype=np.uint8)
+        inception_features(images[:2], device=device)  # loads (and caches) the network outside the timing
+        _peak_reset(device)
+        med = _timed(lambda: inception_features(images, device=device), steps=max(1, steps // 2), warmup=1,
+                     device=device)
+        report.rows.append(PerfRow("fid-features", "inception", n, med, n / med, None, _peak(device)))
+    return report

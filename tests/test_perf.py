@@ -1,0 +1,28 @@
+"""bench perf: the report's shape and the CLI (never timed assertions: the numbers are measurements)."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_bench_perf_json_has_every_mode_with_ratio_to_plain(capsys):
+    from benchmark.cli import main
+
+    assert main(["perf", "--model", "unet-tiny", "--batch", "2", "--steps", "1", "--warmup", "0",
+                 "--sample-steps", "1", "--sampler", "dpm-solver", "--fid-batch", "0", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    train = [r for r in rep["rows"] if r["what"] == "train"]
+    assert [r["mode"] for r in train] == ["plain", "hooks", "ghost", "mixed-ghost", "mixed-ghost-bk"]
+    assert train[0]["ratio_to_plain"] == 1.0 and all(r["img_per_s"] > 0 for r in train)
+    assert [r["mode"] for r in rep["rows"] if r["what"] == "sample"] == ["dpm-solver-1"]
+    assert rep["versions"]["opacus"] and rep["versions"]["diffusers"]
+
+
+def test_bench_perf_refuses_unknown_mode(capsys):
+    from benchmark.cli import main
+
+    assert main(["perf", "--model", "unet-tiny", "--modes", "plain,fast"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown mode(s) fast" in err[0]
