@@ -91,6 +91,28 @@ def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode):
     assert any(not torch.equal(new[k], old[k]) for k in old)
 
 
+def test_secret_randomness_keeps_local_dp_noise_from_the_server():
+    """By default a client's DP-SGD run is a function of the run seed (reproducible, and so
+    replayable by the server); with secret-randomness the same message gives a different update."""
+    import dataclasses
+
+    scenario = dataclasses.replace(SCENARIO, dp_mode="local-dpsgd", target_epsilon=8.0, delta=1e-5)
+    arrays = initial_arrays()
+
+    def update(node_config):
+        msg = train_message(arrays)
+        msg.content["config"]["scenario"] = scenario.to_json()
+        ctx = fresh_context()
+        ctx.node_config.update(node_config)
+        return client_app.train(msg, ctx).content["arrays"].to_torch_state_dict()
+
+    a, b = update({}), update({})
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c, d = update({"secret-randomness": "true"}), update({"secret-randomness": "true"})
+    assert any(not torch.equal(c[k], d[k]) for k in c)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
 def test_optimizer_state_lives_in_context_across_rounds():
     arrays = initial_arrays()
     ctx = fresh_context()

@@ -7,12 +7,15 @@ deployment.
 
 Node config (deployment: ``flower-supernode --node-config "partition-id=0 num-partitions=4
 data-root=/data"``; simulation sets the first two): ``partition-id`` picks this party's share of
-the scenario's partition; ``data-root`` (optional) is where its dataset files lie.
+the scenario's partition; ``data-root`` (optional) is where its dataset files lie;
+``secret-randomness=true`` (optional) keeps the local training randomness, DP noise included, from
+the server (see :func:`client_train_seed`).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -26,6 +29,22 @@ app = ClientApp()
 
 OPTIMIZER_STATE_KEY = "optimizer"
 ACCOUNTANT_STATE_KEY = "dp-accountant"
+
+
+def client_train_seed(context: Context, seed: int, pid: int, server_round: int) -> int:
+    """The seed of this round's local training randomness: Poisson batches, DP-SGD noise,
+    diffusion noise and timesteps.
+
+    By default it derives from the run seed, which the server knows: runs are reproducible, but
+    a curious server can replay the client's DP noise and batch sampling, so local DP then holds
+    against everyone *except* the server. A party that needs the guarantee against the server
+    starts its SuperNode with ``--node-config "secret-randomness=true ..."``: the seed is then
+    drawn from the OS's CSPRNG (``secrets``) every round and never leaves the node (the generators
+    it seeds are torch's, not a CSPRNG; the secret is the seed).
+    """
+    if str(context.node_config.get("secret-randomness", "false")).lower() in ("1", "true", "yes"):
+        return secrets.randbits(63)
+    return task.derive_seed("client-train", seed, pid, server_round)
 
 
 @app.query()
@@ -58,7 +77,7 @@ def train(msg: Message, context: Context) -> Message:
         flat = context.state[OPTIMIZER_STATE_KEY].to_torch_state_dict()
         task.load_optimizer_state(optimizer, {k: v.to(device) for k, v in flat.items()})
 
-    train_seed = task.derive_seed("client-train", seed, pid, server_round)
+    train_seed = client_train_seed(context, seed, pid, server_round)
     extra = {}
     if scenario.dp_mode == "local-dpsgd":
         from privacy.dpsgd import dp_train_epochs
