@@ -63,8 +63,8 @@ class AttackBudget:
 
 
 BUDGETS: dict[str, AttackBudget] = {
-    # A token inversion budget: the CPU suite must stay within 15 minutes on 2 cores.
-    "cpu": AttackBudget(mia_noise_draws=4, mia_max_candidates=128, inversion_iters=25, inversion_local_steps=2),
+    # A token inversion budget: the CPU privacy suite must stay within 15 minutes on 2 cores.
+    "cpu": AttackBudget(mia_noise_draws=2, mia_max_candidates=128, inversion_iters=10, inversion_local_steps=2),
     "gpu": AttackBudget(mia_noise_draws=8, mia_max_candidates=2000, inversion_iters=2000,
                         inversion_restarts=2),
 }

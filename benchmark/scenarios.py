@@ -97,6 +97,7 @@ class Scenario:
         Fields added after results were published (``HASH_NEUTRAL_DEFAULTS``) enter the
         definition only when set to something else than their default, so the hashes of
         existing scenarios, and the run folders and leaderboards named by them, stay valid.
+        A scenario with attacks also carries its scale's attack budget (``attacks.base.BUDGETS``).
         """
         d = dataclasses.asdict(self)
         d.pop("seeds")
@@ -104,6 +105,11 @@ class Scenario:
         for key, default in HASH_NEUTRAL_DEFAULTS.items():
             if d[key] == default:
                 d.pop(key)
+        if self.attacks:
+            # The attack budget comes with the scale; a changed budget is a different experiment.
+            from attacks.base import BUDGETS
+
+            d["attack_budget"] = BUDGETS[self.scale].to_dict()
         return d
 
     @property

@@ -201,3 +201,16 @@ def test_membership_scores_are_deterministic_per_candidate(name):
     if name != "mia-loss":  # no randomness at all: scoring a subset gives the same scores
         c = attack.score(model, sched, x[:3], y[:3], budget=budget, generator=torch.Generator().manual_seed(9))
         np.testing.assert_allclose(c, a[:3], rtol=1e-3)  # float32 batch-size rounding only
+
+
+def test_the_attack_budget_is_part_of_a_scenarios_identity(monkeypatch):
+    """Runs attacked with another budget never mix with old ones in a leaderboard."""
+    import dataclasses
+
+    from attacks import base
+
+    with_attacks, without = _scenario(), _scenario(attacks=())
+    h1, h0 = with_attacks.hash, without.hash
+    monkeypatch.setitem(base.BUDGETS, "cpu", dataclasses.replace(base.BUDGETS["cpu"], inversion_iters=11))
+    assert with_attacks.hash != h1
+    assert without.hash == h0
