@@ -78,7 +78,7 @@ def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: 
     if chance is not None:
         ax.axhline(chance, ls=":", color="k", lw=1, label="chance")
     if len(dp):  # log axis, labelled at the epsilons that were run
-        eps = sorted({float(f"{e:.3g}") for e in dp["epsilon"]})
+        eps = sorted({float(f"{e:.2g}") for e in dp["epsilon"]})  # 0.996 and 0.9997: one tick
         ax.set_xscale("log")
         ax.set_xlim(eps[0] / 1.6, eps[-1] * 1.6)
         ax.set_xticks(eps, [f"{e:g}" for e in eps])
