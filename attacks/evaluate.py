@@ -25,6 +25,7 @@ import torch
 
 from attacks.audit import audit_verdict, epsilon_lower_bound
 from attacks.base import BUDGETS, AttackBudget, get_mia, mia_metrics, roc_curve
+from benchmark.runner import write_atomic
 
 AUDIT_CONFIDENCE = 0.95
 DEFAULT_AUDIT_DELTA = 1e-5   # rows without DP claim nothing; their bound is still shown at this delta
@@ -61,14 +62,16 @@ def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict,
     arrays: dict[str, np.ndarray] = {}
     columns: dict = {}
 
-    def score_set(name: str, idx_mem: np.ndarray, idx_non: np.ndarray, tag: str):
+    def candidates(idx_mem: np.ndarray, idx_non: np.ndarray):
+        """One candidate set as the attacks see it (images, class labels) and its ground truth."""
         idx = np.concatenate([idx_mem, idx_non])
         x = to_model_range(ds.images[idx]).to(device)
         y = torch.as_tensor(ds.labels[idx], device=device) if conditional else None
+        return x, y, np.r_[np.ones(len(idx_mem), np.int64), np.zeros(len(idx_non), np.int64)]
+
+    def score(name: str, cand, tag: str) -> np.ndarray:
         gen = torch.Generator(device=device).manual_seed(_seed("mia", name, tag, seed))
-        scores = get_mia(name).score(model, sched, x, y, budget=budget, generator=gen)
-        labels = np.r_[np.ones(len(idx_mem), np.int64), np.zeros(len(idx_non), np.int64)]
-        return scores, labels
+        return get_mia(name).score(model, sched, cand[0], cand[1], budget=budget, generator=gen)
 
     # Membership inference ------------------------------------------------------------------------
     mias = [a for a in scenario.attacks if a.startswith("mia-")]
@@ -76,15 +79,17 @@ def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict,
     members = np.array([i for i in fed.partition.members() if i not in canary_members], dtype=np.int64)
     mem, non = membership_candidates(members, fed.partition.heldout(), budget.mia_max_candidates,
                                      _seed("mia-candidates", seed))
+    natural = candidates(mem, non) if mias else None
+    canary = candidates(fed.canary_members, fed.canary_nonmembers) if mias and len(fed.canary_members) else None
     sets = []
     for name in mias:
         key = name.replace("-", "_")
-        scores, labels = score_set(name, mem, non, "natural")
+        scores, labels = score(name, natural, "natural"), natural[2]
         arrays[f"{key}_scores"], arrays[f"{key}_labels"] = scores, labels
         record["mia"][name] = mia_metrics(scores, labels)
         sets.append((name, "natural", scores, labels))
-        if len(fed.canary_members):
-            cs, cl = score_set(name, fed.canary_members, fed.canary_nonmembers, "canary")
+        if canary is not None:
+            cs, cl = score(name, canary, "canary"), canary[2]
             arrays[f"{key}_canary_scores"], arrays[f"{key}_canary_labels"] = cs, cl
             record["canaries"][name] = mia_metrics(cs, cl)
             sets.append((name, "canary", cs, cl))
@@ -124,15 +129,9 @@ def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict,
     if arrays:
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        _write(out_dir / "attack_scores.npz", buf.getvalue())
-    _write(out_dir / "attacks.json", json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
+        write_atomic(out_dir / "attack_scores.npz", buf.getvalue())
+    write_atomic(out_dir / "attacks.json", json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
     return columns
-
-
-def _write(path: Path, data: bytes | str) -> None:
-    from benchmark.runner import write_atomic
-
-    write_atomic(path, data)
 
 
 def observed_dp(scenario, privacy: dict) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from attacks.base import auc, roc_curve, tpr_at_fpr
 from benchmark.runner import write_atomic
 
 NO_DP = "none"
@@ -121,16 +122,6 @@ def plot_attack_vs_epsilon(df: pd.DataFrame, path: Path) -> Path | None:
     return _save(plt, fig, path)
 
 
-def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """FPR and TPR at every threshold (higher score = member), from (0, 0) to (1, 1)."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # tied scores cross the threshold together
-    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
-    return np.r_[0.0, fp / max(1, (~labels).sum())], np.r_[0.0, tp / max(1, labels.sum())]
-
-
 def attack_scores(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """attack name (with '_', as stored) -> (scores, labels) from a run's attack_scores.npz, if any."""
     f = run / "attack_scores.npz"
@@ -164,15 +155,6 @@ def _roc_axes(ax, n_nonmembers: int) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _tpr_at(fpr, tpr, at: float) -> float:
-    ok = fpr <= at
-    return float(tpr[ok].max()) if ok.any() else 0.0
-
-
-def _auc(fpr, tpr) -> float:
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-
-
 def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
     """roc/<scenario>-<hash>.png for every scenario with attack scores (its lowest seed), and roc.png
     with the best attack (highest AUC) of each scenario."""
@@ -185,13 +167,13 @@ def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
         plt, fig, ax = _figure(figsize=(4.6, 4.2))
         n_non, top = 10, None
         for name, (s, y) in scores.items():
-            fpr, tpr = roc_curve(s, y)
-            auc = _auc(fpr, tpr)
+            fpr, tpr, _ = roc_curve(s, y)
+            auc_ = auc(s, y)
             n_non = max(n_non, int((np.asarray(y) == 0).sum()))
             ax.plot(np.maximum(fpr, 1e-12), np.maximum(tpr, 1e-12), lw=1.2,
-                    label=f"{name.replace('_', '-')}: AUC {auc:.3f}, TPR@1% {_tpr_at(fpr, tpr, 0.01):.3f}")
-            if top is None or auc > top[0]:
-                top = (auc, name, fpr, tpr)
+                    label=f"{name.replace('_', '-')}: AUC {auc_:.3f}, TPR@1% {tpr_at_fpr(s, y, 0.01):.3f}")
+            if top is None or auc_ > top[0]:
+                top = (auc_, name, fpr, tpr)
         _roc_axes(ax, n_non)
         ax.legend(fontsize=6, loc="lower right")
         eps = f"epsilon {row['epsilon']:.3g}" if _finite(row["epsilon"]) else "no DP"
@@ -201,9 +183,9 @@ def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
         best.append((row["scenario"], eps, n_non, top))
     if best:
         plt, fig, ax = _figure(figsize=(6, 5))
-        for scenario, eps, _n, (auc, name, fpr, tpr) in best:
+        for scenario, eps, _n, (best_auc, name, fpr, tpr) in best:
             ax.plot(np.maximum(fpr, 1e-12), np.maximum(tpr, 1e-12), lw=1.2,
-                    label=f"{scenario} ({eps}): {name.replace('_', '-')}, AUC {auc:.3f}")
+                    label=f"{scenario} ({eps}): {name.replace('_', '-')}, AUC {best_auc:.3f}")
         _roc_axes(ax, max(b[2] for b in best))
         ax.legend(fontsize=6, loc="lower right")
         ax.set_title(f"{df['suite'].iloc[0]}: best membership-inference attack per scenario", fontsize=9)

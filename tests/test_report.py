@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from benchmark.leaderboard import summarize
-from benchmark.report import _auc, attack_scores, roc_curve
+from attacks.base import auc, roc_curve
+from benchmark.report import attack_scores
 from benchmark.scenarios import get_scenario
 from conftest import write_fake_run
 
@@ -75,13 +76,13 @@ def test_failed_audit_is_loud(tmp_path):
 def test_roc_curve_known_answer():
     scores = np.array([0.9, 0.8, 0.8, 0.3, 0.1])
     labels = np.array([1, 1, 0, 0, 0])
-    fpr, tpr = roc_curve(scores, labels)
+    fpr, tpr, _ = roc_curve(scores, labels)  # the one ROC the report and the attacks share
     # thresholds: >=0.9 -> (0, 1/2); >=0.8 (tie, one member one non-member) -> (1/3, 1); then (2/3, 1), (1, 1)
     assert np.allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1]) and np.allclose(tpr, [0, 0.5, 1, 1, 1])
     sk = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)
     s, y = rng.normal(size=300).round(1), rng.integers(0, 2, 300)
-    assert _auc(*roc_curve(s, y)) == pytest.approx(sk.roc_auc_score(y, s), abs=1e-12)
+    assert auc(s, y) == pytest.approx(sk.roc_auc_score(y, s), abs=1e-12)
 
 
 def test_attack_scores_reads_the_npz_convention(tmp_path):
