@@ -22,10 +22,31 @@ What the server sees under each DP mode (this is the honest part of the comparis
   clipped to C where clipping is client-side, raw where it is server-side. Central DP protects
   the released model from everyone else; it does not protect the update from the server.
 
-A DDPM's loss also depends on the client's secret Gaussian noise and timestep per image, so the
-attacker optimises dummy images *and* dummy noise and (continuous) timesteps, as GIDM does, to
-minimise ``1 - cos(dummy update, observed update)`` plus a total-variation prior on the images,
-with Adam from random starts (``budget.inversion_restarts``, the best match kept).
+A DDPM's loss also depends on the client's Gaussian noise and timestep per image. Whether the
+server knows them is a second axis of the threat model (``randomness``):
+
+* ``known`` (GIDM's setting): the server can replay the client's diffusion noise and timesteps.
+  In this benchmark's own federation that is the default, because a client's training seed derives
+  from the run seed (``benchmark.federation.client_app.client_train_seed``). The attacker then
+  solves for the images alone: L-BFGS (strong Wolfe line search) on the squared distance between
+  the dummy update and the observed one (``1 - cos`` where the update was clipped, since the
+  clipping factor is unknown), from a random start. The DP noise is *not* given to this attacker:
+  the DP rows assume it is secret, which in a real deployment needs ``secret-randomness=true``
+  (otherwise a server that replays the seed can subtract it; see ``client_train_seed``).
+* ``secret`` (GIDM+): a SuperNode with ``secret-randomness=true``. The attacker optimises dummy
+  images *and* dummy noise and (continuous) timesteps to minimise ``1 - cos(dummy update,
+  observed update)`` plus a total-variation prior, with Adam from random starts. For a FedSGD
+  gradient the timesteps are first read off the time embedding's first Linear layer: its weight
+  gradient is ``sum_i delta_i emb(t_i)^T`` and its bias gradient ``sum_i delta_i``, so for one
+  image ``emb(t) = dW[j] / db[j]`` exactly, and for B images the B integer timesteps whose
+  sinusoidal embeddings lie closest to the row space of ``dW`` are taken.
+
+What a tiny UNet's batch-1 gradient gives up (``tests/test_attacks_e2e.py``): with known
+randomness the image comes back almost exactly without DP (PSNR above 40 dB) and not at all under
+DP-SGD (sigma 1); with secret randomness the noise and image are not separated at these budgets
+(the update is matched, cosine about 0.9, but the image is not: PSNR about 7 dB). Given the true
+``x_t`` the noise is a linear least-squares solution (the gradient is affine in it), so the
+difficulty is the joint, non-convex search, as GIDM+ reports for larger images.
 
 Metrics: PSNR and SSIM (Gaussian 11x11 window, sigma 1.5, on [0, 1]) between each true image and
 its best-matching reconstruction, averaged over the batch. LPIPS is not computed: its network
@@ -56,9 +77,23 @@ TV_WEIGHT = 0.1
 INVERSION_LR = 0.1
 
 
+RANDOMNESS = ("known", "secret")
+
+
+@dataclass
+class ClientRandomness:
+    """The client's diffusion randomness: noise ``(K, B, C, H, W)`` and timesteps ``(K, B)``, one
+    row per local step. What a server that can replay the client's training seed knows."""
+
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
 @dataclass
 class ObservedUpdate:
-    """What the server receives from the client (plus the protocol facts it knows)."""
+    """What the server receives from the client (plus the protocol facts it knows: batch size,
+    local steps, learning rate, labels, and the clipping bound ``clip`` if the protocol clips).
+    ``replayed`` is the client's diffusion randomness, used only by the ``known`` attacker."""
 
     kind: str
     tensors: dict[str, torch.Tensor]
@@ -66,6 +101,8 @@ class ObservedUpdate:
     local_steps: int
     lr: float
     labels: torch.Tensor | None
+    clip: float | None = None
+    replayed: ClientRandomness | None = None
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -103,9 +140,13 @@ def client_update(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | Non
     start = _params(model)
     params = {k: v.clone() for k, v in start.items()}
     steps = 1 if kind == "gradient" else local_steps
+    noises, times = [], []
     for _ in range(steps):
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         t = torch.randint(0, T, (len(x0),), generator=generator, device=x0.device)
+        noises.append(noise)
+        times.append(t.to(x0.dtype))
+        replayed = ClientRandomness(torch.stack(noises), torch.stack(times))
         grads = []
         for i in range(len(x0)):               # exact per-sample gradients
             p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -124,11 +165,12 @@ def client_update(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | Non
                                                                 dtype=g.dtype) for g in total]
         mean = {k: g / len(x0) for k, g in zip(params, total)}
         if kind == "gradient":
-            return ObservedUpdate(kind, _clipped(mean, clip) if clip_whole_update else mean, len(x0), 1, lr, labels)
+            return ObservedUpdate(kind, _clipped(mean, clip) if clip_whole_update else mean, len(x0), 1, lr, labels,
+                                  clip, replayed)
         params = {k: params[k] - lr * mean[k] for k in params}
     delta = {k: params[k] - start[k] for k in params}
     return ObservedUpdate(kind, _clipped(delta, clip) if clip_whole_update else delta, len(x0), local_steps,
-                          lr, labels)
+                          lr, labels, clip, replayed)
 
 
 def _clipped(update: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
@@ -142,51 +184,113 @@ def _tv(x: torch.Tensor) -> torch.Tensor:
 
 
 def invert(model, scheduler, update: ObservedUpdate, *, shape: tuple[int, int, int], budget: AttackBudget,
-           generator: torch.Generator, device: str | torch.device = "cpu") -> tuple[np.ndarray, float]:
+           generator: torch.Generator, device: str | torch.device = "cpu",
+           randomness: str = "known") -> tuple[np.ndarray, float]:
     """Reconstruct the client's images (uint8 NCHW) from ``update``; also return the cosine
     similarity between the best dummy update and the observed one (how well the attacker could
-    explain what it saw). Only the update, the model and the protocol facts in it are used."""
+    explain what it saw). Only the update, the model, the protocol facts in it and, for
+    ``randomness="known"``, the client's replayed diffusion randomness are used.
+    ``budget.inversion_iters`` counts objective evaluations (each one a dummy update and its
+    gradient), restarts ``budget.inversion_restarts`` times, keeping the best match."""
+    if randomness not in RANDOMNESS:
+        raise AttackError(f"unknown inversion randomness {randomness!r} (known: {', '.join(RANDOMNESS)})")
+    if randomness == "known" and update.replayed is None:
+        raise AttackError("the known-randomness attacker needs the client's replayed noise and timesteps")
     model.eval()
     acp = scheduler.alphas_cumprod.to(device, torch.float32)
     T = scheduler.config.num_train_timesteps
     start = _params(model)
     names = list(start)
     target = torch.cat([update.tensors[k].flatten() for k in names]).to(device)
-    tnorm = target.norm() + 1e-12
     best, best_obj, best_cos = None, float("inf"), float("nan")
+    restart = _restart_known if randomness == "known" else _restart_secret
     # Gradient matching differentiates the gradient (double backward); the fused SDPA kernels
     # (flash / memory-efficient attention, CPU and CUDA) have no double backward: use the math one.
     with sdpa_kernel(SDPBackend.MATH):
         for _ in range(budget.inversion_restarts):
-            obj, cos, x = _one_restart(model, acp, T, start, names, target, tnorm, update, shape, budget,
-                                       generator, device)
+            obj, cos, x = restart(model, acp, T, start, names, target, update, shape, budget, generator, device)
             if obj < best_obj:
                 best_obj, best, best_cos = obj, x, cos
     return ((best.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy(), best_cos
 
 
-def _one_restart(model, acp, T, start, names, target, tnorm, update, shape, budget, generator, device):
-    """One Adam run from a random start; returns (final objective, images in [-1, 1])."""
-    B, K = update.batch_size, update.local_steps
+def _dummy_update(model, acp, start, names, update, x, noise, t) -> torch.Tensor:
+    """The flattened update the client would send for images ``x``, noise ``(K, B, ...)`` and
+    timesteps ``(K, B)``, differentiable in all three (the victim's computation, unclipped)."""
+    params = dict(start)
+    for k in range(update.local_steps if update.kind == "fedavg" else 1):
+        p = {n: w if w.requires_grad else w.detach().requires_grad_(True) for n, w in params.items()}
+        loss = _loss(model, p, acp, x, noise[k], t[k], update.labels).mean()
+        g = torch.autograd.grad(loss, [p[n] for n in names], create_graph=True)
+        if update.kind == "gradient":
+            return torch.cat([gi.flatten() for gi in g])
+        params = {n: p[n] - update.lr * gi for n, gi in zip(names, g)}
+    return torch.cat([(params[n] - start[n]).flatten() for n in names])
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum() / (a.norm() * b.norm() + 1e-12)
+
+
+def _restart_known(model, acp, T, start, names, target, update, shape, budget, generator, device):
+    """Known noise and timesteps: L-BFGS on the images alone from one random start."""
+    noise = update.replayed.noise.to(device, torch.float32)
+    t = update.replayed.timesteps.to(device, torch.float32)
+    x = torch.randn((update.batch_size, *shape), generator=generator, device=device).mul_(0.5).requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1, max_iter=budget.inversion_iters, max_eval=budget.inversion_iters,
+                            history_size=50, tolerance_grad=0.0, tolerance_change=0.0,
+                            line_search_fn="strong_wolfe")
+    tsq = target.pow(2).sum() + 1e-30
+
+    def objective():
+        opt.zero_grad(set_to_none=True)
+        dummy = _dummy_update(model, acp, start, names, update, x, noise, t)
+        # The exact scale is known without clipping; a clipped update's factor is not: match direction.
+        obj = (dummy - target).pow(2).sum() / tsq if update.clip is None else 1 - _cos(dummy, target)
+        obj.backward()
+        return obj
+
+    opt.step(objective)
+    with torch.no_grad():
+        dummy = _dummy_update_nograd(model, acp, start, names, update, x.detach(), noise, t)
+        obj = (dummy - target).pow(2).sum() / tsq if update.clip is None else 1 - _cos(dummy, target)
+        return float(obj), float(_cos(dummy, target)), x.detach()
+
+
+def _dummy_update_nograd(model, acp, start, names, update, x, noise, t) -> torch.Tensor:
+    with torch.enable_grad():
+        return _dummy_update(model, acp, start, names, update, x, noise, t).detach()
+
+
+def timesteps_from_gradient(model, update: ObservedUpdate, T: int) -> torch.Tensor:
+    """The B integer timesteps of a FedSGD gradient, read off the time embedding's first Linear
+    layer (exact for one image without DP; see the module docstring). Returns ``(B,)`` floats."""
+    w = update.tensors["time_embedding.linear_1.weight"].double()
+    emb = model.time_proj(torch.arange(T, device=w.device)).double()          # (T, d)
+    _, _, vh = torch.linalg.svd(w, full_matrices=False)
+    basis = vh[: update.batch_size]                                           # row space of dW
+    resid = (emb - (emb @ basis.T) @ basis).norm(dim=1) / emb.norm(dim=1)
+    return resid.argsort()[: update.batch_size].sort().values.to(torch.float32)
+
+
+def _restart_secret(model, acp, T, start, names, target, update, shape, budget, generator, device):
+    """Secret noise and timesteps: Adam on images, noise and timesteps (GIDM+), one random start."""
+    B, K = update.batch_size, update.local_steps if update.kind == "fedavg" else 1
     u = torch.randn((B, *shape), generator=generator, device=device).mul_(0.1).requires_grad_(True)
     eps = torch.randn((K, B, *shape), generator=generator, device=device).requires_grad_(True)
-    v = torch.zeros((K, B), device=device).requires_grad_(True)
-    opt = torch.optim.Adam([u, eps, v], lr=INVERSION_LR)
+    if update.kind == "gradient":   # the timesteps are in the gradient: read them off, keep them
+        t_fixed = timesteps_from_gradient(model, update, T).to(device).view(1, B)
+        opt_vars = [u, eps]
+    else:
+        v = torch.zeros((K, B), device=device).requires_grad_(True)
+        opt_vars = [u, eps, v]
+    opt = torch.optim.Adam(opt_vars, lr=INVERSION_LR)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, budget.inversion_iters)
     for _it in range(budget.inversion_iters):
         x = torch.tanh(u)
-        params = dict(start)
-        for k in range(K):
-            p = {n: w if w.requires_grad else w.detach().requires_grad_(True) for n, w in params.items()}
-            loss = _loss(model, p, acp, x, eps[k], torch.sigmoid(v[k]) * (T - 1), update.labels).mean()
-            g = torch.autograd.grad(loss, [p[n] for n in names], create_graph=True)
-            if update.kind == "gradient":
-                dummy = torch.cat([gi.flatten() for gi in g])
-                break
-            params = {n: p[n] - update.lr * gi for n, gi in zip(names, g)}
-        else:
-            dummy = torch.cat([(params[n] - start[n]).flatten() for n in names])
-        cos = (dummy * target).sum() / (dummy.norm() * tnorm + 1e-12)
+        t = t_fixed if update.kind == "gradient" else torch.sigmoid(v) * (T - 1)
+        dummy = _dummy_update(model, acp, start, names, update, x, eps, t)
+        cos = _cos(dummy, target)
         obj = 1 - cos + TV_WEIGHT * _tv(x)
         opt.zero_grad(set_to_none=True)
         obj.backward()
