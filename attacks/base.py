@@ -71,7 +71,8 @@ BUDGETS: dict[str, AttackBudget] = {
     # must stay within 15 minutes on 2 cores.
     "cpu": AttackBudget(mia_noise_draws=2, mia_max_candidates=128, inversion_iters=25, inversion_local_steps=2,
                         inversion_randomness=("known",)),
-    "gpu": AttackBudget(mia_noise_draws=8, mia_max_candidates=2000, inversion_iters=2000,
+    # 1000 objective evaluations for each of the two attackers (known and secret randomness).
+    "gpu": AttackBudget(mia_noise_draws=8, mia_max_candidates=2000, inversion_iters=1000,
                         inversion_restarts=2),
 }
 

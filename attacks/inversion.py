@@ -69,7 +69,8 @@ THREAT_MODEL = ThreatModel(
     adversary="the honest-but-curious server",
     observes="one client's update (a FedSGD gradient or a multi-step FedAvg delta), after the "
              "client's own DP steps, before any server-side noise; the model it sent; batch size, "
-             "local steps, learning rate and class labels",
+             "local steps, learning rate and class labels; the client's diffusion noise and timesteps "
+             "where it can replay the client's seed (the `known` attacker)",
     goal="reconstruct the client's training images",
 )
 KINDS = ("gradient", "fedavg")

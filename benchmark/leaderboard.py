@@ -281,9 +281,12 @@ def summarize(runs_dir: Path, results_dir: Path, suites: list[str] | None = None
         for suite, res in sorted(results.items()):
             write_report(res, Path(results_dir) / suite)
     return written
+
+
 def copy_sample_grids(runs_dir: Path, results_dir: Path, suites: list[str]) -> list[Path]:
     """One sample grid per scenario definition: ``results/<suite>/samples/<scenario>-<hash>.png``,
-    from its lowest seed."""
+    from its lowest seed. Grids of definitions no longer in the runs (a changed hash) are removed,
+    as the leaderboard's rows are."""
     chosen: dict[tuple, tuple[int, Path]] = {}
     for run in find_runs(runs_dir):
         sc = json.loads((run / "scenario.json").read_text())
@@ -298,4 +301,7 @@ def copy_sample_grids(runs_dir: Path, results_dir: Path, suites: list[str]) -> l
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(dest, (run / "samples.png").read_bytes())
         out.append(dest)
+    for suite in suites:
+        for stale in set((Path(results_dir) / suite / "samples").glob("*.png")) - set(out):
+            stale.unlink(missing_ok=True)
     return out

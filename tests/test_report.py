@@ -43,6 +43,18 @@ def test_report_files_plots_and_markdown(tmp_path):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_sample_grids_of_old_definitions_do_not_outlive_a_rebuild(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    make_suite(runs)
+    summarize(runs, results)
+    grids = results / "privacy" / "samples"
+    kept = sorted(p.name for p in grids.glob("*.png"))
+    assert kept == sorted(f"{n}-{get_scenario(n).hash}.png" for n in PRIVACY)
+    (grids / f"{PRIVACY[0]}-000000000000.png").write_bytes((grids / kept[0]).read_bytes())  # an old hash
+    summarize(runs, results)
+    assert sorted(p.name for p in grids.glob("*.png")) == kept
+
+
 def test_report_without_attacks_and_without_dp(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     make_suite(tmp_path / "old-runs")  # with attacks: its attack files must not outlive a rebuild
@@ -92,6 +104,17 @@ def test_attack_scores_reads_the_npz_convention(tmp_path):
     scores, labels = got["mia_loss"]
     assert scores.shape == labels.shape == (400,) and set(np.unique(labels)) == {0, 1}
     assert attack_scores(tmp_path) == {}
+
+
+def test_a_canary_set_is_never_the_rows_best_attack():
+    from benchmark.report import best_attack
+
+    y = np.r_[np.ones(50), np.zeros(50)]
+    rng = np.random.default_rng(0)
+    scores = {"mia_loss": (rng.random(100), y), "mia_pia": (y + rng.random(100), y),
+              "mia_loss_canary": (y * 2.0, y)}          # perfect, but planted
+    assert best_attack(scores) == "mia_pia"
+    assert best_attack({"mia_loss_canary": (y, y)}) is None
 
 
 def test_unreadable_run_files_are_one_line_errors(tmp_path, capsys):
