@@ -171,7 +171,7 @@ def cmd_verify_dp(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     report = verify_dp(args.model, device=device, batch_size=args.batch_size, modes=tuple(args.modes.split(",")),
                        dtype=dtype, num_classes=None if args.unconditional else 10,
-                       amp=None if args.amp == "off" else args.amp)
+                       amp=None if args.amp == "off" else args.amp, compiled=args.compile)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     if not report.passed:
         print(f"bench: error: per-sample gradients of {args.model} do not match the per-sample loop",
@@ -190,7 +190,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     report = run_perf(args.model, batch=args.batch, device=device, modes=tuple(args.modes.split(",")),
                       steps=args.steps, warmup=args.warmup, amp=None if args.amp == "off" else args.amp,
                       sampler=args.sampler, sample_steps=args.sample_steps, fid_batch=args.fid_batch,
-                      progress=None if args.json else (lambda m: print(f"bench: perf {m}", file=sys.stderr)))
+                      compiled=args.compile, progress=None if args.json else (lambda m: print(f"bench: perf {m}", file=sys.stderr)))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0
 
@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--unconditional", action="store_true", help="without the class embedding")
     q.add_argument("--amp", choices=("off", "bf16"), default="off",
                    help="bf16 autocast forward (compared at bf16 accuracy, 3e-2)")
+    q.add_argument("--compile", action="store_true", help="torch.compile every mode's forward (reference stays eager)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_verify_dp)
 
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sampler", default="ddim", help="ddim (default), dpm-solver or ddpm")
     q.add_argument("--sample-steps", type=int, default=10, help="denoising steps to time (0: skip sampling)")
     q.add_argument("--fid-batch", type=int, help="images per FID-feature call (default min(batch, 64); 0: skip)")
+    q.add_argument("--compile", action="store_true",
+                   help="torch.compile every training mode's forward (compiled during the warm-up)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_perf)
 

@@ -74,6 +74,24 @@ def build_unet(name: str, *, in_channels: int, resolution: int, num_classes: int
     )
 
 
+def compile_forward(model: UNet2DModel) -> UNet2DModel:
+    """``torch.compile`` the UNet's forward in place and return the model. The module tree stays
+    as it is, so Opacus' hooks (and our norm samplers) on its layers still fire; a hook is a graph
+    break, so under DP the compiled graphs are per-layer pieces. ``bench verify-dp --compile``
+    checks per-sample gradients through it against the eager per-sample loop. Trap: the
+    attention key bias's gradient is zero in exact arithmetic (softmax ignores a constant added to
+    a query's logits), so per-tensor relative errors there are rounding noise; compare norms over
+    the whole model, as verify-dp does. Second trap: AOTAutograd donates the forward's saved
+    buffers to a single backward by default, and Opacus' ghost clipping backpropagates twice
+    through one graph (``retain_graph=True``), which then fails; donation is turned off here
+    (process-wide: ``torch._functorch.config.donated_buffer``)."""
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
+    model.forward = torch.compile(model.forward)
+    return model
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -25,6 +25,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 DP_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
+
+
+class PerfError(ValueError):
+    """A bad ``bench perf`` request (one line, exit 2)."""
 TRAIN_MODES = ("plain", *DP_MODES)
 
 
@@ -46,6 +50,7 @@ class PerfReport:
     device_name: str
     batch: int
     amp: str | None
+    compiled: bool
     steps: int
     warmup: int
     torch_threads: int
@@ -57,7 +62,7 @@ class PerfReport:
 
     def table(self) -> str:
         lines = [f"bench perf {self.model} batch {self.batch} on {self.device_name}"
-                 f" (amp {self.amp or 'off'}, median of {self.steps} steps after {self.warmup}, "
+                 f" (amp {self.amp or 'off'}{', torch.compile' if self.compiled else ''}, median of {self.steps} steps after {self.warmup}, "
                  f"{self.torch_threads} threads; torch {self.versions.get('torch')}, opacus "
                  f"{self.versions.get('opacus')})",
                  f"{'what':13s} {'mode':15s} {'img/s':>10s} {'vs plain':>9s} {'peak GiB':>9s} {'median s':>9s}"]
@@ -105,18 +110,23 @@ def autocast(device: str, amp: str | None):
 
 
 def make_train_step(model: torch.nn.Module, mode: str, *, batch: int, device: str, amp: str | None = None,
-                    max_grad_norm: float = 1.0, noise_multiplier: float = 1.0, seed: int = 0):
-    """One optimizer step of ``mode`` on ``model`` (which it wraps); returns ``step()`` and a cleanup."""
+                    max_grad_norm: float = 1.0, noise_multiplier: float = 1.0, seed: int = 0,
+                    compiled: bool = False):
+    """One optimizer step of ``mode`` on ``model`` (which it wraps); returns ``step()`` and a cleanup.
+    ``compiled``: the model's forward is ``torch.compile``'d first (the DP wrappers' hooks still
+    fire on its layers; ``bench verify-dp --compile`` checks the per-sample gradients)."""
     from opacus import GradSampleModule
     from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
         GradSampleModuleFastGradientClipping)
     from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
-    from benchmark.model import diffusion_loss, make_scheduler
+    from benchmark.model import compile_forward, diffusion_loss, make_scheduler
     from privacy import mixed_ghost
 
     if mode not in TRAIN_MODES:
-        raise ValueError(f"unknown mode {mode!r} (known: {', '.join(TRAIN_MODES)})")
+        raise PerfError(f"unknown mode {mode!r} (known: {', '.join(TRAIN_MODES)})")
+    if compiled:
+        compile_forward(model)
     c, r = model.config.in_channels, model.config.sample_size
     gen = torch.Generator(device=device).manual_seed(seed)
     x0 = torch.rand(batch, c, r, r, generator=gen, device=device) * 2 - 1
@@ -162,8 +172,11 @@ def make_train_step(model: torch.nn.Module, mode: str, *, batch: int, device: st
 def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[str, ...] = TRAIN_MODES,
              steps: int = 5, warmup: int = 2, amp: str | None = None, conditional: bool = False,
              sampler: str = "ddim", sample_steps: int = 10, sample_batch: int | None = None,
-             fid_batch: int | None = None, tf32: bool = True, progress=None) -> PerfReport:
-    """Time every mode of ``modes`` (``plain`` first: the ratios are to it), sampling and FID features."""
+             fid_batch: int | None = None, tf32: bool = True, compiled: bool = False,
+             progress=None) -> PerfReport:
+    """Time every mode of ``modes`` (``plain`` first: the ratios are to it), sampling and FID features.
+    ``compiled`` compiles every training mode's forward (compilation happens in the warm-up steps,
+    so give ``warmup`` at least 1); sampling and FID features stay eager."""
     from importlib import metadata
 
     from benchmark.model import MODEL_INPUTS, build_unet, make_scheduler, sample
@@ -172,7 +185,7 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
         modes = ("plain", *modes)
     unknown = [m for m in modes if m not in TRAIN_MODES]
     if unknown:
-        raise ValueError(f"unknown mode(s) {', '.join(unknown)} (known: {', '.join(TRAIN_MODES)})")
+        raise PerfError(f"unknown mode(s) {', '.join(unknown)} (known: {', '.join(TRAIN_MODES)})")
     c, r = MODEL_INPUTS[model_name]
     if str(device).startswith("cuda"):
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -180,14 +193,17 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
     else:
         name = f"cpu ({torch.get_num_threads()} threads)"
     versions = {d: metadata.version(d) for d in ("torch", "opacus", "diffusers")}
-    report = PerfReport(model_name, str(device), name, batch, amp, steps, warmup, torch.get_num_threads(), versions)
+    if compiled and warmup < 1:
+        raise PerfError("--compile needs at least one warm-up step (compilation is not timed)")
+    report = PerfReport(model_name, str(device), name, batch, amp, compiled, steps, warmup, torch.get_num_threads(),
+                        versions)
     say = progress or (lambda _msg: None)
     order = ("plain", *[m for m in modes if m != "plain"])
 
     def build(mode):
         model = build_unet(model_name, in_channels=c, resolution=r, num_classes=10 if conditional else None,
                            seed=0).to(device)
-        return make_train_step(model, mode, batch=batch, device=device, amp=amp)
+        return make_train_step(model, mode, batch=batch, device=device, amp=amp, compiled=compiled)
 
     medians, peaks = {}, {}
     if str(device).startswith("cuda"):

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import privacy  # noqa: F401  (installs the grad-sampler fix)
-from benchmark.model import MODEL_INPUTS, build_unet, diffusion_loss, make_scheduler
+from benchmark.model import MODEL_INPUTS, build_unet, compile_forward, diffusion_loss, make_scheduler
 
 GRAD_SAMPLE_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
 AMP_TOL = 3e-2  # bf16 autocast: 8-bit mantissas, batched vs one-image rounding
@@ -53,6 +53,7 @@ class VerifyReport:
     max_grad_norm: float
     modes: list[ModeReport]
     amp: str | None = None
+    compiled: bool = False
 
     @property
     def passed(self) -> bool:
@@ -63,7 +64,8 @@ class VerifyReport:
 
     def table(self) -> str:
         lines = [f"verify-dp {self.model} on {self.device} ({self.dtype}, batch {self.batch_size}, "
-                 f"clip {self.max_grad_norm:.4g}{', bf16 autocast' if self.amp else ''})",
+                 f"clip {self.max_grad_norm:.4g}{', bf16 autocast' if self.amp else ''}"
+                 f"{', torch.compile' if self.compiled else ''})",
                  f"{'mode':14s} {'grad rel err':>12s} {'zero tensors':>12s} {'norm rel err':>12s} "
                  f"{'clipped sum err':>15s} {'max contrib/C':>13s}  result"]
         for m in self.modes:
@@ -111,12 +113,17 @@ def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return (num / den) ** 0.5 if den > 0 else float(num > 0)
 
 
-def _check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol) -> ModeReport:
+def _copy(model, compiled: bool):
+    m = copy.deepcopy(model)
+    return compile_forward(m) if compiled else m
+
+
+def _check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol, compiled=False) -> ModeReport:
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
     x0, noise, t, labels = inputs
-    m = copy.deepcopy(model)
+    m = _copy(model, compiled)
     gsm = GradSampleModule(m, batch_first=True, loss_reduction="mean")
     opt = DPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=clip,
                       expected_batch_size=x0.shape[0], loss_reduction="mean")
@@ -134,7 +141,7 @@ def _check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol) -> ModeRep
     return _finish("hooks", _rel(got, ref), len(zero), worst, norms, summed, factors, ref, ref_norms, clip, tol)
 
 
-def _check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="ghost") -> ModeReport:
+def _check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="ghost", compiled=False) -> ModeReport:
     from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
         GradSampleModuleFastGradientClipping)
     from opacus.optimizers import DPOptimizerFastGradientClipping
@@ -142,7 +149,7 @@ def _check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="ghos
     from privacy import mixed_ghost
 
     x0, noise, t, labels = inputs
-    m = copy.deepcopy(model)
+    m = _copy(model, compiled)
     if mode == "ghost":
         gsm = GradSampleModuleFastGradientClipping(m, batch_first=True, loss_reduction="mean",
                                                    max_grad_norm=clip, use_ghost_clipping=True)
@@ -184,12 +191,14 @@ def _finish(mode, grad_err, zero, worst, norms, summed, factors, ref, ref_norms,
 def verify_dp(model_name: str, *, device: str = "cpu", batch_size: int = 4, num_classes: int | None = 10,
               modes: tuple[str, ...] = GRAD_SAMPLE_MODES, dtype: torch.dtype = torch.float32,
               seed: int = 0, tol: float | None = None, in_channels: int | None = None,
-              resolution: int | None = None, amp: str | None = None) -> VerifyReport:
+              resolution: int | None = None, amp: str | None = None, compiled: bool = False) -> VerifyReport:
     """Compare every requested mode with the per-sample loop on ``model_name``'s real UNet.
 
     ``amp="bf16"`` runs the forward of the reference and of every mode under bf16 autocast (as
     ``bench perf --amp bf16`` trains) and compares at ``AMP_TOL``: the batched and the one-image
     forward round differently in bf16, so agreement is to bf16 accuracy, not float32's.
+    ``compiled=True`` runs every mode through ``torch.compile``'d forward passes
+    (:func:`benchmark.model.compile_forward`); the reference stays the eager per-sample loop.
     """
     unknown = [m for m in modes if m not in GRAD_SAMPLE_MODES]
     if unknown:
@@ -207,15 +216,15 @@ def verify_dp(model_name: str, *, device: str = "cpu", batch_size: int = 4, num_
     try:
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp is not None):
             rep = _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol, in_channels,
-                          resolution)
-        rep.amp = amp
+                          resolution, compiled)
+        rep.amp, rep.compiled = amp, compiled
         return rep
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol, in_channels,
-            resolution) -> VerifyReport:
+            resolution, compiled) -> VerifyReport:
     c, r = MODEL_INPUTS[model_name]
     c, r = in_channels or c, resolution or r
     model = build_unet(model_name, in_channels=c, resolution=r, num_classes=num_classes, seed=seed)
@@ -228,7 +237,7 @@ def _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol
     reports = []
     for mode in modes:
         if mode == "hooks":
-            reports.append(_check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol))
+            reports.append(_check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol, compiled))
         else:
-            reports.append(_check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode))
+            reports.append(_check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode, compiled))
     return VerifyReport(model_name, str(device), str(dtype).removeprefix("torch."), batch_size, clip, reports)

@@ -5,6 +5,8 @@
 2. ``bench perf`` (benchmark/perf.py) on unet-28 b256 and unet-32 b128: plain, hooks, ghost,
    mixed-ghost, mixed-ghost-bk (median of 10 synchronised steps after 3, TF32 on as in training),
    float32 and bf16 autocast, peak memory per mode, DPM-Solver sampling and FID features.
+3. Last (a timeout loses the least): ``torch.compile`` - ``verify-dp --compile`` on unet-32 and
+   ``bench perf --compile`` on unet-32 b128 (float32), for the plain and DP steps alike.
    Writes JSON to $OUT (after each table, so a timeout keeps what was measured).
 """
 
@@ -59,6 +61,20 @@ for name, batch in ((("unet-tiny", 4),) if small else (("unet-28", 256), ("unet-
                 print(f"  {r.mode}: {r.ratio_to_plain:.2f}x plain, memory {r.peak_gib / plain.peak_gib:.2f}x plain")
         with open(os.path.join(OUT, "gpu_checks.json"), "w") as f:  # partial results survive a timeout
             json.dump(results, f, indent=2)
+
+# 3. torch.compile: correctness first (compiled forwards vs the eager per-sample loop), then speed.
+name, bs, batch = ("unet-tiny", 2, 4) if small else ("unet-32", 4, 128)
+t0 = time.perf_counter()
+rep = verify_dp(name, device=dev, batch_size=bs, compiled=True)
+print("COMPILED " + rep.table(), f"({time.perf_counter() - t0:.1f} s)", flush=True)
+results["verify"].append({"fixed": True, **rep.to_dict()})
+with open(os.path.join(OUT, "gpu_checks.json"), "w") as f:
+    json.dump(results, f, indent=2)
+t0 = time.perf_counter()
+rep = run_perf(name, batch=batch, device=dev, steps=2 if small else 10, warmup=1 if small else 3,
+               sample_steps=0, fid_batch=0, compiled=True)
+print(rep.table(), f"({time.perf_counter() - t0:.1f} s)", flush=True)
+results["perf"].append(rep.to_dict())
 
 with open(os.path.join(OUT, "gpu_checks.json"), "w") as f:
     json.dump(results, f, indent=2)

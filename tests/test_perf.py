@@ -23,6 +23,25 @@ def test_bench_perf_json_has_every_mode_with_ratio_to_plain(capsys):
 def test_bench_perf_refuses_unknown_mode(capsys):
     from benchmark.cli import main
 
-    assert main(["perf", "--model", "unet-tiny", "--modes", "plain,fast"]) != 0
+    assert main(["perf", "--model", "unet-tiny", "--modes", "plain,fast"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown mode(s) fast" in err[0]
+
+
+@pytest.mark.slow
+def test_bench_perf_compiled_steps_run_and_say_so(capsys):
+    from benchmark.cli import main
+
+    assert main(["perf", "--model", "unet-tiny", "--batch", "2", "--steps", "1", "--warmup", "1", "--compile",
+                 "--modes", "plain,mixed-ghost-bk", "--sample-steps", "0", "--fid-batch", "0", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["compiled"] is True
+    assert [r["mode"] for r in rep["rows"]] == ["plain", "mixed-ghost-bk"]
+
+
+def test_bench_perf_compile_needs_a_warmup(capsys):
+    from benchmark.cli import main
+
+    assert main(["perf", "--model", "unet-tiny", "--compile", "--warmup", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warm-up" in err[0]
