@@ -84,10 +84,15 @@ def compile_forward(model: UNet2DModel) -> UNet2DModel:
     the whole model, as verify-dp does. Second trap: AOTAutograd donates the forward's saved
     buffers to a single backward by default, and Opacus' ghost clipping backpropagates twice
     through one graph (``retain_graph=True``), which then fails; donation is turned off here
-    (process-wide: ``torch._functorch.config.donated_buffer``)."""
+    (process-wide: ``torch._functorch.config.donated_buffer``). Third trap: by default dynamo does
+    not guard on nn.Module hooks, so a second UNet instance - one with Opacus' hooks - silently
+    reuses the graph compiled for a hook-less one and no per-sample gradient is ever computed;
+    ``torch._dynamo.config.skip_nnmodule_hook_guards`` is turned off here (process-wide)."""
+    import torch._dynamo.config as dynamo_config
     import torch._functorch.config as functorch_config
 
     functorch_config.donated_buffer = False
+    dynamo_config.skip_nnmodule_hook_guards = False
     model.forward = torch.compile(model.forward)
     return model
 

@@ -176,7 +176,8 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
              progress=None) -> PerfReport:
     """Time every mode of ``modes`` (``plain`` first: the ratios are to it), sampling and FID features.
     ``compiled`` compiles every training mode's forward (compilation happens in the warm-up steps,
-    so give ``warmup`` at least 1); sampling and FID features stay eager."""
+    so give ``warmup`` at least 1); the modes then run one after the other even on a CPU, so
+    there the ratios are noisier. Sampling and FID features stay eager."""
     from importlib import metadata
 
     from benchmark.model import MODEL_INPUTS, build_unet, make_scheduler, sample
@@ -206,11 +207,15 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
         return make_train_step(model, mode, batch=batch, device=device, amp=amp, compiled=compiled)
 
     medians, peaks = {}, {}
-    if str(device).startswith("cuda"):
-        # A dedicated GPU: one mode at a time, so that each mode's peak memory is its own.
+    if str(device).startswith("cuda") or compiled:
+        # A dedicated GPU: one mode at a time, so that each mode's peak memory is its own. Compiled
+        # modes too: alternating between UNet instances with different hooks thrashes dynamo's
+        # cache, so each mode starts from a reset dynamo and compiles in its warm-up.
         for mode in order:
             say(f"train {mode}")
             gc.collect()  # the previous mode's model, optimizer state and Opacus hooks (cycles)
+            if compiled:
+                torch._dynamo.reset()
             _peak_reset(device)
             step, close = build(mode)
             try:

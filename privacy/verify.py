@@ -115,7 +115,10 @@ def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def _copy(model, compiled: bool):
     m = copy.deepcopy(model)
-    return compile_forward(m) if compiled else m
+    if compiled:
+        torch._dynamo.reset()  # each mode compiles afresh (no recompile limit reached, no eager fallback)
+        compile_forward(m)
+    return m
 
 
 def _check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol, compiled=False) -> ModeReport:
