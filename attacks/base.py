@@ -42,7 +42,8 @@ class AttackBudget:
     inversion timestep and interval; PIA's timestep; gradient inversion's iterations (objective
     evaluations), restarts, batch size, update kinds and attackers (``inversion_randomness``:
     ``known`` replays the client's diffusion noise and timesteps, ``secret`` must search for them;
-    the first one listed fills the leaderboard's ``inversion_*`` columns); at most ``mia_max_candidates`` members and as many non-members are scored.
+    the first one listed fills the leaderboard's ``inversion_*`` columns); at most
+    ``mia_max_candidates`` members and as many non-members are scored.
     """
 
     mia_noise_draws: int = 4

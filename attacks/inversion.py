@@ -74,11 +74,9 @@ THREAT_MODEL = ThreatModel(
     goal="reconstruct the client's training images",
 )
 KINDS = ("gradient", "fedavg")
+RANDOMNESS = ("known", "secret")
 TV_WEIGHT = 0.1
 INVERSION_LR = 0.1
-
-
-RANDOMNESS = ("known", "secret")
 
 
 @dataclass
@@ -147,7 +145,6 @@ def client_update(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | Non
         t = torch.randint(0, T, (len(x0),), generator=generator, device=x0.device)
         noises.append(noise)
         times.append(t.to(x0.dtype))
-        replayed = ClientRandomness(torch.stack(noises), torch.stack(times))
         grads = []
         for i in range(len(x0)):               # exact per-sample gradients
             p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -165,10 +162,11 @@ def client_update(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | Non
             total = [g + noise_multiplier * clip * torch.randn(g.shape, generator=generator, device=g.device,
                                                                 dtype=g.dtype) for g in total]
         mean = {k: g / len(x0) for k, g in zip(params, total)}
-        if kind == "gradient":
-            return ObservedUpdate(kind, _clipped(mean, clip) if clip_whole_update else mean, len(x0), 1, lr, labels,
-                                  clip, replayed)
         params = {k: params[k] - lr * mean[k] for k in params}
+    replayed = ClientRandomness(torch.stack(noises), torch.stack(times))
+    if kind == "gradient":
+        return ObservedUpdate(kind, _clipped(mean, clip) if clip_whole_update else mean, len(x0), 1, lr, labels,
+                              clip, replayed)
     delta = {k: params[k] - start[k] for k in params}
     return ObservedUpdate(kind, _clipped(delta, clip) if clip_whole_update else delta, len(x0), local_steps,
                           lr, labels, clip, replayed)
@@ -243,24 +241,20 @@ def _restart_known(model, acp, T, start, names, target, update, shape, budget, g
                             line_search_fn="strong_wolfe")
     tsq = target.pow(2).sum() + 1e-30
 
+    def mismatch(dummy: torch.Tensor) -> torch.Tensor:
+        # The exact scale is known without clipping; a clipped update's factor is not: match direction.
+        return (dummy - target).pow(2).sum() / tsq if update.clip is None else 1 - _cos(dummy, target)
+
     def objective():
         opt.zero_grad(set_to_none=True)
-        dummy = _dummy_update(model, acp, start, names, update, x, noise, t)
-        # The exact scale is known without clipping; a clipped update's factor is not: match direction.
-        obj = (dummy - target).pow(2).sum() / tsq if update.clip is None else 1 - _cos(dummy, target)
+        obj = mismatch(_dummy_update(model, acp, start, names, update, x, noise, t))
         obj.backward()
         return obj
 
     opt.step(objective)
-    with torch.no_grad():
-        dummy = _dummy_update_nograd(model, acp, start, names, update, x.detach(), noise, t)
-        obj = (dummy - target).pow(2).sum() / tsq if update.clip is None else 1 - _cos(dummy, target)
-        return float(obj), float(_cos(dummy, target)), x.detach()
-
-
-def _dummy_update_nograd(model, acp, start, names, update, x, noise, t) -> torch.Tensor:
-    with torch.enable_grad():
-        return _dummy_update(model, acp, start, names, update, x, noise, t).detach()
+    x = x.detach()
+    dummy = _dummy_update(model, acp, start, names, update, x, noise, t).detach()  # where L-BFGS ended
+    return float(mismatch(dummy)), float(_cos(dummy, target)), x
 
 
 def timesteps_from_gradient(model, update: ObservedUpdate, T: int) -> torch.Tensor:

@@ -190,7 +190,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
     report = run_perf(args.model, batch=args.batch, device=device, modes=tuple(args.modes.split(",")),
                       steps=args.steps, warmup=args.warmup, amp=None if args.amp == "off" else args.amp,
                       sampler=args.sampler, sample_steps=args.sample_steps, fid_batch=args.fid_batch,
-                      compiled=args.compile, progress=None if args.json else (lambda m: print(f"bench: perf {m}", file=sys.stderr)))
+                      compiled=args.compile,
+                      progress=None if args.json else (lambda m: print(f"bench: perf {m}", file=sys.stderr)))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0
 

@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 DP_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
+TRAIN_MODES = ("plain", *DP_MODES)
 
 
 class PerfError(ValueError):
     """A bad ``bench perf`` request (one line, exit 2)."""
-TRAIN_MODES = ("plain", *DP_MODES)
 
 
 @dataclass
@@ -62,7 +62,8 @@ class PerfReport:
 
     def table(self) -> str:
         lines = [f"bench perf {self.model} batch {self.batch} on {self.device_name}"
-                 f" (amp {self.amp or 'off'}{', torch.compile' if self.compiled else ''}, median of {self.steps} steps after {self.warmup}, "
+                 f" (amp {self.amp or 'off'}{', torch.compile' if self.compiled else ''}, "
+                 f"median of {self.steps} steps after {self.warmup}, "
                  f"{self.torch_threads} threads; torch {self.versions.get('torch')}, opacus "
                  f"{self.versions.get('opacus')})",
                  f"{'what':13s} {'mode':15s} {'img/s':>10s} {'vs plain':>9s} {'peak GiB':>9s} {'median s':>9s}"]
