@@ -149,6 +149,31 @@ def test_mixed_ghost_chooses_ghost_where_it_is_cheaper():
     assert all(v[0] == "ghost" for v in r.values() if v[1] == 49 and v[2] >= 576)
 
 
+def test_book_keeping_keeps_per_sample_gradients_only_where_they_are_no_larger(monkeypatch):
+    # unet-28: the 28x28 level keeps its per-sample gradients (the clipped sum is then sum_i c_i G_i),
+    # the wide 14x14 layers recompute it from activations and output gradients, the 7x7 level's 3x3
+    # convolutions take the ghost route; all of it together matches the per-sample loop.
+    import torch.nn as nn
+
+    from privacy import mixed_ghost
+
+    seen = []
+    keep = mixed_ghost.kept_per_sample_grads
+
+    def spy(layer, activations, backprops):
+        kept = keep(layer, activations, backprops)
+        if isinstance(layer, nn.Conv2d):
+            seen.append((backprops.shape[-1], layer.kernel_size[0], kept is not None))
+        return kept
+
+    monkeypatch.setattr(mixed_ghost, "kept_per_sample_grads", spy)
+    report = verify_dp("unet-28", batch_size=2, modes=("mixed-ghost-bk",))
+    assert report.passed, report.table()
+    assert report.modes[0].norm_rel_err < 1e-4 and report.modes[0].max_contribution_over_clip <= 1 + 1e-4
+    kept = {(res, k): {x for r, kk, x in seen if (r, kk) == (res, k)} for res, k, _ in seen}
+    assert kept[28, 3] == {True} and kept[14, 3] == {True, False} and kept[7, 3] == {False}
+
+
 def test_bf16_autocast_keeps_per_sample_norms_and_the_clipping_bound():
     # The forward under bf16 autocast (bench perf --amp bf16): agreement with the (also autocast)
     # per-sample loop only to bf16 accuracy, AMP_TOL = 3e-2; book-keeping sums in float32.
