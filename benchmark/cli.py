@@ -196,6 +196,27 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sampler_cost(args: argparse.Namespace) -> int:
+    import json
+
+    from benchmark.runner import resolve_device, write_atomic
+    from benchmark.sampler_cost import SamplerCostError, parse_specs, sampler_cost
+
+    if args.no_score and args.from_samples:
+        raise SamplerCostError("--no-score with --from-samples does nothing")
+    if args.no_score and not args.save_samples:
+        raise SamplerCostError("--no-score needs --save-samples (else the samples are lost)")
+    report = sampler_cost(Path(args.run), parse_specs(args.samplers), n=args.n, device=resolve_device(args.device),
+                          data_root=args.data_root, batch_size=args.batch, score=not args.no_score,
+                          save_samples=Path(args.save_samples) if args.save_samples else None,
+                          from_samples=Path(args.from_samples) if args.from_samples else None,
+                          progress=lambda m: print(f"bench: sampler-cost {m}", file=sys.stderr))
+    if args.out:
+        write_atomic(Path(args.out), json.dumps(report.to_dict(), indent=2) + "\n")
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table(markdown=args.markdown))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="feddp-bench: federated diffusion models, "
                                 "utility vs privacy, as leaderboards.")
@@ -276,6 +297,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile every training mode's forward (compiled during the warm-up)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_perf)
+
+    from benchmark.sampler_cost import DEFAULT_SPECS
+
+    q = sub.add_parser("sampler-cost", help="FID and time of a trained run's model under each sampler and "
+                       "step count (the FID cost of fewer steps)")
+    q.add_argument("run", help="a run folder (bench run --out ...): its global_model.pt and FID reference")
+    q.add_argument("--samplers", default=DEFAULT_SPECS, help=f"SAMPLER:STEPS,... (default {DEFAULT_SPECS})")
+    q.add_argument("--n", type=int, help="images per set (default: the run's fid_n_samples)")
+    q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    q.add_argument("--batch", type=int, default=256, help="images per sampling batch (default 256)")
+    q.add_argument("--data-root", help="where on-disk datasets lie (as for bench run)")
+    q.add_argument("--save-samples", metavar="DIR", help="write each set as DIR/SAMPLER-STEPS.npz (uint8)")
+    q.add_argument("--from-samples", metavar="DIR", help="score sets saved by --save-samples (no sampling)")
+    q.add_argument("--no-score", action="store_true", help="sample and time only (no FID: e.g. on a GPU "
+                   "machine without the Inception file; score later with --from-samples)")
+    q.add_argument("--out", help="also write the report as JSON to this file")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    q.set_defaults(fn=cmd_sampler_cost)
 
     q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
     q.add_argument("runs_dir", help="folder of run folders (bench run --out)")

@@ -60,3 +60,19 @@ def test_sampling_shapes_and_conditioning(sampler):
     again, _ = sample(model, make_scheduler(20), 7, steps=20 if sampler == "ddpm" else 3,
                       sampler=sampler, num_classes=3, seed=1, batch_size=4)
     assert np.array_equal(imgs, again)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm-solver"])
+def test_every_sampler_clips_predicted_images_to_the_data_range(sampler):
+    # DDPM and DDIM clip each step's x0 prediction to [-1, 1] (clip_sample); DPM-Solver++ does it
+    # through dynamic thresholding at sample_max_value 1, which must be exactly that clip: without
+    # it a pixel-space model's samples come out speckled (results/README.md, sampler cost).
+    from benchmark.model import make_sampler
+
+    sched = make_sampler(sampler, make_scheduler())
+    x0 = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
+    if sampler == "dpm-solver":
+        assert sched.config.thresholding and sched.config.sample_max_value == 1.0
+        assert torch.equal(sched._threshold_sample(x0), x0.clamp(-1, 1))
+    else:
+        assert sched.config.clip_sample and sched.config.clip_sample_range == 1.0
