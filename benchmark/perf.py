@@ -75,7 +75,7 @@ class PerfReport:
 
 
 def _sync(device: str):
-    return torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    return (lambda: torch.cuda.synchronize(device)) if str(device).startswith("cuda") else (lambda: None)
 
 
 def _peak_reset(device: str) -> None:

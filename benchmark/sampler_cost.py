@@ -3,10 +3,9 @@
 A scenario's ``sampler`` and ``sample_steps`` decide how its FID is computed, and the sampling
 steps dominate evaluation time (each step is one UNet forward per image). This command answers
 what fewer steps cost: it samples a finished run's global model with every ``(sampler, steps)``
-asked for, each from the same generator seed (the run's own sample seed: within the first ``--batch``
-images, the same initial noise), scores every set
-against the run's own FID reference (the same real test images, at the same ``n``), and times the
-sampling. Differences between rows are then differences of sampler and steps only.
+asked for, each from the same generator seed (the run's own sample seed: within the first
+``--batch`` images, the same initial noise), scores every set against the run's own FID reference
+(the same real test images, at the same ``n``), and times the sampling. Differences between rows are then differences of sampler and steps only.
 
 One more row makes the figures readable: ``real``, n *real* training images (a fixed draw)
 against the same reference, the FID floor at this n. FID is biased upwards at small n, so a
@@ -49,13 +48,17 @@ def parse_specs(text: str, num_train_timesteps: int | None = None) -> list[tuple
         name, steps = m.group(1), int(m.group(2))
         if name not in SAMPLER_SCHEDULERS:
             raise SamplerCostError(f"unknown sampler {name!r} in {part!r} (known: {', '.join(SAMPLER_SCHEDULERS)})")
-        if steps < 1 or (num_train_timesteps is not None and steps > num_train_timesteps):
-            raise SamplerCostError(f"{part!r}: steps must be 1..{num_train_timesteps or 'T'} "
-                                   "(the model's training timesteps)")
+        _check_steps(name, steps, num_train_timesteps)
         if (name, steps) in specs:
             raise SamplerCostError(f"sampler spec {part!r} is given twice")
         specs.append((name, steps))
     return specs
+
+
+def _check_steps(name: str, steps: int, num_train_timesteps: int | None) -> None:
+    if steps < 1 or (num_train_timesteps is not None and steps > num_train_timesteps):
+        raise SamplerCostError(f"'{name}:{steps}': steps must be 1..{num_train_timesteps or 'T'} "
+                               "(the model's training timesteps)")
 
 
 @dataclass
@@ -133,13 +136,15 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
     from benchmark.data import load_dataset
     from benchmark.federation import task
     from benchmark.model import make_scheduler, sample
+    from benchmark.perf import _sync
     from benchmark.runner import _version, fid_reference, write_atomic
     from benchmark.utility import EXTRACTORS, compute_fid
 
     say = progress or (lambda _m: None)
     run = Path(run)
     scenario, seed, scenario_hash = _load_run(run)
-    parse_specs(",".join(f"{s}:{k}" for s, k in specs), scenario.num_train_timesteps)
+    for name, steps in specs:
+        _check_steps(name, steps, scenario.num_train_timesteps)
     if from_samples is not None and not Path(from_samples).is_dir():
         raise SamplerCostError(f"{from_samples}: cannot read samples (not a folder)")
     n = scenario.fid_n_samples if n is None else n
@@ -163,6 +168,8 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
             raise SamplerCostError(f"{run / 'global_model.pt'}: cannot load ({str(e).splitlines()[0]})") from None
         model.to(device)
     sample_seed = task.derive_seed("sample", seed)
+    train_scheduler = make_scheduler(scenario.num_train_timesteps)
+    sync = _sync(device)
     num_classes = train.num_classes if scenario.class_conditional else None
     c, r = train.images.shape[1], train.images.shape[-1]
 
@@ -196,14 +203,11 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
                                        f"got {images.dtype} {images.shape}")
         else:
             say(f"sample {name} {steps} steps x {n}")
-            if str(device).startswith("cuda"):
-                torch.cuda.synchronize(device)
+            sync()
             t0 = time.perf_counter()
-            images, labels = sample(model, make_scheduler(scenario.num_train_timesteps), n, steps=steps,
-                                    sampler=name, num_classes=num_classes, seed=sample_seed, device=device,
-                                    batch_size=batch_size)
-            if str(device).startswith("cuda"):
-                torch.cuda.synchronize(device)
+            images, labels = sample(model, train_scheduler, n, steps=steps, sampler=name, num_classes=num_classes,
+                                    seed=sample_seed, device=device, batch_size=batch_size)
+            sync()
             row.sample_s = time.perf_counter() - t0
             row.img_per_s = n / row.sample_s
             if save_samples is not None:

@@ -164,6 +164,26 @@ def _per_sample_conv2d_weight_grad(layer: nn.Conv2d, a: torch.Tensor, g: torch.T
     return grads.view(b, cout, cin // layer.groups, *layer.kernel_size)
 
 
+def _conv2d_route(layer: nn.Conv2d, backprops: torch.Tensor) -> str | None:
+    """``"ghost"`` or ``"per-sample"`` by cost for a plain Conv2d; None where neither applies
+    (grouped or non-zero-padded: Opacus' per-sample gradients)."""
+    if layer.groups != 1 or layer.padding_mode != "zeros":
+        return None
+    p, t = backprops.shape[1], backprops.shape[2] * backprops.shape[3]
+    d = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+    return "ghost" if ghost_is_cheaper(t, d, p) else "per-sample"
+
+
+def _conv2d_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """The per-sample route's gradients: (B, p, d, k, k) weights, (B, p) biases."""
+    ret = {}
+    if layer.weight.requires_grad:
+        ret[layer.weight] = _per_sample_conv2d_weight_grad(layer, a, g)
+    if layer.bias is not None and layer.bias.requires_grad:
+        ret[layer.bias] = g.sum((2, 3))
+    return ret
+
+
 def conv2d_norm_sample(layer: nn.Conv2d, activations: list[torch.Tensor],
                        backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
     """Per-sample gradient norms of a Conv2d: ghost norm on unfolded activations or per-sample
@@ -171,20 +191,17 @@ def conv2d_norm_sample(layer: nn.Conv2d, activations: list[torch.Tensor],
     backprops = _f32(backprops)
     activations = [_f32(activations[0])]
     a = activations[0]
-    b, p = backprops.shape[:2]
-    t = backprops.shape[2] * backprops.shape[3]
-    d = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
-    if layer.groups != 1 or layer.padding_mode != "zeros":
+    route = _conv2d_route(layer, backprops)
+    if route is None:
         return _norm_of(contiguous_conv2d_grad_sample(layer, activations, backprops))
-    g = backprops.reshape(b, p, t)
+    if route == "per-sample":
+        return _norm_of(_conv2d_per_sample_grads(layer, a, backprops))
+    g = backprops.flatten(2)
     ret = {}
     if layer.weight.requires_grad:
-        if ghost_is_cheaper(t, d, p):
-            # F.unfold is a real op (no as_strided): the channels_last trap of unfold2d does not apply.
-            u = F.unfold(a, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
-            ret[layer.weight] = _ghost_sq(u.transpose(1, 2), g.transpose(1, 2)).sqrt()
-        else:
-            ret[layer.weight] = _per_sample_conv2d_weight_grad(layer, a, backprops).flatten(1).norm(2, dim=1)
+        # F.unfold is a real op (no as_strided): the channels_last trap of unfold2d does not apply.
+        u = F.unfold(a, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+        ret[layer.weight] = _ghost_sq(u.transpose(1, 2), g.transpose(1, 2)).sqrt()
     if layer.bias is not None and layer.bias.requires_grad:
         ret[layer.bias] = g.sum(2).norm(2, dim=1)
     return ret
@@ -228,20 +245,12 @@ def kept_per_sample_grads(layer: nn.Module, activations: list[torch.Tensor],
     """
     if isinstance(layer, nn.GroupNorm):
         return compute_group_norm_grad_sample(layer, [_f32(activations[0])], _f32(backprops))
-    if not isinstance(layer, nn.Conv2d) or layer.groups != 1 or layer.padding_mode != "zeros":
+    if not isinstance(layer, nn.Conv2d) or _conv2d_route(layer, backprops) != "per-sample":
         return None
-    a, b, p = activations[0], backprops.shape[0], backprops.shape[1]
-    t = backprops.shape[2] * backprops.shape[3]
-    d = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
-    if ghost_is_cheaper(t, d, p) or p * d > (a[0].numel() + backprops[0].numel()):
+    a = activations[0]
+    if layer.weight.numel() > a[0].numel() + backprops[0].numel():  # one sample's gradient vs its tensors
         return None
-    g = _f32(backprops)
-    ret = {}
-    if layer.weight.requires_grad:
-        ret[layer.weight] = _per_sample_conv2d_weight_grad(layer, _f32(a), g)
-    if layer.bias is not None and layer.bias.requires_grad:
-        ret[layer.bias] = g.sum((2, 3))
-    return ret
+    return _conv2d_per_sample_grads(layer, _f32(a), _f32(backprops))
 
 
 # ------------------------------------------------- summed gradients from (activations, backprops)
