@@ -27,7 +27,6 @@ accounting or the implementation is wrong. Canaries (outliers planted in one cli
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

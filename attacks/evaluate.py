@@ -25,15 +25,14 @@ import torch
 
 from attacks.audit import audit_verdict, epsilon_lower_bound
 from attacks.base import BUDGETS, AttackBudget, get_mia, mia_metrics, roc_curve
-from benchmark.runner import write_atomic
+from benchmark.rundir import write_atomic
+from benchmark.seeding import derive_seed
 
 AUDIT_CONFIDENCE = 0.95
 DEFAULT_AUDIT_DELTA = 1e-5   # rows without DP claim nothing; their bound is still shown at this delta
 
 
 def _seed(*parts) -> int:
-    from benchmark.federation.task import derive_seed
-
     return derive_seed(*parts)
 
 
@@ -146,7 +145,7 @@ def observed_dp(scenario, privacy: dict) -> dict:
 def _run_inversion(scenario, seed, model, sched, fed, privacy, budget, device, out_dir) -> dict:
     from attacks import inversion as inv
     from benchmark.model import to_model_range
-    from benchmark.runner import sample_grid_png
+    from benchmark.rundir import sample_grid_png
 
     ds = fed.dataset
     split = fed.partition.clients[0]

@@ -121,7 +121,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    from benchmark.runner import resolve_device
+    from benchmark.devices import resolve_device
     from benchmark.utility import compute_fid, load_images
 
     a, b = load_images(args.a), load_images(args.b)
@@ -164,7 +164,7 @@ def cmd_verify_dp(args: argparse.Namespace) -> int:
 
     import torch
 
-    from benchmark.runner import resolve_device
+    from benchmark.devices import resolve_device
     from privacy.verify import verify_dp
 
     device = resolve_device(args.device)
@@ -184,7 +184,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     import json
 
     from benchmark.perf import run_perf
-    from benchmark.runner import resolve_device
+    from benchmark.devices import resolve_device
 
     device = resolve_device(args.device)
     report = run_perf(args.model, batch=args.batch, device=device, modes=tuple(args.modes.split(",")),
@@ -199,7 +199,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
 def cmd_sampler_cost(args: argparse.Namespace) -> int:
     import json
 
-    from benchmark.runner import resolve_device, write_atomic
+    from benchmark.devices import resolve_device
+    from benchmark.rundir import write_atomic
     from benchmark.sampler_cost import SamplerCostError, parse_specs, sampler_cost
 
     if args.no_score and args.from_samples:

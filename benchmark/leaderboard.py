@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.runner import RUN_FILES, is_complete, write_atomic
+from benchmark.rundir import RUN_FILES, is_complete, write_atomic
 
 # Version 2: schema_version column, run date, mia_best_attack, a *_std column for every metric the
 # regression gate compares, attacks.csv. Bump it whenever a column is added, removed or changes meaning.

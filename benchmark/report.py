@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from attacks.base import auc, roc_curve, tpr_at_fpr
-from benchmark.runner import write_atomic
+from benchmark.rundir import write_atomic
 
 NO_DP = "none"
 

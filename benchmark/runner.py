@@ -1,19 +1,5 @@
-"""The runner: ``run_one(scenario, seed, out_dir)`` -> one complete run folder.
-
-A run folder is ``<out>/<suite>/<scenario>-<hash>/seed-<n>/`` and holds
-
-    scenario.json     the scenario as run (its hash names the folder)
-    partition.json    every client's member (train) and held-out indices
-    history.json      per-round training loss and the partitions sampled each round
-    global_model.pt   the final global model (a torch state dict)
-    samples.npz       the generated images (uint8 NCHW) and their labels
-    samples.png       a grid of generated samples
-    metrics.json      utility, privacy and attack metrics (the leaderboard's columns)
-    attacks.json, attack_scores.npz, roc.png, inversion.png
-                      what the scenario's attacks recovered (only when it lists attacks;
-                      see attacks.evaluate)
-    environment.json  versions, git sha, device, date
-    DONE              written last
+"""The runner: ``run_one(scenario, seed, opts)`` -> one complete run folder (see
+:mod:`benchmark.rundir` for what it holds).
 
 The folder is built under a hidden ``.seed-<n>.partial-<pid>`` name and renamed into place in one
 ``os.replace``: a run folder either is complete or does not exist, so an interrupted suite
@@ -25,27 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmark.data import load_dataset
+from benchmark.devices import resolve_device  # noqa: F401  (re-exported for callers of the runner)
 from benchmark.federation import task
 from benchmark.federation.simulation import simulate
 from benchmark.model import make_scheduler, sample
+from benchmark.rundir import (environment, is_complete, run_dir, sample_grid_png, write_atomic, write_json,
+                              write_npz)
 from benchmark.scenarios import Scenario
-
-RUN_FILES = ("scenario.json", "partition.json", "history.json", "global_model.pt", "samples.npz",
-             "samples.png", "metrics.json", "environment.json", "DONE")
+from benchmark.seeding import derive_seed
 
 
 class RunError(RuntimeError):
@@ -59,127 +42,6 @@ class RunOptions:
     data_root: str | None = None
     resume: bool = False
     progress: bool = True
-
-
-def run_dir(out_dir: Path, scenario: Scenario, seed: int) -> Path:
-    return Path(out_dir) / scenario.suite / f"{scenario.name}-{scenario.hash}" / f"seed-{seed}"
-
-
-def is_complete(path: Path) -> bool:
-    return all((path / f).exists() for f in RUN_FILES)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda if present else cpu; a CUDA device asked for where there is none is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RunError(f"device {device!r} requested but no CUDA GPU is available (use --device cpu)")
-        idx = int(device.split(":", 1)[1]) if ":" in device else 0
-        if idx >= torch.cuda.device_count():
-            raise RunError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
-        return device
-    if device != "cpu":
-        raise RunError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)")
-    return device
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that readers see the old content or the new, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
-def git_sha() -> str:
-    """The commit of the checkout the package runs from, or 'unknown' (e.g. a wheel install)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    sha = out.stdout.strip()
-    if out.returncode != 0 or not sha:
-        return "unknown"
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-    return sha + ("-dirty" if dirty else "")
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
-def environment(device: str) -> dict:
-    if device.startswith("cuda"):
-        dev_name = torch.cuda.get_device_name(torch.device(device))
-    else:
-        dev_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": git_sha(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "device": device,
-        "device_name": dev_name,
-        **{d: _version(d) for d in ("torch", "opacus", "flwr", "diffusers", "clean-fid",
-                                    "pytorch-fid", "feddp-bench")},
-    }
-
-
-def sample_grid_png(images: np.ndarray, path: Path, ncol: int = 10) -> None:
-    """Tile uint8 NCHW images into one PNG."""
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    nrow = -(-n // ncol)
-    grid = np.zeros((nrow * (h + 2) + 2, ncol * (w + 2) + 2, c), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, q = divmod(i, ncol)
-        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = img.transpose(1, 2, 0)
-    mode = "L" if c == 1 else "RGB"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(grid[..., 0] if c == 1 else grid, mode=mode).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-FID_REFERENCE_SEED = 0  # fixed: the reference set is the same for every scenario and seed
-
-
-def fid_reference(test, n: int) -> tuple[np.ndarray, str]:
-    """Real images for FID: a fixed sample of the dataset's test split (never a member).
-
-    The same images for every scenario and seed of a dataset, so their Inception statistics are
-    computed once and cached. Returns the images and the cache key naming them.
-    """
-    rng = np.random.default_rng(FID_REFERENCE_SEED)
-    idx = np.sort(rng.permutation(len(test.labels))[:n])
-    res = test.images.shape[-1]
-    key = f"{test.name.replace(':', '-')}-test-{res}px-n{len(idx)}-seed{FID_REFERENCE_SEED}"
-    return test.images[idx], key
 
 
 def privacy_metrics(scenario: Scenario, history: dict) -> dict:
@@ -258,7 +120,7 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
 
 
 def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOptions) -> Path:
-    from benchmark.utility import compute_fid
+    from benchmark.utility import compute_fid, fid_reference
 
     device = resolve_device(opts.device)
     fed = task.load_federated_data(scenario, seed, opts.data_root)
@@ -290,10 +152,10 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
         model, make_scheduler(scenario.num_train_timesteps), scenario.fid_n_samples,
         steps=scenario.sample_steps, sampler=scenario.sampler,
         num_classes=fed.dataset.num_classes if scenario.class_conditional else None,
-        seed=task.derive_seed("sample", seed), device=device,
+        seed=derive_seed("sample", seed), device=device,
     )
     sample_s = time.perf_counter() - t0
-    np.savez_compressed(work / "samples.npz", images=fake, labels=fake_labels)
+    write_npz(work / "samples.npz", images=fake, labels=fake_labels)
     sample_grid_png(fake[:100], work / "samples.png")
 
     test = load_dataset(scenario.dataset, data_root=opts.data_root, split="test")
@@ -311,7 +173,7 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
         downstream = {
             "downstream_acc": downstream_accuracy(fake, fake_labels, test.images, test.labels,
                                                   num_classes=test.num_classes,
-                                                  seed=task.derive_seed("downstream", seed), device=device),
+                                                  seed=derive_seed("downstream", seed), device=device),
             "downstream_n_train": len(fake), "downstream_n_test": len(test.labels),
         }
 

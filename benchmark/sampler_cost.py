@@ -137,8 +137,10 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
     from benchmark.federation import task
     from benchmark.model import make_scheduler, sample
     from benchmark.perf import _sync
-    from benchmark.runner import _version, fid_reference, write_atomic
-    from benchmark.utility import EXTRACTORS, compute_fid
+    from benchmark.rundir import package_version as _version
+    from benchmark.rundir import write_atomic
+    from benchmark.seeding import derive_seed
+    from benchmark.utility import EXTRACTORS, compute_fid, fid_reference
 
     say = progress or (lambda _m: None)
     run = Path(run)
@@ -167,7 +169,7 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
         except (OSError, RuntimeError) as e:
             raise SamplerCostError(f"{run / 'global_model.pt'}: cannot load ({str(e).splitlines()[0]})") from None
         model.to(device)
-    sample_seed = task.derive_seed("sample", seed)
+    sample_seed = derive_seed("sample", seed)
     train_scheduler = make_scheduler(scenario.num_train_timesteps)
     sync = _sync(device)
     num_classes = train.num_classes if scenario.class_conditional else None

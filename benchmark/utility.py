@@ -571,3 +571,19 @@ def downstream_accuracy(train_images: np.ndarray, train_labels: np.ndarray, test
             pred = model(x).argmax(1).cpu().numpy()
             correct += int((pred == np.asarray(test_labels[i:i + 512])).sum())
     return correct / len(test_images)
+
+
+FID_REFERENCE_SEED = 0  # fixed: the reference set is the same for every scenario and seed
+
+
+def fid_reference(test, n: int) -> tuple[np.ndarray, str]:
+    """Real images for FID: a fixed sample of the dataset's test split (never a member).
+
+    The same images for every scenario and seed of a dataset, so their Inception statistics are
+    computed once and cached. Returns the images and the cache key naming them.
+    """
+    rng = np.random.default_rng(FID_REFERENCE_SEED)
+    idx = np.sort(rng.permutation(len(test.labels))[:n])
+    res = test.images.shape[-1]
+    key = f"{test.name.replace(':', '-')}-test-{res}px-n{len(idx)}-seed{FID_REFERENCE_SEED}"
+    return test.images[idx], key

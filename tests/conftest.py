@@ -28,7 +28,7 @@ def write_fake_run(root, scenario, seed, *, fid=10.0, metrics=None, attacks=None
     import numpy as np
     from PIL import Image
 
-    from benchmark.runner import RUN_FILES, run_dir
+    from benchmark.rundir import RUN_FILES, run_dir
 
     path = run_dir(root, scenario, seed)
     path.mkdir(parents=True)

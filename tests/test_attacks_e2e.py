@@ -4,7 +4,6 @@ is not, a mis-accounted run fails the audit loudly, and gradient inversion with 
 import json
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

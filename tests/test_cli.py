@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.runner import RUN_FILES
+from benchmark.rundir import RUN_FILES
 
 TINY = """
 [[scenario]]

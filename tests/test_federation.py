@@ -6,6 +6,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from benchmark.seeding import derive_seed
 from benchmark.federation import client_app, task
 from benchmark.federation.server_app import SeededFedAvg
 from benchmark.scenarios import Scenario
@@ -160,9 +161,9 @@ def test_seeded_sampling_is_reproducible_and_uses_partitions():
 
 
 def test_derive_seed_is_stable():
-    assert task.derive_seed("a", 1) == task.derive_seed("a", 1) != task.derive_seed("a", 2)
-    assert 0 <= task.derive_seed("x") < 2**63
-    assert isinstance(np.random.default_rng(task.derive_seed("x")), np.random.Generator)
+    assert derive_seed("a", 1) == derive_seed("a", 1) != derive_seed("a", 2)
+    assert 0 <= derive_seed("x") < 2**63
+    assert isinstance(np.random.default_rng(derive_seed("x")), np.random.Generator)
 
 
 # ------------------------------------------------------------------ central DP (Flower wrappers)

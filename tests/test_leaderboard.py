@@ -1,6 +1,5 @@
 """Leaderboards from run folders: aggregation over seeds, complete runs only, byte-stable CSVs."""
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -8,7 +7,7 @@ import pytest
 
 from benchmark import leaderboard
 from benchmark.leaderboard import ATTACK_COLUMNS, COLUMNS, DTYPES, LeaderboardError, read_leaderboard, summarize
-from benchmark.runner import run_dir
+from benchmark.rundir import run_dir
 from benchmark.scenarios import get_scenario
 from conftest import REPO, write_fake_run
 

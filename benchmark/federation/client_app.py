@@ -23,6 +23,7 @@ from flwr.clientapp import ClientApp
 
 from benchmark.federation import task
 from benchmark.scenarios import Scenario
+from benchmark.seeding import derive_seed
 from privacy.central import central_clipping_mod
 
 app = ClientApp()
@@ -44,7 +45,7 @@ def client_train_seed(context: Context, seed: int, pid: int, server_round: int) 
     """
     if str(context.node_config.get("secret-randomness", "false")).lower() in ("1", "true", "yes"):
         return secrets.randbits(63)
-    return task.derive_seed("client-train", seed, pid, server_round)
+    return derive_seed("client-train", seed, pid, server_round)
 
 
 @app.query()

@@ -23,16 +23,13 @@ because Flower 1.42's clipping crashes on a wrong shape and turns NaN into NaN.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
@@ -40,7 +37,9 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log as flwr_log
 
 from benchmark.federation import task
+from benchmark.rundir import write_json, write_torch
 from benchmark.scenarios import Scenario, get_scenario
+from benchmark.seeding import derive_seed
 
 app = ServerApp()
 
@@ -73,7 +72,7 @@ class SeededFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        rng = np.random.default_rng(task.derive_seed("client-sampling", self.seed, server_round))
+        rng = np.random.default_rng(derive_seed("client-sampling", self.seed, server_round))
         n = len(self.partition_to_node)
         chosen = sorted(int(p) for p in rng.choice(n, size=self.clients_per_round, replace=False))
         self.sampled[server_round] = chosen
@@ -245,7 +244,7 @@ def run_federation(grid: Grid, run_config: dict,
     data_root = str(run_config.get("data-root", "") or "")
 
     fed = task.load_federated_data(scenario, seed, data_root or None)
-    model = task.build_model(scenario, fed.dataset, seed=task.derive_seed("init", seed))
+    model = task.build_model(scenario, fed.dataset, seed=derive_seed("init", seed))
     partition_to_node = discover_partitions(grid, scenario.num_clients)
     central = scenario.dp_mode == "central-dp"
     if central:
@@ -293,7 +292,7 @@ def run_federation(grid: Grid, run_config: dict,
         spent = strategy.privacy_spent()
         privacy_info |= {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(result.arrays.to_torch_state_dict(), out_dir / "global_model.pt")
+    write_torch(out_dir / "global_model.pt", result.arrays.to_torch_state_dict())
     history = {
         "train_s": train_s,
         "central_dp": privacy_info,
@@ -305,9 +304,7 @@ def run_federation(grid: Grid, run_config: dict,
             for r in sorted(result.train_metrics_clientapp)
         ],
     }
-    tmp = out_dir / f".history.json.{os.getpid()}"
-    tmp.write_text(json.dumps(history, indent=2))
-    os.replace(tmp, out_dir / "history.json")
+    write_json(out_dir / "history.json", history)
     return history
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,12 +11,7 @@ from benchmark.data import ImageDataset, load_dataset
 from benchmark.model import build_unet, make_scheduler, train_epochs
 from benchmark.partition import ClientSplit, Partition, make_partition
 from benchmark.scenarios import Scenario
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any tuple of values: one run seed drives every generator."""
-    h = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") >> 1
+from benchmark.seeding import derive_seed
 
 
 @dataclass(frozen=True)
