@@ -1,15 +1,42 @@
 """The ``bench`` command: subcommands only, the logic lives in the modules they call.
 
-Every failure ends with one line on stderr (``bench: error: ...``) and a non-zero exit; set
-``BENCH_TRACEBACK=1`` to see the full traceback of an unexpected error.
+Every failure ends with one line on stderr (``bench: error: ...``) and a non-zero exit status
+(:mod:`benchmark.errors`: 1 regression or verification mismatch, 2 bad input, 3 failed audit,
+4 failed work); set ``BENCH_TRACEBACK=1`` to see the full traceback of an unexpected error.
+
+Nothing heavy is imported before the arguments are parsed: ``bench --help``, ``bench list``,
+``bench summarize`` and ``bench compare`` never import torch or Flower.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (``bench: error: ...``) and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        from benchmark.errors import EXIT_BAD_INPUT
+
+        cmd = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        print(f"bench: error: {cmd + ': ' if cmd else ''}{message.splitlines()[0]} (see {self.prog} --help)",
+              file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -24,7 +51,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from benchmark.data import dataset_names
-    from benchmark.model import MODEL_CONFIGS
+    from benchmark.model_configs import MODEL_CONFIGS
     from benchmark.scenarios import SCALES, get_suite, suite_names
 
     if args.models:
@@ -57,19 +84,28 @@ def _scenarios_from_args(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from benchmark import leaderboard, runner
+    from benchmark.devices import resolve_device
 
-    scenarios = _scenarios_from_args(args)
+    scenarios = _scenarios_from_args(args)  # a bad name or file fails here, before torch or Flower load
+    resolve_device(args.device)
+
+    from benchmark import leaderboard, runner
+    from benchmark.errors import EXIT_AUDIT_FAILED
+
     opts = runner.RunOptions(out_dir=Path(args.out), device=args.device, data_root=args.data_root,
                              resume=args.resume, progress=not args.no_progress)
-    runner.resolve_device(args.device)
-    work = runner.plan(scenarios, args.seeds, opts)
-    if args.dry_run:
+    if args.dry_run:  # what would run and what is complete; never refuses a complete folder
+        work = runner.plan(scenarios, args.seeds, dataclasses.replace(opts, resume=True))
         for s, seed, path, done in work:
             print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
+        print(f"bench: dry run: {sum(w[3] for w in work)} complete, {sum(not w[3] for w in work)} to run"
+              + ("" if args.resume or not any(w[3] for w in work) else " (a real run needs --resume)"),
+              file=sys.stderr)
         return 0
+    work = runner.plan(scenarios, args.seeds, opts)
     runner.check_data(work, opts)
     runner.check_writable(opts.out_dir)
+    runner.check_writable(Path(args.results))
     todo = [w for w in work if not w[3]]
     runner.check_fid_available(tuple(w[0] for w in todo))
     for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
@@ -91,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"bench: error: {len(failed)} run(s) failed the empirical privacy audit: their DP claim "
               f"does not hold (see above)", file=sys.stderr)
-        return 3
+        return EXIT_AUDIT_FAILED
     return 0
 
 
@@ -187,7 +223,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from benchmark.devices import resolve_device
 
     device = resolve_device(args.device)
-    report = run_perf(args.model, batch=args.batch, device=device, modes=tuple(args.modes.split(",")),
+    report = run_perf(args.model, batch=args.batch_size, device=device, modes=tuple(args.modes.split(",")),
                       steps=args.steps, warmup=args.warmup, amp=None if args.amp == "off" else args.amp,
                       sampler=args.sampler, sample_steps=args.sample_steps, fid_batch=args.fid_batch,
                       compiled=args.compile,
@@ -208,7 +244,7 @@ def cmd_sampler_cost(args: argparse.Namespace) -> int:
     if args.no_score and not args.save_samples:
         raise SamplerCostError("--no-score needs --save-samples (else the samples are lost)")
     report = sampler_cost(Path(args.run), parse_specs(args.samplers), n=args.n, device=resolve_device(args.device),
-                          data_root=args.data_root, batch_size=args.batch, score=not args.no_score,
+                          data_root=args.data_root, batch_size=args.batch_size, score=not args.no_score,
                           save_samples=Path(args.save_samples) if args.save_samples else None,
                           from_samples=Path(args.from_samples) if args.from_samples else None,
                           progress=lambda m: print(f"bench: sampler-cost {m}", file=sys.stderr))
@@ -219,13 +255,16 @@ def cmd_sampler_cost(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="feddp-bench: federated diffusion models, "
+    from benchmark.scenarios import SAMPLERS, SCALES
+    from privacy.accounting import SAMPLE_ACCOUNTANTS
+
+    p = _Parser(prog="bench", description="feddp-bench: federated diffusion models, "
                                 "utility vs privacy, as leaderboards.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     q = sub.add_parser("list", help="list suites, scenarios, model configs")
     q.add_argument("--suite", help="show only this suite's scenarios")
-    q.add_argument("--scale", default="cpu", help="scale to size the scenarios for (default: cpu)")
+    q.add_argument("--scale", default="cpu", choices=SCALES, help="scale to size the scenarios for (default: cpu)")
     q.add_argument("--models", action="store_true", help="list the model configs instead")
     q.set_defaults(fn=cmd_list)
 
@@ -234,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--suite", help="a registered suite (see `bench list`)")
     src.add_argument("--scenario", help="one registered scenario by name")
     src.add_argument("--scenario-file", help="a TOML file of scenarios (fields as in `Scenario`)")
-    q.add_argument("--scale", default="cpu", help="cpu (default) or gpu: sizes the same scenarios")
+    q.add_argument("--scale", default="cpu", choices=SCALES, help="cpu (default) or gpu: sizes the same scenarios")
     q.add_argument("--seeds", type=_seeds, help="seeds, e.g. '0,1,2' (default: the scenario's)")
     q.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
     q.add_argument("--results", default="results", help="folder for leaderboards (default: results)")
@@ -250,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("a", help="folder of images, or .npz/.npy (uint8, NCHW or NHWC)")
     q.add_argument("b", help="folder of images, or .npz/.npy")
     q.add_argument("--device", default="cpu")
-    q.add_argument("--impl", default="clean", help="clean (default, offline) or pytorch-fid (needs its "
+    q.add_argument("--impl", default="clean", choices=("clean", "pytorch-fid"), help="clean (default, offline) or pytorch-fid (needs its "
                    "weights in the torch hub cache)")
     q.set_defaults(fn=cmd_fid)
 
@@ -264,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, required=True, help="DP-SGD steps (sample) or rounds (client)")
     q.add_argument("--sample-rate", type=float, help="Poisson sampling rate q (sample level)")
     q.add_argument("--population", type=int, help="N: dataset size (sample) or clients (client); delta < 1/N")
-    q.add_argument("--accountant", default="rdp", help="rdp or prv (sample level)")
+    q.add_argument("--accountant", default="rdp", choices=SAMPLE_ACCOUNTANTS, help="rdp or prv (sample level)")
     q.set_defaults(fn=cmd_account)
 
     q = sub.add_parser("verify-dp", help="check per-sample gradients of every DP mode on the real UNet")
@@ -284,14 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("perf", help="images/s and peak memory of the plain step and every DP mode, "
                        "sampling and FID features, on one machine in one run")
     q.add_argument("--model", required=True, help="a model config (bench list --models)")
-    q.add_argument("--batch", type=int, default=32, help="training batch size (default 32)")
+    q.add_argument("--batch-size", "--batch", type=_positive, default=32, help="training batch size (default 32)")
     q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     q.add_argument("--modes", default="plain,hooks,ghost,mixed-ghost,mixed-ghost-bk",
                    help="comma-separated training modes (plain is always timed: the ratios are to it)")
     q.add_argument("--steps", type=int, default=5, help="timed steps per mode (median; default 5)")
     q.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     q.add_argument("--amp", choices=("off", "bf16"), default="off", help="bf16 autocast of the forward")
-    q.add_argument("--sampler", default="ddim", help="ddim (default), dpm-solver or ddpm")
+    q.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddim (default), dpm-solver or ddpm")
     q.add_argument("--sample-steps", type=int, default=10, help="denoising steps to time (0: skip sampling)")
     q.add_argument("--fid-batch", type=int, help="images per FID-feature call (default min(batch, 64); 0: skip)")
     q.add_argument("--compile", action="store_true",
@@ -307,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--samplers", default=DEFAULT_SPECS, help=f"SAMPLER:STEPS,... (default {DEFAULT_SPECS})")
     q.add_argument("--n", type=int, help="images per set (default: the run's fid_n_samples)")
     q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    q.add_argument("--batch", type=int, default=256, help="images per sampling batch (default 256)")
+    q.add_argument("--batch-size", "--batch", type=_positive, default=256, help="images per sampling batch (default 256)")
     q.add_argument("--data-root", help="where on-disk datasets lie (as for bench run)")
     q.add_argument("--save-samples", metavar="DIR", help="write each set as DIR/SAMPLER-STEPS.npz (uint8)")
     q.add_argument("--from-samples", metavar="DIR", help="score sets saved by --save-samples (no sampling)")
@@ -354,19 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmark import errors
+
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:
         print("bench: interrupted; completed runs are kept (rerun with --resume)", file=sys.stderr)
-        return 130
+        return errors.EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the one place errors become one line
         if os.environ.get("BENCH_TRACEBACK"):
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        known = type(e).__name__.endswith("Error") and type(e).__module__.startswith(("benchmark", "privacy", "attacks"))
-        print(f"bench: error: {msg if known else f'{type(e).__name__}: {msg}'}", file=sys.stderr)
-        return 2 if known else 1
+        print(f"bench: error: {errors.one_line(e)}", file=sys.stderr)
+        return errors.exit_code(e)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ PROVENANCE = ("device", "git_sha", "torch", "opacus", "flwr", "diffusers")
 DP_LEVEL = {"none": "", "local-dpsgd": "sample", "central-dp": "client"}
 
 
-class LeaderboardError(RuntimeError):
+class LeaderboardError(ValueError):
     """Runs cannot be summarised (one-line message)."""
 
 

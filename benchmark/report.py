@@ -29,7 +29,7 @@ from benchmark.rundir import write_atomic
 NO_DP = "none"
 
 
-class ReportError(RuntimeError):
+class ReportError(ValueError):
     """A run folder's file cannot be read for the report (one-line message)."""
 
 

@@ -22,6 +22,7 @@ import torch
 
 from benchmark.data import load_dataset
 from benchmark.devices import resolve_device  # noqa: F401  (re-exported for callers of the runner)
+from benchmark.errors import VerificationError
 from benchmark.federation import task
 from benchmark.federation.simulation import simulate
 from benchmark.model import make_scheduler, sample
@@ -31,8 +32,12 @@ from benchmark.scenarios import Scenario
 from benchmark.seeding import derive_seed
 
 
-class RunError(RuntimeError):
-    """A run cannot start or finish (one-line message)."""
+class RunError(ValueError):
+    """A run cannot start as asked: bad input found before any training (one-line message)."""
+
+
+class RunFailedError(RuntimeError):
+    """A run started but could not finish (one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ def verify_before_dp(scenarios, opts: RunOptions) -> dict:
         rep = verify_dp(s.model, device=device, in_channels=c, resolution=r,
                         num_classes=ds.num_classes if s.class_conditional else None, modes=(s.grad_sample_mode,))
         if not rep.passed:
-            raise RunError(f"per-sample gradients of {s.model} ({s.grad_sample_mode}) fail verification: "
+            raise VerificationError(f"per-sample gradients of {s.model} ({s.grad_sample_mode}) fail verification: "
                            + "; ".join(rep.modes[0].problems))
         reports[key] = rep
     return reports
@@ -164,7 +169,7 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
     fid = compute_fid(real, fake, device=device, real_key=real_key, extractor=scenario.fid_impl)
     fid_s = time.perf_counter() - t0
     if not np.isfinite(fid.fid):
-        raise RunError(f"{scenario.name} seed {seed}: FID is not finite ({fid.fid})")
+        raise RunFailedError(f"{scenario.name} seed {seed}: FID is not finite ({fid.fid})")
 
     downstream = {}
     if scenario.class_conditional:
@@ -232,13 +237,16 @@ def plan(scenarios: tuple[Scenario, ...], seeds: tuple[int, ...] | None,
 
 def check_fid_available(scenarios) -> None:
     """Fail before any training when a scenario's FID network is not installed."""
-    from benchmark.utility import ensure_inception_file, pytorch_fid_extractor
+    from benchmark.utility import FIDUnavailableError, ensure_inception_file, pytorch_fid_extractor
 
     for impl in sorted({s.fid_impl for s in scenarios}):
-        if impl == "clean":
-            ensure_inception_file()
-        else:
-            pytorch_fid_extractor("cpu")
+        try:
+            if impl == "clean":
+                ensure_inception_file()
+            else:
+                pytorch_fid_extractor("cpu")
+        except FIDUnavailableError as e:
+            raise RunError(str(e).splitlines()[0]) from e
 
 
 def check_data(work, opts: RunOptions) -> None:

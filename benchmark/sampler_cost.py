@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 DEFAULT_SPECS = "ddpm:1000,ddim:100,ddim:50,ddim:20,ddim:10,dpm-solver:25,dpm-solver:10"
 REAL_FLOOR_SEED = 1  # which training images form the "real" row (fixed: the same for every model)
@@ -164,6 +163,8 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
     if from_samples is None:
         model = task.build_model(scenario, train)
         try:
+            import torch
+
             state = torch.load(run / "global_model.pt", map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except (OSError, RuntimeError) as e:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.model import MODEL_CONFIGS
+from benchmark.model_configs import MODEL_CONFIGS
 from benchmark.partition import PartitionError, parse_scheme
 
 DP_MODES = ("none", "local-dpsgd", "central-dp")

@@ -51,6 +51,7 @@ def one_error_line(res):
     return res.returncode != 0 and lines[-1].startswith("bench: error: ") and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # three `bench` subprocesses and a training run: the slow tier
 def test_run_resume_and_summarize(tmp_path, feddp_cache):
     scn = tmp_path / "tiny.toml"
     scn.write_text(TINY)

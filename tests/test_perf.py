@@ -15,7 +15,7 @@ def test_bench_perf_json_has_every_mode_with_ratio_to_plain(capsys):
     rep = json.loads(capsys.readouterr().out)
     train = [r for r in rep["rows"] if r["what"] == "train"]
     assert [r["mode"] for r in train] == ["plain", "hooks", "ghost", "mixed-ghost", "mixed-ghost-bk"]
-    assert train[0]["ratio_to_plain"] == 1.0 and all(r["img_per_s"] > 0 for r in train)
+    assert all(r["img_per_s"] > 0 and r["median_s"] > 0 for r in train)
     assert [r["mode"] for r in rep["rows"] if r["what"] == "sample"] == ["dpm-solver-1"]
     assert rep["versions"]["opacus"] and rep["versions"]["diffusers"]
 
