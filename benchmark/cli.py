@@ -243,6 +243,10 @@ def cmd_sampler_cost(args: argparse.Namespace) -> int:
         raise SamplerCostError("--no-score with --from-samples does nothing")
     if args.no_score and not args.save_samples:
         raise SamplerCostError("--no-score needs --save-samples (else the samples are lost)")
+    if args.out and not os.access(Path(args.out).resolve().parent, os.W_OK):
+        raise SamplerCostError(f"--out {args.out}: its folder does not exist or is not writable")
+    if args.save_samples and Path(args.save_samples).exists() and not os.access(args.save_samples, os.W_OK):
+        raise SamplerCostError(f"--save-samples {args.save_samples}: not writable")
     report = sampler_cost(Path(args.run), parse_specs(args.samplers), n=args.n, device=resolve_device(args.device),
                           data_root=args.data_root, batch_size=args.batch_size, score=not args.no_score,
                           save_samples=Path(args.save_samples) if args.save_samples else None,

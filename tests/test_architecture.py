@@ -121,3 +121,27 @@ def test_light_commands_import_neither_torch_nor_flower(tmp_path, fake_run):
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert [v["code"] for v in got.values()] == [0, 0, 0, 2, 0, 0], got
     assert all(not v["heavy"] for v in got.values()), got
+
+
+def test_a_new_dataset_is_one_registry_entry(monkeypatch):
+    """A dataset is one entry of benchmark.data.DATASETS: scenarios, partitioning and the client
+    data path pick it up without another edit."""
+    import numpy as np
+
+    from benchmark import data
+    from benchmark.federation.task import load_federated_data
+    from benchmark.scenarios import Scenario
+
+    def load_stripes(root, split):
+        rng = np.random.default_rng(0 if split == "train" else 1)
+        labels = rng.integers(0, 2, 60).astype(np.int64)
+        images = np.zeros((60, 1, 8, 8), np.uint8)
+        images[labels == 1, :, ::2] = 255
+        return data.ImageDataset("stripes", images, labels, 2)
+
+    monkeypatch.setitem(data.DATASETS, "stripes", load_stripes)
+    scenario = Scenario(name="stripes-iid", dataset="stripes", num_clients=3, clients_per_round=3)
+    fed = load_federated_data(scenario, 0, None)
+    assert fed.dataset.name == "stripes" and len(fed.partition.clients) == 3
+    held = set(np.concatenate([c.heldout_idx for c in fed.partition.clients]).tolist())
+    assert not held & set(fed.partition.members().tolist())
