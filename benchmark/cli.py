@@ -93,7 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.errors import EXIT_AUDIT_FAILED
 
     opts = runner.RunOptions(out_dir=Path(args.out), device=args.device, data_root=args.data_root,
-                             resume=args.resume, progress=not args.no_progress)
+                             resume=args.resume, progress=not args.no_progress,
+                             report=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
     if args.dry_run:  # what would run and what is complete; never refuses a complete folder
         work = runner.plan(scenarios, args.seeds, dataclasses.replace(opts, resume=True))
         for s, seed, path, done in work:
@@ -399,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from benchmark import errors
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
+        return int(e.code or 0)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

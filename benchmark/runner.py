@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,8 @@ class RunOptions:
     device: str = "cpu"
     data_root: str | None = None
     resume: bool = False
-    progress: bool = True
+    progress: bool = True                          # tqdm bars (rounds)
+    report: Callable[[str], None] | None = None    # one line as each stage of a run starts
 
 
 def privacy_metrics(scenario: Scenario, history: dict) -> dict:
@@ -124,14 +126,48 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
         raise
 
 
-def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOptions) -> Path:
-    from benchmark.utility import compute_fid, fid_reference
+# The stages of one run, in order. Each reports itself through ``RunOptions.report`` when it
+# starts, so a long run is never silent (a CI log shows the current stage of every run).
+STAGES = ("train", "sample", "score", "attack", "record")
 
+
+def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOptions) -> Path:
     device = resolve_device(opts.device)
+    t_start = time.perf_counter()
+
+    def stage(name: str, what: str) -> None:
+        if opts.report is not None:
+            opts.report(f"{scenario.name} seed {seed}: {name} ({what}) [{time.perf_counter() - t_start:.0f} s]")
+
     fed = task.load_federated_data(scenario, seed, opts.data_root)
     write_json(work / "scenario.json", scenario.to_dict() | {"hash": scenario.hash, "seed": seed})
     write_json(work / "partition.json", fed.partition_record())
 
+    stage("train", f"{scenario.rounds} round(s), {scenario.clients_per_round} of {scenario.num_clients} clients, "
+                   f"dp {scenario.dp_mode}")
+    history = train_stage(scenario, seed, work, device, opts)
+    stage("sample", f"{scenario.fid_n_samples} images, {scenario.sampler}-{scenario.sample_steps}")
+    model, fake, fake_labels, sample_s = sample_stage(scenario, seed, work, fed, device)
+    stage("score", f"FID/KID at n = {scenario.fid_n_samples}"
+                   + (", downstream accuracy" if scenario.class_conditional else ""))
+    utility = score_stage(scenario, seed, fake, fake_labels, device, opts)
+    privacy = privacy_metrics(scenario, history)
+    attack_cols = {}
+    if scenario.attacks:
+        stage("attack", ", ".join(scenario.attacks))
+        attack_cols = attack_stage(scenario, seed, model, fed, privacy, work, device)
+    stage("record", "metrics.json, environment.json")
+    metrics = {
+        **utility, **attack_cols,
+        "train_s": history["train_s"], "sample_s": sample_s,
+        "final_train_loss": history["rounds"][-1]["train_loss"],
+        "dp_mode": scenario.dp_mode, **privacy,
+    }
+    return record_stage(work, final, metrics, device)
+
+
+def train_stage(scenario: Scenario, seed: int, work: Path, device: str, opts: RunOptions) -> dict:
+    """Federated training in Flower's simulation engine; writes global_model.pt and history.json."""
     bar = None
     if opts.progress:
         from tqdm import tqdm
@@ -140,14 +176,16 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
     run_config = {"scenario": scenario.to_json(), "seed": seed, "out-dir": str(work),
                   "device": device, "data-root": opts.data_root or ""}
     try:
-        history = simulate(run_config, num_clients=scenario.num_clients,
-                           gpu_fraction=(1.0 / scenario.clients_per_round) if device.startswith("cuda") else 0.0,
-                           on_round=(lambda r: bar.update(1)) if bar else None)
+        return simulate(run_config, num_clients=scenario.num_clients,
+                        gpu_fraction=(1.0 / scenario.clients_per_round) if device.startswith("cuda") else 0.0,
+                        on_round=(lambda r: bar.update(1)) if bar else None)
     finally:
         if bar:
             bar.close()
 
-    # Evaluate the final global model.
+
+def sample_stage(scenario: Scenario, seed: int, work: Path, fed, device: str):
+    """The final global model, and the images it generates (samples.npz, samples.png)."""
     model = task.build_model(scenario, fed.dataset)
     model.load_state_dict(torch.load(work / "global_model.pt", map_location="cpu", weights_only=True))
     model.to(device)
@@ -162,6 +200,13 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
     sample_s = time.perf_counter() - t0
     write_npz(work / "samples.npz", images=fake, labels=fake_labels)
     sample_grid_png(fake[:100], work / "samples.png")
+    return model, fake, fake_labels, sample_s
+
+
+def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np.ndarray, device: str,
+                opts: RunOptions) -> dict:
+    """Utility: FID and KID against the test split's fixed reference, downstream accuracy."""
+    from benchmark.utility import compute_fid, fid_reference
 
     test = load_dataset(scenario.dataset, data_root=opts.data_root, split="test")
     real, real_key = fid_reference(test, scenario.fid_n_samples)
@@ -170,35 +215,32 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
     fid_s = time.perf_counter() - t0
     if not np.isfinite(fid.fid):
         raise RunFailedError(f"{scenario.name} seed {seed}: FID is not finite ({fid.fid})")
-
-    downstream = {}
+    out = {"fid": fid.fid, "kid": fid.kid, "fid_impl": fid.fid_impl, "fid_n_samples": fid.n_fake,
+           "fid_n_real": fid.n_real, "fid_reference": real_key, "fid_s": fid_s}
     if scenario.class_conditional:
         from benchmark.utility import downstream_accuracy
 
-        downstream = {
+        out |= {
             "downstream_acc": downstream_accuracy(fake, fake_labels, test.images, test.labels,
                                                   num_classes=test.num_classes,
                                                   seed=derive_seed("downstream", seed), device=device),
             "downstream_n_train": len(fake), "downstream_n_test": len(test.labels),
         }
+    return out
 
-    privacy = privacy_metrics(scenario, history)
-    attack_cols = {}
-    if scenario.attacks:
-        from attacks.evaluate import run_attacks
 
-        t0 = time.perf_counter()
-        attack_cols = run_attacks(scenario, seed, model, fed, privacy, work, device=device)
-        attack_cols["attack_s"] = time.perf_counter() - t0
+def attack_stage(scenario: Scenario, seed: int, model, fed, privacy: dict, work: Path, device: str) -> dict:
+    """The scenario's attacks on the finished run (attacks.evaluate is the referee)."""
+    from attacks.evaluate import run_attacks
 
-    metrics = {
-        **downstream, **attack_cols,
-        "fid": fid.fid, "kid": fid.kid, "fid_impl": fid.fid_impl, "fid_n_samples": fid.n_fake,
-        "fid_n_real": fid.n_real, "fid_reference": real_key,
-        "train_s": history["train_s"], "sample_s": sample_s, "fid_s": fid_s,
-        "final_train_loss": history["rounds"][-1]["train_loss"],
-        "dp_mode": scenario.dp_mode, **privacy,
-    }
+    t0 = time.perf_counter()
+    cols = run_attacks(scenario, seed, model, fed, privacy, work, device=device)
+    cols["attack_s"] = time.perf_counter() - t0
+    return cols
+
+
+def record_stage(work: Path, final: Path, metrics: dict, device: str) -> Path:
+    """metrics.json, environment.json and DONE; then the folder is renamed into place."""
     write_json(work / "metrics.json", metrics)
     write_json(work / "environment.json", environment(device))
     write_atomic(work / "DONE", "")

@@ -132,7 +132,9 @@ def test_kill_mid_suite_then_resume(tmp_path, feddp_cache):
 @pytest.mark.parametrize("argv, match", [
     (["run", "--suite", "nope"], "unknown suite 'nope'"),
     (["run", "--scenario", "nope"], "unknown scenario 'nope'"),
-    (["run", "--suite", "smoke", "--scale", "tpu"], "unknown scale"),
+    (["run", "--suite", "smoke", "--scale", "tpu"], "invalid choice: 'tpu'"),
+    (["perf", "--model", "unet-tiny", "--batch-size", "0"], "positive integer"),
+    (["runn"], "invalid choice: 'runn'"),
     (["run", "--suite", "smoke", "--device", "cuda"] if not __import__("torch").cuda.is_available()
      else ["run", "--suite", "smoke", "--device", "tpu"], "device"),
     (["run", "--scenario-file", "/nonexistent.toml"], "does not exist"),
