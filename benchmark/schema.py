@@ -369,7 +369,8 @@ def aggregate(columns: list[Column], sources: dict[str, Any]) -> dict:
 
 # metrics.json ----------------------------------------------------------------------------------------
 def _type_ok(value, dtype: str) -> bool:
-    is_bool = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool, without numpy
+    t = type(value)
+    is_bool = isinstance(value, bool) or (t.__module__ == "numpy" and t.__name__ in ("bool", "bool_"))  # no numpy
     if dtype == "bool":
         return is_bool
     if dtype == "str":
