@@ -176,7 +176,8 @@ def test_published_leaderboard_regenerates_byte_identical(tmp_path):
         (run / "attacks.json").write_text(json.dumps({"mia": {
             a.attack: {"auc": num(a.auc), "tpr_at_1pct_fpr": num(a.tpr_at_1pct_fpr),
                        "tpr_at_0_1pct_fpr": num(a.tpr_at_0_1pct_fpr), "epsilon_lb": num(a.epsilon_lb),
-                       "n_members": int(a.n_members), "n_nonmembers": int(a.n_nonmembers)} for a in mine.itertuples()}}))
+                       "n_members": int(a.n_members), "n_nonmembers": int(a.n_nonmembers)}
+            for a in mine.itertuples()}}))
         for f in RUN_FILES:
             if not (run / f).exists():
                 (run / f).write_text("")
