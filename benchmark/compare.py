@@ -8,7 +8,8 @@ Rows are matched by (suite, scenario, scale). For every matched row:
   ``max_grad_norm`` within a relative 1e-4, ``accountant`` exactly (a changed epsilon at the same
   settings fails, in either direction);
 * ``fid_impl`` and ``fid_n_samples`` must match, or FID and KID are not comparable (fails);
-* every gated metric (:data:`GATED`) is compared in its "worse" direction against a tolerance band
+* every gated metric (:data:`GATED`: the columns of :mod:`benchmark.schema` that declare a gate)
+  is compared in its "worse" direction against a tolerance band
 
       band = max(sigmas * sqrt(std_base^2 / n_base + std_new^2 / n_new), margin)
 
@@ -31,35 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pandas (and torch, through leaderboard) only when comparing: `bench --help` stays fast
+from benchmark import schema
+from benchmark.schema import Gate
+
+if TYPE_CHECKING:  # pandas only when comparing: `bench --help` stays fast
     import pandas as pd
 
 KEY = ("suite", "scenario", "scale")
 
 
-@dataclass(frozen=True)
-class Gate:
-    lower_is_better: bool
-    margin: float
-    relative: bool  # margin as a fraction of the baseline value
-
-    def describe(self) -> str:
-        return f"{'lower' if self.lower_is_better else 'higher'} is better, margin " + (
-            f"{self.margin:.0%} of base" if self.relative else f"{self.margin:g}")
-
-
-# Metric -> direction and default margin (see results/README.md, "Regression gate").
-GATED: dict[str, Gate] = {
-    "fid": Gate(True, 0.10, True),
-    "kid": Gate(True, 0.10, True),
-    "downstream_acc": Gate(False, 0.02, False),
-    "mia_auc": Gate(True, 0.02, False),
-    "mia_tpr_at_1pct_fpr": Gate(True, 0.02, False),
-    "mia_tpr_at_0_1pct_fpr": Gate(True, 0.01, False),
-    "inversion_psnr": Gate(True, 1.0, False),
-    "inversion_ssim": Gate(True, 0.05, False),
-    "epsilon_empirical_lb": Gate(True, 0.5, False),
-}
+# Metric -> direction and default margin (see results/README.md, "Regression gate"), from the
+# columns of benchmark.schema that declare a gate.
+GATED: dict[str, Gate] = schema.GATED
 SETTINGS_NUMERIC = ("epsilon", "noise_multiplier", "sample_rate", "max_grad_norm")
 SETTINGS_EXACT = ("accountant",)
 SETTINGS_RTOL = 1e-4

@@ -3,65 +3,23 @@
 One row per (suite, scenario, scale, scenario_hash), aggregated over seeds (mean, and ``*_std``
 with ddof=1, empty for a single seed). Only complete run folders are read. Rows and columns are in
 a fixed order and floats are written with a fixed format, so summarizing the same runs twice
-gives byte-identical files. Columns are documented in results/README.md.
+gives byte-identical files. The columns and their aggregation are declared in :mod:`benchmark.schema`
+(documented in results/README.md).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from benchmark import schema
 from benchmark.rundir import RUN_FILES, is_complete, write_atomic
-
-# Version 2: schema_version column, run date, mia_best_attack, a *_std column for every metric the
-# regression gate compares, attacks.csv. Bump it whenever a column is added, removed or changes meaning.
-SCHEMA_VERSION = 2
-
-# Metrics averaged over seeds, each followed by its <name>_std (ddof=1; empty for one seed).
-MEAN_METRICS = ("fid", "kid", "downstream_acc", "mia_auc", "mia_tpr_at_1pct_fpr",
-                "mia_tpr_at_0_1pct_fpr", "inversion_psnr", "inversion_ssim", "epsilon_empirical_lb")
-COLUMNS = [
-    "schema_version", "suite", "scenario", "scenario_hash", "scale", "dataset", "partition", "num_clients",
-    "clients_per_round", "rounds", "local_epochs", "model", "dp_mode", "dp_level", "epsilon",
-    "delta", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate",
-    "fid", "fid_std", "fid_impl", "fid_n_samples", "kid", "kid_std", "downstream_acc", "downstream_acc_std",
-    "mia_auc", "mia_auc_std", "mia_best_attack", "mia_tpr_at_1pct_fpr", "mia_tpr_at_1pct_fpr_std",
-    "mia_tpr_at_0_1pct_fpr", "mia_tpr_at_0_1pct_fpr_std", "inversion_psnr", "inversion_psnr_std",
-    "inversion_ssim", "inversion_ssim_std", "epsilon_empirical_lb", "epsilon_empirical_lb_std", "audit_failed",
-    "n_seeds", "seeds", "train_s", "date", "device", "git_sha", "torch", "opacus", "flwr", "diffusers",
-]
-# What `read_leaderboard` asks pandas for (nullable types: an empty cell is "not computed").
-_STR = ("suite", "scenario", "scenario_hash", "scale", "dataset", "partition", "model", "dp_mode", "dp_level",
-        "accountant", "fid_impl", "mia_best_attack", "seeds", "date", "device", "git_sha", "torch", "opacus",
-        "flwr", "diffusers")
-_INT = ("schema_version", "num_clients", "clients_per_round", "rounds", "local_epochs", "fid_n_samples",
-        "n_seeds")
-DTYPES = {c: "string" if c in _STR else "Int64" if c in _INT else "boolean" if c == "audit_failed"
-          else "float64" for c in COLUMNS}
-
-# One row per (scenario definition, membership-inference attack), from each run's attacks.json.
-ATTACK_METRICS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "epsilon_lb")
-ATTACK_COLUMNS = [
-    "schema_version", "suite", "scenario", "scenario_hash", "scale", "partition", "dp_mode", "epsilon", "attack",
-    "auc", "auc_std", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "epsilon_lb", "n_members", "n_nonmembers",
-    "n_seeds",
-]
-ATTACK_DTYPES = {c: "string" if c in ("suite", "scenario", "scenario_hash", "scale", "partition", "dp_mode",
-                                      "attack")
-                 else "Int64" if c in ("schema_version", "n_members", "n_nonmembers", "n_seeds") else "float64"
-                 for c in ATTACK_COLUMNS}
-
-# Privacy settings are the same for every seed of a scenario; epsilon is the max over seeds.
-PRIVACY_FIELDS = ("epsilon", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate")
-SCENARIO_FIELDS = ("dataset", "partition", "num_clients", "clients_per_round", "rounds",
-                   "local_epochs", "model", "dp_mode", "delta")
-PROVENANCE = ("device", "git_sha", "torch", "opacus", "flwr", "diffusers")
-DP_LEVEL = {"none": "", "local-dpsgd": "sample", "central-dp": "client"}
+from benchmark.schema import (ATTACK_COLUMNS, ATTACK_DTYPES, COLUMNS, DP_LEVEL, DTYPES,  # noqa: F401 (re-exported)
+                              SCHEMA_VERSION)
 
 
 class LeaderboardError(ValueError):
@@ -99,64 +57,11 @@ def load_run(run: Path) -> dict:
     return rec
 
 
-def _present(values: list) -> list[float]:
-    """The values that were measured (None and NaN mean 'not computed for this seed')."""
-    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-
-
-def _mean(values: list) -> float | None:
-    xs = _present(values)
-    return sum(xs) / len(xs) if xs else None
-
-
-def _std(values: list) -> float | None:
-    xs = _present(values)
-    if len(xs) < 2:
-        return None
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def _joined(values: list) -> str:
-    uniq = sorted({str(v) for v in values if v is not None})
-    return ";".join(uniq)
-
-
 def aggregate(records: list[dict]) -> dict:
-    """One leaderboard row from the runs (seeds) of one scenario definition."""
-    sc = records[0]["scenario"]
-    ms = [r["metrics"] for r in records]
-    envs = [r["env"] for r in records]
-    row: dict = {
-        "schema_version": SCHEMA_VERSION,
-        "suite": sc["suite"], "scenario": sc["name"], "scenario_hash": sc["hash"], "scale": sc["scale"],
-        **{f: sc[f] for f in SCENARIO_FIELDS}, "dp_level": DP_LEVEL.get(sc["dp_mode"], ""),
-    }
-    for f in PRIVACY_FIELDS:
-        vals = [m.get(f) for m in ms if m.get(f) is not None]
-        if not vals:
-            row[f] = None
-        elif f == "epsilon":
-            row[f] = max(float(v) for v in vals)
-        else:
-            row[f] = _joined(vals) if isinstance(vals[0], str) else _mean(vals)
-    for f in MEAN_METRICS:
-        row[f] = _mean([m.get(f) for m in ms])
-        row[f"{f}_std"] = _std([m.get(f) for m in ms])
-    row["train_s"] = _mean([m.get("train_s") for m in ms])
-    row["fid_impl"] = _joined([m.get("fid_impl") for m in ms])
-    row["mia_best_attack"] = _joined([m.get("mia_best_attack") for m in ms])
-    row["fid_n_samples"] = min(int(m["fid_n_samples"]) for m in ms) if all("fid_n_samples" in m for m in ms) else None
-    audits = [m.get("audit_failed") for m in ms if m.get("audit_failed") is not None]
-    row["audit_failed"] = any(audits) if audits else None
-    seeds = sorted(int(r["scenario"]["seed"]) for r in records)
-    row["n_seeds"] = len(seeds)
-    row["seeds"] = " ".join(str(s) for s in seeds)
-    dates = [e["date"] for e in envs if e.get("date")]
-    row["date"] = max(dates) if dates else None
-    for f in PROVENANCE:
-        row[f] = _joined([e.get(f if f != "device" else "device_name") for e in envs])
-    return row
+    """One leaderboard row from the runs (seeds) of one scenario definition (see :mod:`benchmark.schema`)."""
+    return schema.aggregate(schema.LEADERBOARD, {"scenario": [r["scenario"] for r in records],
+                                                 "metric": [r["metrics"] for r in records],
+                                                 "environment": [r["env"] for r in records]})
 
 
 def aggregate_attacks(records: list[dict], row: dict) -> list[dict]:
@@ -165,18 +70,8 @@ def aggregate_attacks(records: list[dict], row: dict) -> list[dict]:
     for r in records:
         for attack, res in (r["attacks"].get("mia") or {}).items():
             per_attack[attack].append(res)
-    out = []
-    for attack in sorted(per_attack):
-        res = per_attack[attack]
-        a = {k: row[k] for k in ("suite", "scenario", "scenario_hash", "scale", "partition", "dp_mode", "epsilon")}
-        a |= {"schema_version": SCHEMA_VERSION, "attack": attack, "n_seeds": len(res)}
-        for f in ATTACK_METRICS:
-            a[f] = _mean([x.get(f) for x in res])
-        a["auc_std"] = _std([x.get("auc") for x in res])
-        for f in ("n_members", "n_nonmembers"):
-            a[f] = min(int(x[f]) for x in res) if all(x.get(f) is not None for x in res) else None
-        out.append(a)
-    return out
+    return [schema.aggregate(schema.ATTACKS, {"row": [row], "attack": per_attack[attack], "name": attack})
+            for attack in sorted(per_attack)]
 
 
 @dataclass

@@ -30,6 +30,7 @@ from benchmark.model import make_scheduler, sample
 from benchmark.rundir import (environment, is_complete, run_dir, sample_grid_png, write_atomic, write_json,
                               write_npz)
 from benchmark.scenarios import Scenario
+from benchmark.schema import check_metrics
 from benchmark.seeding import derive_seed
 
 
@@ -163,6 +164,7 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
         "final_train_loss": history["rounds"][-1]["train_loss"],
         "dp_mode": scenario.dp_mode, **privacy,
     }
+    check_metrics(metrics, where=f"{scenario.name} seed {seed}: metrics.json")
     return record_stage(work, final, metrics, device)
 
 

@@ -22,6 +22,8 @@ def write_fake_run(root, scenario, seed, *, fid=10.0, metrics=None, attacks=None
 
     ``metrics`` updates the default metrics.json; ``attacks`` = {attack name: member score shift}
     also writes attacks.json, attack_scores.npz, roc.png and inversion.png as the attacks do.
+    metrics.json goes through the runner's own check (:func:`benchmark.schema.check_metrics`), so a
+    fake run cannot hold a key, a type or a gap that a real run would be refused for.
     """
     import json
 
@@ -29,15 +31,19 @@ def write_fake_run(root, scenario, seed, *, fid=10.0, metrics=None, attacks=None
     from PIL import Image
 
     from benchmark.rundir import RUN_FILES, run_dir
+    from benchmark.schema import check_metrics
 
     path = run_dir(root, scenario, seed)
     path.mkdir(parents=True)
     (path / "scenario.json").write_text(json.dumps(scenario.to_dict() | {"hash": scenario.hash, "seed": seed}))
-    m = {"fid": fid, "kid": fid / 1000, "fid_impl": "impl-x", "fid_n_samples": 100, "train_s": 2.0,
-         "epsilon": None, "dp_mode": scenario.dp_mode}
+    m = {"fid": fid, "kid": fid / 1000, "fid_impl": "impl-x", "fid_n_samples": 100, "fid_n_real": 100,
+         "fid_reference": "fake-test-n100", "train_s": 2.0, "sample_s": 0.5, "fid_s": 0.5, "final_train_loss": 0.1,
+         "dp_mode": scenario.dp_mode, "epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None,
+         "max_grad_norm": None, "sample_rate": None}
     if scenario.dp_mode != "none":
-        m |= {"epsilon": scenario.target_epsilon * 0.99, "accountant": "rdp", "noise_multiplier": 1.5,
-              "max_grad_norm": 1.0, "sample_rate": 0.125}
+        m |= {"epsilon": scenario.target_epsilon * 0.99, "delta": scenario.delta, "accountant": "rdp",
+              "noise_multiplier": 1.5, "max_grad_norm": 1.0, "sample_rate": 0.125,
+              "epsilon_target": scenario.target_epsilon}
     (path / "environment.json").write_text(json.dumps(env or {
         "device_name": "cpu", "git_sha": "abc", "torch": "2.14.1", "opacus": "1.6.0", "flwr": "1.42.0",
         "diffusers": "0.42.1", "date": f"2026-01-0{seed + 1}T00:00:00+00:00"}))
@@ -68,7 +74,7 @@ def write_fake_run(root, scenario, seed, *, fid=10.0, metrics=None, attacks=None
         for f in ("roc.png", "inversion.png"):
             (path / f).write_bytes((path / "samples.png").read_bytes())
     m |= metrics or {}
-    (path / "metrics.json").write_text(json.dumps(m))
+    (path / "metrics.json").write_text(json.dumps(check_metrics(m)))
     for f in RUN_FILES:
         if not (path / f).exists() and (complete or f != "DONE"):
             (path / f).write_text("")

@@ -142,3 +142,45 @@ def test_read_leaderboard_refuses_other_schema_versions(tmp_path):
         read_leaderboard(old)
     with pytest.raises(LeaderboardError, match="does not exist"):
         read_leaderboard(tmp_path / "nope.csv")
+
+
+def test_published_leaderboard_regenerates_byte_identical(tmp_path):
+    """results/privacy/{leaderboard,attacks}.csv from run folders rebuilt out of their own cells (one
+    seed per row: every value round-trips through the CSV's float format), so a change of column
+    order, aggregation or format shows here against the committed bytes."""
+    import json
+
+    from benchmark.rundir import RUN_FILES
+
+    published = REPO / "results" / "privacy"
+    board = pd.read_csv(published / "leaderboard.csv", dtype=str, keep_default_na=False)
+    attacks = pd.read_csv(published / "attacks.csv", dtype=str, keep_default_na=False)
+    num = lambda v: None if v == "" else float(v)  # noqa: E731
+    for _, r in board.iterrows():
+        run = tmp_path / "runs" / r.suite / f"{r.scenario}-{r.scenario_hash}" / f"seed-{r.seeds}"
+        run.mkdir(parents=True)
+        ints = ("num_clients", "clients_per_round", "rounds", "local_epochs")
+        (run / "scenario.json").write_text(json.dumps(
+            {"name": r.scenario, "hash": r.scenario_hash, "seed": int(r.seeds), "delta": num(r.delta)}
+            | {c: r[c] for c in ("suite", "scale", "dataset", "partition", "model", "dp_mode")}
+            | {c: int(r[c]) for c in ints}))
+        m = {c: num(r[c]) for c in COLUMNS if DTYPES[c] == "float64" and not c.endswith("_std") and c != "delta"}
+        m |= {"fid_impl": r.fid_impl, "fid_n_samples": int(r.fid_n_samples), "accountant": r.accountant or None,
+              "mia_best_attack": r.mia_best_attack or None,
+              "audit_failed": {"True": True, "False": False, "": None}[r.audit_failed]}
+        (run / "metrics.json").write_text(json.dumps(m))
+        (run / "environment.json").write_text(json.dumps(
+            {"device_name": r.device, "date": r.date} | {c: r[c] for c in ("git_sha", "torch", "opacus", "flwr",
+                                                                           "diffusers")}))
+        mine = attacks[(attacks.scenario == r.scenario) & (attacks.scenario_hash == r.scenario_hash)]
+        (run / "attacks.json").write_text(json.dumps({"mia": {
+            a.attack: {"auc": num(a.auc), "tpr_at_1pct_fpr": num(a.tpr_at_1pct_fpr),
+                       "tpr_at_0_1pct_fpr": num(a.tpr_at_0_1pct_fpr), "epsilon_lb": num(a.epsilon_lb),
+                       "n_members": int(a.n_members), "n_nonmembers": int(a.n_nonmembers)}
+            for a in mine.itertuples()}}))
+        for f in RUN_FILES:
+            if not (run / f).exists():
+                (run / f).write_text("")
+    (path,) = summarize(tmp_path / "runs", tmp_path / "results", report=False)
+    assert path.read_bytes() == (published / "leaderboard.csv").read_bytes()
+    assert (path.parent / "attacks.csv").read_bytes() == (published / "attacks.csv").read_bytes()
