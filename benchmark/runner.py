@@ -137,7 +137,7 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
     try:
         history = simulate(run_config, num_clients=scenario.num_clients,
                            gpu_fraction=(1.0 / scenario.clients_per_round) if device.startswith("cuda") else 0.0,
-                           on_round=(lambda r: bar.update(1)) if bar else None)
+                           on_round=(lambda r: bar.update(1)) if bar else None, fed=fed)
     finally:
         if bar:
             bar.close()
