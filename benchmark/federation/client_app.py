@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from logging import INFO
+from logging import DEBUG, INFO
 from pathlib import Path
 
 import torch
@@ -73,7 +73,9 @@ def load_own_partition(context: Context, config, scenario: Scenario, seed: int) 
     """This party's images and labels, from its own file only."""
     pid = int(context.node_config["partition-id"])
     data = read_partition(partition_path(context, config), scenario=scenario, seed=seed, partition_id=pid)
-    log(INFO, "feddp: partition %d holds %d training images (%s)", pid, len(data.labels), data.path)
+    # A deployed node says what it holds (its SuperNode's log); simulated ones stay quiet.
+    own = bool(context.node_config.get("partition-file") or context.node_config.get("data-dir"))
+    log(INFO if own else DEBUG, "feddp: partition %d holds %d training images (%s)", pid, len(data.labels), data.path)
     return data
 
 
