@@ -5,10 +5,11 @@ The federation is secured: TLS with a CA and server certificate made here for 12
 SuperNode authentication with P-384 keys registered through ``flwr supernode register``. It must
 give the simulation's result bit for bit on this machine, a SuperNode whose key was never
 registered is refused, and each SuperNode holds only its own partition: ``bench partitions``
-writes one file per party, each SuperNode gets its file (and nothing else) through its node config,
-and the server only the manifest (counts and shape, no images). (A plain ``--insecure`` federation runs the same code path minus TLS and
-auth; ``Federation(pki=None)`` starts one. It is not a test of its own because each federation
-costs ~90 s here: every ClientApp message starts a ``flwr-clientapp`` process that imports torch.)
+writes one file per party, each SuperNode gets its file (and nothing else) through its node
+config, and the server only the manifest (counts and shape, no images). (A plain ``--insecure``
+federation runs the same code path minus TLS and auth; ``Federation(pki=None)`` starts one. It is
+not a test of its own because each federation costs ~90 s here: every ClientApp message starts a
+``flwr-clientapp`` process that imports torch.)
 
 Flower 1.42 notes (found in its source): one port serves the SuperLink's Fleet, Control and
 Runtime APIs over HTTP(S) (``--host``/``--port``); each SuperNode needs its own ``--port`` for its
@@ -168,7 +169,7 @@ class Federation:
     def start_supernode(self, i: int, partition_file: Path, *, key: Path | None = None, name: str | None = None,
                         max_wait_s: float | None = None) -> subprocess.Popen:
         args = [flwr_exe("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
-                "--port", str(free_port()), "--node-config", f"partition-id={i} partition-file={partition_file}"]
+                "--port", str(free_port()), "--node-config", f'partition-id={i} partition-file="{partition_file}"']
         args += ["--root-certificates", str(self.pki["ca"])] if self.pki else ["--insecure"]
         if key is not None:
             args += ["--auth-supernode-private-key", str(key)]

@@ -5,9 +5,10 @@ training loss). Never images, labels or indices. The optimizer state lives acros
 node's Flower ``context.state`` (no module globals), so the same app works in simulation and in
 deployment.
 
-Node config (deployment: ``flower-supernode --node-config "partition-id=0
-partition-file=/data/partition-0.npz"``; simulation sets ``partition-id``): ``partition-id`` is
-this party's share of the scenario's split; its images come from ONE file, never from the dataset:
+Node config (deployment: ``flower-supernode --node-config 'partition-id=0
+partition-file="/data/partition-0.npz"'``, TOML values; simulation sets ``partition-id``):
+``partition-id`` is this party's share of the scenario's split; its images come from ONE file,
+never from the dataset:
 ``partition-file`` (the file), else ``data-dir`` (a folder holding ``partition-<id>.npz``), else
 the ``partition-dir`` of the server's train config (simulation only: ``simulate`` exports each
 simulated party's file into the run's work folder). Files are written by ``bench partitions``
@@ -65,7 +66,7 @@ def partition_path(context: Context, config) -> Path:
     folder = context.node_config.get("data-dir") or config.get("partition-dir")
     if not folder:
         raise PartitionFileError(f"node of partition {pid} has no partition file: start its SuperNode with "
-                                 f"--node-config \"partition-id={pid} partition-file=PATH\" (see bench partitions)")
+                                 f"--node-config 'partition-id={pid} partition-file=\"PATH\"' (see bench partitions)")
     return Path(str(folder)) / partition_file_name(pid)
 
 

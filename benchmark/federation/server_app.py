@@ -334,10 +334,10 @@ def run_federation(grid: Grid, run_config: dict,
                                    side=scenario.central_clipping)
         privacy_info = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
                         "accountant": "flwr-rdp-no-amplification", "clipping": scenario.central_clipping}
-    screened = ScreenedAggregation(strategy, min_replies=scenario.min_replies,
-                                   weight_key=fedavg.weighted_by_key, node_names={n: f"partition {p}" for p, n in partition_to_node.items()},
-        expected_weights={n: 1.0 if central else float(manifest.num_images[p])
-                          for p, n in partition_to_node.items()})
+    screened = ScreenedAggregation(
+        strategy, min_replies=scenario.min_replies, weight_key=fedavg.weighted_by_key,
+        node_names={n: f"partition {p}" for p, n in partition_to_node.items()},
+        expected_weights={n: 1.0 if central else float(manifest.num_images[p]) for p, n in partition_to_node.items()})
     train_config = ConfigRecord({
         "scenario": scenario.to_json(), "seed": seed, "device": device,
         # Simulation: where the simulated parties' own files lie (a deployment's nodes name theirs).
