@@ -463,3 +463,16 @@ def test_discovery_timeout_names_the_missing_partitions_and_silent_nodes():
                           "4 node(s) connected, 2 answered, no answer from nodes [303, 404]; last errors: "
                           "node 404: error code 5: offline")
     assert "\n" not in msg
+
+
+def test_bench_partitions_writes_one_file_per_party_and_a_manifest(tmp_path, capsys):
+    from benchmark.cli import main
+    from benchmark.federation.partition_files import read_manifest
+
+    assert main(["partitions", "--scenario", SCENARIO.to_json(), "--seed", "0", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "partition-0.npz", "partition-1.npz"]
+    assert read_manifest(tmp_path, SCENARIO, 0).num_images == (12, 12)
+    assert "partition 1: 12 images" in capsys.readouterr().out
+    assert main(["partitions", "--scenario", "no-such-scenario", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and err.count("\n") == 1 and not (tmp_path / "x").exists()
