@@ -132,6 +132,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_partitions(args: argparse.Namespace) -> int:
+    from benchmark.federation.partition_files import export_partitions
+    from benchmark.federation.server_app import resolve_scenario
+
+    scenario = resolve_scenario(args.scenario, args.scale)
+    manifest = export_partitions(scenario, args.seed, Path(args.out), data_root=args.data_root)
+    for pid, (name, n) in enumerate(zip(manifest.files, manifest.num_images)):
+        print(f"partition {pid}: {n} images -> {Path(args.out) / name}")
+    print(f"manifest (for the server's run config partition-manifest): {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
 def cmd_summarize(args: argparse.Namespace) -> int:
     from benchmark import leaderboard
 
@@ -361,6 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     q.set_defaults(fn=cmd_sampler_cost)
+
+    q = sub.add_parser("partitions", help="write each party's own data file and the server's manifest "
+                       "(for a deployment: one file per SuperNode)")
+    q.add_argument("--scenario", required=True, help="a registered scenario by name, or a scenario as JSON")
+    q.add_argument("--scale", default="cpu", help="cpu (default) or gpu: sizes the same scenarios")
+    q.add_argument("--seed", type=int, default=0, help="the run seed (default 0): it decides the split")
+    q.add_argument("--out", required=True, help="folder for partition-<id>.npz and manifest.json")
+    q.add_argument("--data-root", help="where on-disk datasets lie (as for bench run)")
+    q.set_defaults(fn=cmd_partitions)
 
     q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
     q.add_argument("runs_dir", help="folder of run folders (bench run --out)")

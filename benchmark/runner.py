@@ -146,7 +146,7 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
 
     stage("train", f"{scenario.rounds} round(s), {scenario.clients_per_round} of {scenario.num_clients} clients, "
                    f"dp {scenario.dp_mode}")
-    history = train_stage(scenario, seed, work, device, opts)
+    history = train_stage(scenario, seed, work, fed, device, opts)
     stage("sample", f"{scenario.fid_n_samples} images, {scenario.sampler}-{scenario.sample_steps}")
     model, fake, fake_labels, sample_s = sample_stage(scenario, seed, work, fed, device)
     stage("score", f"FID/KID at n = {scenario.fid_n_samples}"
@@ -168,7 +168,7 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
     return record_stage(work, final, metrics, device)
 
 
-def train_stage(scenario: Scenario, seed: int, work: Path, device: str, opts: RunOptions) -> dict:
+def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opts: RunOptions) -> dict:
     """Federated training in Flower's simulation engine; writes global_model.pt and history.json."""
     bar = None
     if opts.progress:
@@ -180,7 +180,7 @@ def train_stage(scenario: Scenario, seed: int, work: Path, device: str, opts: Ru
     try:
         return simulate(run_config, num_clients=scenario.num_clients,
                         gpu_fraction=(1.0 / scenario.clients_per_round) if device.startswith("cuda") else 0.0,
-                        on_round=(lambda r: bar.update(1)) if bar else None)
+                        on_round=(lambda r: bar.update(1)) if bar else None, fed=fed)
     finally:
         if bar:
             bar.close()

@@ -3,10 +3,13 @@ processes and ``flwr run``, with the same ServerApp/ClientApp the simulation use
 
 The federation is secured: TLS with a CA and server certificate made here for 127.0.0.1, and
 SuperNode authentication with P-384 keys registered through ``flwr supernode register``. It must
-give the simulation's result bit for bit on this machine, and a SuperNode whose key was never
-registered is refused. (A plain ``--insecure`` federation runs the same code path minus TLS and
-auth; ``Federation(pki=None)`` starts one. It is not a test of its own because each federation
-costs ~90 s here: every ClientApp message starts a ``flwr-clientapp`` process that imports torch.)
+give the simulation's result bit for bit on this machine, a SuperNode whose key was never
+registered is refused, and each SuperNode holds only its own partition: ``bench partitions``
+writes one file per party, each SuperNode gets its file (and nothing else) through its node
+config, and the server only the manifest (counts and shape, no images). (A plain ``--insecure``
+federation runs the same code path minus TLS and auth; ``Federation(pki=None)`` starts one. It is
+not a test of its own because each federation costs ~90 s here: every ClientApp message starts a
+``flwr-clientapp`` process that imports torch.)
 
 Flower 1.42 notes (found in its source): one port serves the SuperLink's Fleet, Control and
 Runtime APIs over HTTP(S) (``--host``/``--port``); each SuperNode needs its own ``--port`` for its
@@ -163,10 +166,10 @@ class Federation:
         return subprocess.run([flwr_exe("flwr"), "supernode", "register", str(pub), "test"], env=self.env,
                               cwd=self.root, capture_output=True, text=True, timeout=60)
 
-    def start_supernode(self, i: int, *, key: Path | None = None, name: str | None = None,
+    def start_supernode(self, i: int, partition_file: Path, *, key: Path | None = None, name: str | None = None,
                         max_wait_s: float | None = None) -> subprocess.Popen:
         args = [flwr_exe("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
-                "--port", str(free_port()), "--node-config", f"partition-id={i} num-partitions={NUM_NODES}"]
+                "--port", str(free_port()), "--node-config", f'partition-id={i} partition-file="{partition_file}"']
         args += ["--root-certificates", str(self.pki["ca"])] if self.pki else ["--insecure"]
         if key is not None:
             args += ["--auth-supernode-private-key", str(key)]
@@ -174,9 +177,10 @@ class Federation:
             args += ["--max-wait-time", str(max_wait_s), "--max-retries", "1"]
         return self.spawn(name or f"supernode{i}", args)
 
-    def run(self, out_dir: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    def run(self, out_dir: Path, manifest: Path, timeout: float = 240) -> subprocess.CompletedProcess:
         rc = self.root / "run-config.toml"
-        rc.write_text(f"scenario = '{SCENARIO.to_json()}'\nseed = 0\nout-dir = \"{out_dir}\"\n")
+        rc.write_text(f"scenario = '{SCENARIO.to_json()}'\nseed = 0\nout-dir = \"{out_dir}\"\n"
+                      f"partition-manifest = \"{manifest}\"\n")
         return subprocess.run([flwr_exe("flwr"), "run", str(REPO), "test", "--run-config", str(rc), "--stream"],
                               env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout)
 
@@ -230,21 +234,47 @@ def assert_same_result(deployed: Path, simulated: Path) -> None:
            [{k: v for k, v in r.items() if k not in strip} for r in hb]
 
 
+def split_among_parties(root: Path) -> tuple[list[Path], Path]:
+    """``bench partitions``, then each party's file on its own disk (a folder holding nothing
+    else) and the manifest, without images, on the server's."""
+    export = root / "export"
+    res = subprocess.run([sys.executable, "-m", "benchmark.cli", "partitions", "--scenario", SCENARIO.to_json(),
+                          "--seed", "0", "--out", str(export)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=child_env(root / "flwr-home-export"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    files = []
+    for i in range(NUM_NODES):
+        (root / f"party{i}").mkdir()
+        files.append(Path(shutil.copy(export / f"partition-{i}.npz", root / f"party{i}")))
+    (root / "server").mkdir()
+    manifest = Path(shutil.copy(export / "manifest.json", root / "server"))
+    shutil.rmtree(export)
+    return files, manifest
+
+
 def test_secured_deployment_matches_simulation_and_refuses_unknown_supernodes(tmp_path, simulated):
     pki = make_pki(tmp_path / "pki")
+    files, manifest = split_among_parties(tmp_path)
+    counts = [p["num_images"] for p in json.loads(manifest.read_text())["partitions"]]
     with federation(tmp_path, pki=pki) as fed:
         fed.start_superlink()
         for i in range(NUM_NODES):
             reg = fed.register(pki[f"node{i}.pub"])
             assert reg.returncode == 0, reg.stdout + reg.stderr + fed.logs()
         # A SuperNode whose key was never registered is refused and gives up.
-        intruder = fed.start_supernode(0, key=pki[f"node{NUM_NODES}"], name="intruder", max_wait_s=20)
+        intruder = fed.start_supernode(0, files[0], key=pki[f"node{NUM_NODES}"], name="intruder", max_wait_s=20)
         for i in range(NUM_NODES):
-            fed.start_supernode(i, key=pki[f"node{i}"])
+            fed.start_supernode(i, files[i], key=pki[f"node{i}"])
         assert intruder.wait(timeout=60) != 0, fed.logs()
-        res = fed.run(tmp_path / "out")
+        res = fed.run(tmp_path / "out", manifest)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:] + fed.logs()
         link_log = (tmp_path / "superlink.log").read_text(errors="replace")
     assert "No SuperNode found with the given public key" in link_log  # why the intruder was refused
     assert "Connection attempt failed" in intruder.log_path.read_text(errors="replace")
     assert_same_result(tmp_path / "out", simulated)
+    # Each SuperNode held only its own partition: its ClientApp read its one file (the node's own
+    # record, in its log), with its partition's image count, and never another party's file.
+    for i in range(NUM_NODES):
+        log = (tmp_path / f"supernode{i}.log").read_text(errors="replace")
+        held = [line.split("feddp: ", 1)[1] for line in log.splitlines() if "feddp: partition" in line]
+        assert held and set(held) == {f"partition {i} holds {counts[i]} training images ({files[i]})"}, log[-3000:]

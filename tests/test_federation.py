@@ -8,6 +8,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from benchmark.seeding import derive_seed
 from benchmark.federation import client_app, task
+from benchmark.federation.partition_files import export_partitions
 from benchmark.federation.server_app import SeededFedAvg
 from benchmark.scenarios import Scenario
 
@@ -23,15 +24,25 @@ def task_identity():
     TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
 
 
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """SCENARIO's parties' files, as `bench partitions` writes them."""
+    out = tmp_path_factory.mktemp("partitions")
+    export_partitions(SCENARIO, 0, out)
+    return out
+
+
 def train_message(arrays: ArrayRecord, server_round: int = 1) -> Message:
     config = ConfigRecord({"scenario": SCENARIO.to_json(), "seed": 0, "device": "cpu",
                            "server-round": server_round})
     return Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type="train")
 
 
-def fresh_context() -> Context:
-    return Context(run_id=1, node_id=1, node_config={"partition-id": 1, "num-partitions": 2},
-                   state=RecordDict(), run_config={})
+def fresh_context(data_dir=None, partition_id: int = 1) -> Context:
+    node_config = {"partition-id": partition_id, "num-partitions": 2}
+    if data_dir is not None:
+        node_config["data-dir"] = str(data_dir)
+    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
 
 
 def initial_arrays() -> ArrayRecord:
@@ -61,13 +72,13 @@ def assert_only_updates_and_scalars(reply: Message, arrays: ArrayRecord, images:
 
 
 @pytest.mark.parametrize("dp_mode", ["none", "local-dpsgd"])
-def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode):
+def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode, parts):
     import dataclasses
 
     scenario = SCENARIO if dp_mode == "none" else dataclasses.replace(
         SCENARIO, dp_mode="local-dpsgd", target_epsilon=8.0, delta=1e-5)
     arrays = initial_arrays()
-    ctx = fresh_context()
+    ctx = fresh_context(parts)
     fed = task.load_federated_data(SCENARIO, 0, None)
     split = fed.partition.clients[1]
     images = fed.dataset.images[split.train_idx]
@@ -92,7 +103,7 @@ def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode):
     assert any(not torch.equal(new[k], old[k]) for k in old)
 
 
-def test_secret_randomness_keeps_local_dp_noise_from_the_server():
+def test_secret_randomness_keeps_local_dp_noise_from_the_server(parts):
     """By default a client's DP-SGD run is a function of the run seed (reproducible, and so
     replayable by the server); with secret-randomness the same message gives a different update."""
     import dataclasses
@@ -103,7 +114,7 @@ def test_secret_randomness_keeps_local_dp_noise_from_the_server():
     def update(node_config):
         msg = train_message(arrays)
         msg.content["config"]["scenario"] = scenario.to_json()
-        ctx = fresh_context()
+        ctx = fresh_context(parts)
         ctx.node_config.update(node_config)
         return client_app.train(msg, ctx).content["arrays"].to_torch_state_dict()
 
@@ -114,9 +125,9 @@ def test_secret_randomness_keeps_local_dp_noise_from_the_server():
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_optimizer_state_lives_in_context_across_rounds():
+def test_optimizer_state_lives_in_context_across_rounds(parts):
     arrays = initial_arrays()
-    ctx = fresh_context()
+    ctx = fresh_context(parts)
     client_app.train(train_message(arrays, 1), ctx)
     state = ctx.state[client_app.OPTIMIZER_STATE_KEY].to_torch_state_dict()
     steps_after_1 = float(state["0.step"])
@@ -248,3 +259,220 @@ def test_one_malicious_client_moves_the_aggregate_by_at_most_clip_over_m(side, a
     moved = float(np.linalg.norm(aggregate(attack) - aggregate(idle)))
     assert moved <= clip / m * (1 + 1e-5) + 1e-6
     assert moved >= 0.9 * clip / m  # clipped to the bound, not dropped
+
+
+# ------------------------------------------------------------------ a party owns its data
+def test_a_client_reads_only_its_own_partition_file(parts, monkeypatch, tmp_path):
+    """The client trains on partition p's images from partition p's file, and cannot load the
+    dataset: every route to it raises inside the client."""
+    import shutil
+
+    from benchmark import data
+    from benchmark.federation import partition_files
+
+    fed = task.load_federated_data(SCENARIO, 0, None)
+    arrays = initial_arrays()
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("a client loaded the dataset")
+
+    for target in (data, partition_files, task):
+        for name in ("load_dataset", "load_federated_data"):
+            if hasattr(target, name):
+                monkeypatch.setattr(target, name, no_dataset)
+    opened = []
+    real_read = client_app.read_partition
+    monkeypatch.setattr(client_app, "read_partition", lambda path, **kw: opened.append(path) or real_read(path, **kw))
+    for pid in (0, 1):
+        own = tmp_path / f"node{pid}"  # the node's disk holds its own file and nothing else
+        own.mkdir()
+        shutil.copy(parts / f"partition-{pid}.npz", own)
+        reply = client_app.train(train_message(arrays), fresh_context(own, partition_id=pid))
+        assert reply.content["metrics"]["num-examples"] == len(fed.partition.clients[pid].train_idx)
+    assert opened == [tmp_path / "node0" / "partition-0.npz", tmp_path / "node1" / "partition-1.npz"]
+    assert len(fed.partition.clients[0].train_idx) + len(fed.partition.clients[1].train_idx) == 24
+
+
+def test_partition_files_hold_each_partys_training_images_in_order(tmp_path):
+    """What a party reads is what indexing the full dataset gave before (canaries included), so
+    training figures do not change; the manifest holds counts and shape, no images."""
+    import dataclasses
+    import json
+
+    from benchmark.federation.partition_files import read_manifest, read_partition
+
+    scenario = dataclasses.replace(SCENARIO, canaries=2, attacks=("mia-loss",))
+    fed = task.load_federated_data(scenario, 3, None)
+    manifest = export_partitions(scenario, 3, tmp_path)
+    for pid, split in enumerate(fed.partition.clients):
+        got = read_partition(tmp_path / f"partition-{pid}.npz", scenario=scenario, seed=3, partition_id=pid)
+        np.testing.assert_array_equal(got.images, fed.dataset.images[split.train_idx])
+        np.testing.assert_array_equal(got.labels, fed.dataset.labels[split.train_idx])
+        assert got.image_shape == (1, 28, 28) and got.num_classes == 10
+    plain = task.load_federated_data(SCENARIO, 3, None)
+    assert manifest.num_images == (len(plain.partition.clients[0].train_idx) + 2,
+                                   len(plain.partition.clients[1].train_idx))
+    assert read_manifest(tmp_path, scenario, 3) == manifest
+    text = (tmp_path / "manifest.json").read_text()
+    assert set(json.loads(text)) == {"format", "dataset", "num_classes", "image_shape", "num_partitions", "seed",
+                                     "scenario_hash", "partition_key", "partitions"}
+    assert "train_idx" not in text and len(text) < 2000
+
+
+def test_a_file_for_another_party_seed_or_split_is_refused_in_one_line(parts, tmp_path):
+    import dataclasses
+
+    from benchmark.federation.partition_files import PartitionFileError, read_manifest, read_partition
+    from benchmark.federation.server_app import FederationError, server_manifest
+
+    f1 = parts / "partition-1.npz"
+    cases = [
+        (dict(scenario=SCENARIO, seed=0, partition_id=0), "holds partition 1, this node is partition 0"),
+        (dict(scenario=SCENARIO, seed=1, partition_id=1), "is for seed 0, the run uses seed 1"),
+        (dict(scenario=dataclasses.replace(SCENARIO, max_train_images=20), seed=0, partition_id=1),
+         "holds another split"),
+        (dict(scenario=dataclasses.replace(SCENARIO, num_clients=3, clients_per_round=2), seed=0, partition_id=1),
+         "among 2 parties"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(PartitionFileError, match=message) as err:
+            read_partition(f1, **kwargs)
+        assert "\n" not in str(err.value)
+    # Training-only fields do not change the split: the same file serves a DP variant.
+    dp = dataclasses.replace(SCENARIO, dp_mode="local-dpsgd", target_epsilon=8.0, delta=1e-5, local_epochs=2)
+    assert read_partition(f1, scenario=dp, seed=0, partition_id=1).partition_id == 1
+    with pytest.raises(PartitionFileError, match="does not exist"):
+        read_partition(tmp_path / "partition-1.npz", scenario=SCENARIO, seed=0, partition_id=1)
+    with pytest.raises(PartitionFileError, match="has no partition file: start its SuperNode with"):
+        client_app.train(train_message(initial_arrays()), fresh_context())
+    with pytest.raises(PartitionFileError, match="is for seed 0, the run uses seed 2"):
+        read_manifest(parts / "manifest.json", SCENARIO, 2)
+    with pytest.raises(FederationError, match="names no partition-manifest"):
+        server_manifest({"scenario": "x"}, SCENARIO, 0)
+    assert server_manifest({"partition-manifest": str(parts / "manifest.json")}, SCENARIO, 0).num_images == (12, 12)
+
+
+# ------------------------------------------------------------------ partition discovery (issue 16)
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+class DiscoveryGrid:
+    """Nodes that join at ``join`` s, answer a query ``delay`` s after it is sent with partition
+    ``pid``, or with the Flower errors in ``errors`` first (one per query)."""
+
+    def __init__(self, clock, nodes):
+        self.clock, self.nodes = clock, nodes
+        self.sent: dict[str, tuple[Message, float]] = {}
+        self.pushes: dict[int, int] = {}
+        self.count = 0
+
+    def get_node_ids(self):
+        return [n for n, spec in self.nodes.items() if spec.get("join", 0) <= self.clock()]
+
+    def push_messages(self, msgs):
+        ids = []
+        for msg in msgs:
+            self.count += 1
+            mid = f"m{self.count}"
+            msg.metadata.__dict__["_message_id"] = mid
+            self.sent[mid] = (msg, self.clock())
+            node = msg.metadata.dst_node_id
+            self.pushes[node] = self.pushes.get(node, 0) + 1
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        from flwr.app import Error
+
+        out = []
+        for mid in ids:
+            msg, at = self.sent[mid]
+            spec = self.nodes[msg.metadata.dst_node_id]
+            if spec.get("errors"):
+                code, reason = spec["errors"].pop(0)
+                out.append(Message(Error(code, reason), reply_to=msg))
+            elif self.clock() >= at + spec.get("delay", 0) and "pid" in spec:
+                out.append(Message(RecordDict({"node": MetricRecord({"partition-id": spec["pid"]})}), reply_to=msg))
+        for reply in out:
+            del self.sent[reply.metadata.reply_to_message_id]
+        return out
+
+
+def discover(nodes, num_clients=4, timeout_s=120.0):
+    from benchmark.federation.server_app import discover_partitions
+
+    clock = Clock()
+    grid = DiscoveryGrid(clock, nodes)
+    return discover_partitions(grid, num_clients, timeout_s, clock=clock, sleep=clock.sleep), grid, clock
+
+
+def test_discovery_waits_for_slow_and_late_nodes_as_long_as_they_make_progress():
+    # Every answer comes 100 s after the previous one and the last node joins at 350 s: a fixed
+    # 120 s window (the old NODE_WAIT_S) failed here; each answer is progress, so this succeeds.
+    nodes = {101: {"pid": 2, "delay": 100}, 202: {"pid": 0, "delay": 200}, 303: {"pid": 3, "delay": 300},
+             404: {"pid": 1, "join": 350, "delay": 50}}
+    mapping, grid, clock = discover(nodes)
+    assert mapping == {0: 202, 1: 404, 2: 101, 3: 303}
+    assert grid.pushes == {101: 1, 202: 1, 303: 1, 404: 1}  # one query each, collected whenever it came
+    assert 400 <= clock.t < 402
+
+
+def test_discovery_asks_again_after_an_undelivered_query():
+    from flwr.common.constant import ErrorCode
+
+    nodes = {101: {"pid": 0, "errors": [(ErrorCode.NODE_UNAVAILABLE, "offline"),
+                                        (ErrorCode.MESSAGE_UNAVAILABLE, "expired")]},
+             202: {"pid": 1}}
+    mapping, grid, _ = discover(nodes, num_clients=2)
+    assert mapping == {0: 101, 1: 202} and grid.pushes == {101: 3, 202: 1}
+
+
+@pytest.mark.parametrize("nodes,message", [
+    ({101: {"pid": 1}, 202: {"pid": 1}, 303: {"pid": 0}}, r"nodes 101 and 202 both claim partition 1"),
+    ({101: {"pid": 4}, 202: {"pid": 1}}, r"node 101 claims partition 4, the scenario has partitions 0\.\.3"),
+    ({101: {"pid": 0}, 202: {"errors": [(2, "KeyError: 'partition-id'\nTraceback ...")]}},
+     r"node 202 failed the partition query \(error code 2\): KeyError: 'partition-id'$"),
+])
+def test_discovery_fails_at_once_on_what_waiting_cannot_fix(nodes, message):
+    from benchmark.federation.server_app import FederationError
+
+    with pytest.raises(FederationError, match=message) as err:
+        discover(nodes)
+    assert "\n" not in str(err.value)
+
+
+def test_discovery_timeout_names_the_missing_partitions_and_silent_nodes():
+    from flwr.common.constant import ErrorCode
+
+    from benchmark.federation.server_app import FederationError
+
+    nodes = {101: {"pid": 0}, 202: {"pid": 1, "delay": 50}, 303: {},  # 303 never answers
+             404: {"errors": [(ErrorCode.NODE_UNAVAILABLE, "offline")] * 1000}}
+    with pytest.raises(FederationError) as err:
+        discover(nodes)
+    msg = str(err.value)
+    assert msg.startswith("partition discovery made no progress for 120 s: partitions [2, 3] never claimed; "
+                          "4 node(s) connected, 2 answered, no answer from nodes [303, 404]; last errors: "
+                          "node 404: error code 5: offline")
+    assert "\n" not in msg
+
+
+def test_bench_partitions_writes_one_file_per_party_and_a_manifest(tmp_path, capsys):
+    from benchmark.cli import main
+    from benchmark.federation.partition_files import read_manifest
+
+    assert main(["partitions", "--scenario", SCENARIO.to_json(), "--seed", "0", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "partition-0.npz", "partition-1.npz"]
+    assert read_manifest(tmp_path, SCENARIO, 0).num_images == (12, 12)
+    assert "partition 1: 12 images" in capsys.readouterr().out
+    assert main(["partitions", "--scenario", "no-such-scenario", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and err.count("\n") == 1 and not (tmp_path / "x").exists()

@@ -5,23 +5,32 @@ training loss). Never images, labels or indices. The optimizer state lives acros
 node's Flower ``context.state`` (no module globals), so the same app works in simulation and in
 deployment.
 
-Node config (deployment: ``flower-supernode --node-config "partition-id=0 num-partitions=4
-data-root=/data"``; simulation sets the first two): ``partition-id`` picks this party's share of
-the scenario's partition; ``data-root`` (optional) is where its dataset files lie;
-``secret-randomness=true`` (optional) keeps the local training randomness, DP noise included, from
-the server (see :func:`client_train_seed`).
+Node config (deployment: ``flower-supernode --node-config 'partition-id=0
+partition-file="/data/partition-0.npz"'``, TOML values; simulation sets ``partition-id``):
+``partition-id`` is this party's share of the scenario's split; its images come from ONE file,
+never from the dataset:
+``partition-file`` (the file), else ``data-dir`` (a folder holding ``partition-<id>.npz``), else
+the ``partition-dir`` of the server's train config (simulation only: ``simulate`` exports each
+simulated party's file into the run's work folder). Files are written by ``bench partitions``
+(:mod:`benchmark.federation.partition_files`); one exported for another split, seed or
+partition id is refused in one line. ``secret-randomness=true`` (optional) keeps the local
+training randomness, DP noise included, from the server (see :func:`client_train_seed`).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from logging import DEBUG, INFO
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.supercore import log
 
 from benchmark.federation import task
+from benchmark.federation.partition_files import PartitionData, PartitionFileError, partition_file_name, read_partition
 from benchmark.scenarios import Scenario
 from benchmark.seeding import derive_seed
 from privacy.central import central_clipping_mod
@@ -48,6 +57,29 @@ def client_train_seed(context: Context, seed: int, pid: int, server_round: int) 
     return derive_seed("client-train", seed, pid, server_round)
 
 
+def partition_path(context: Context, config) -> Path:
+    """Where this node's partition file is: node config first (a deployment), then the server's
+    ``partition-dir`` (simulation)."""
+    pid = int(context.node_config["partition-id"])
+    if context.node_config.get("partition-file"):
+        return Path(str(context.node_config["partition-file"]))
+    folder = context.node_config.get("data-dir") or config.get("partition-dir")
+    if not folder:
+        raise PartitionFileError(f"node of partition {pid} has no partition file: start its SuperNode with "
+                                 f"--node-config 'partition-id={pid} partition-file=\"PATH\"' (see bench partitions)")
+    return Path(str(folder)) / partition_file_name(pid)
+
+
+def load_own_partition(context: Context, config, scenario: Scenario, seed: int) -> PartitionData:
+    """This party's images and labels, from its own file only."""
+    pid = int(context.node_config["partition-id"])
+    data = read_partition(partition_path(context, config), scenario=scenario, seed=seed, partition_id=pid)
+    # A deployed node says what it holds (its SuperNode's log); simulated ones stay quiet.
+    own = bool(context.node_config.get("partition-file") or context.node_config.get("data-dir"))
+    log(INFO if own else DEBUG, "feddp: partition %d holds %d training images (%s)", pid, len(data.labels), data.path)
+    return data
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (so it can sample clients reproducibly)."""
@@ -62,15 +94,13 @@ def train(msg: Message, context: Context) -> Message:
     seed = int(cfg["seed"])
     server_round = int(cfg["server-round"])
     device = str(cfg.get("device", "cpu"))
-    data_root = context.node_config.get("data-root") or cfg.get("data-root") or None
     pid = int(context.node_config["partition-id"])
     torch.set_num_threads(int(cfg.get("client-threads", 1)))
 
-    fed = task.load_federated_data(scenario, seed, data_root)
-    split = fed.partition.clients[pid]
-    images, labels = fed.dataset.images[split.train_idx], fed.dataset.labels[split.train_idx]
+    data = load_own_partition(context, cfg, scenario, seed)
+    images, labels = data.images, data.labels
 
-    model = task.build_model(scenario, fed.dataset)
+    model = task.build_model(scenario, data)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     model.to(device)
     optimizer = task.make_optimizer(model, scenario)

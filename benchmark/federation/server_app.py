@@ -2,8 +2,11 @@
 
 Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-config``):
 ``scenario`` (a registered name or a scenario as JSON), ``scale``, ``seed``, ``out-dir`` (where
-the final global model and the round history are written), ``device`` and optionally
-``data-root``. The simulation path (:mod:`benchmark.federation.simulation`) fills the same keys.
+the final global model and the round history are written), ``device``, and ``partition-manifest``
+(the ``manifest.json`` that ``bench partitions`` wrote beside the parties' files) or
+``partition-dir`` (the folder holding it; the simulation path,
+:mod:`benchmark.federation.simulation`, exports the files and sets it). The server holds no
+images: from the manifest it takes the image shape, the classes and each partition's image count.
 
 Clients are sampled with a seeded generator over *partition ids* (learned once with a query
 message), not with Flower's unseeded ``random.sample`` over node ids, so a (scenario, seed) pair
@@ -34,19 +37,24 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.common.constant import ErrorCode
 from flwr.supercore import log as flwr_log
 
 from benchmark.federation import task
+from benchmark.federation.partition_files import PartitionManifest, read_manifest
 from benchmark.rundir import write_json, write_torch
 from benchmark.scenarios import Scenario, get_scenario
 from benchmark.seeding import derive_seed
 
 app = ServerApp()
 
-NODE_WAIT_S = 120.0
-
-
 FLOWER_DEFAULT_TIMEOUT_S = 3600.0  # Strategy.start's default reply timeout
+MIN_DISCOVERY_WAIT_S = 600.0  # partition discovery waits at least this long without progress
+DISCOVERY_POLL_S = 0.5
+# Flower error codes of a query that may succeed when sent again (node not there yet, message expired,
+# app process died); any other error (the ClientApp raised or could not load) is final.
+RETRY_ERROR_CODES = frozenset({ErrorCode.UNKNOWN, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+                               ErrorCode.NODE_UNAVAILABLE, ErrorCode.CLIENT_APP_CRASHED})
 
 
 class FederationError(RuntimeError):
@@ -207,26 +215,86 @@ def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> 
     return out
 
 
-def discover_partitions(grid: Grid, num_clients: int, timeout_s: float = NODE_WAIT_S) -> dict[int, int]:
-    """Wait for ``num_clients`` nodes, ask each for its partition id; return partition -> node."""
-    deadline = time.monotonic() + timeout_s
-    while len(nodes := list(grid.get_node_ids())) < num_clients:
-        if time.monotonic() > deadline:
-            raise FederationError(f"only {len(nodes)} of {num_clients} nodes connected in {timeout_s:.0f} s")
-        time.sleep(0.2)
-    msgs = [Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY) for nid in nodes]
-    mapping: dict[int, int] = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout_s):
-        if reply.has_error():
-            raise FederationError(f"node {reply.metadata.src_node_id} failed the partition query: "
-                                  f"{reply.error.reason}")
-        pid = int(reply.content["node"]["partition-id"])
-        if pid in mapping:
-            raise FederationError(f"two nodes claim partition {pid}")
-        mapping[pid] = reply.metadata.src_node_id
-    if sorted(mapping) != list(range(num_clients)):
-        raise FederationError(f"nodes hold partitions {sorted(mapping)}, expected 0..{num_clients - 1}")
-    return mapping
+def discover_partitions(grid: Grid, num_clients: int, timeout_s: float = FLOWER_DEFAULT_TIMEOUT_S, *,
+                        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                        poll_s: float = DISCOVERY_POLL_S) -> dict[int, int]:
+    """Ask the nodes which partition each holds until partitions ``0..num_clients-1`` are all
+    claimed; return partition -> node id.
+
+    A slow machine makes this slower, not failed: every node that connects is asked once and its
+    answer is collected whenever it comes (Flower's push/pull, no fixed receive window); a query
+    Flower reports undelivered (node unavailable, message expired, app process crashed) is sent
+    again, with backoff. The wait ends only after ``timeout_s`` *without progress* (no node
+    connected, no partition claimed), naming the partitions never claimed and the nodes that never
+    answered. What waiting cannot fix fails at once, in one line: two nodes claiming one
+    partition, a partition id out of range, a malformed answer, a ClientApp that raised.
+    """
+    last_progress = clock()
+    pending: dict[str, int] = {}  # query message id -> node
+    asked: set[int] = set()  # nodes with a query in flight
+    retry_at: dict[int, tuple[float, int]] = {}  # node -> (when to ask again, attempts so far)
+    claims: dict[int, int] = {}  # partition -> node
+    seen: set[int] = set()
+    errors: dict[int, str] = {}  # node -> its last (retryable) error
+    while True:
+        nodes = set(int(n) for n in grid.get_node_ids())
+        if nodes - seen:
+            seen |= nodes
+            last_progress = clock()
+        now = clock()
+        todo = sorted(n for n in nodes - asked - set(claims.values()) if retry_at.get(n, (0.0, 0))[0] <= now)
+        if todo:
+            msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in todo]
+            for mid, node in zip(grid.push_messages(msgs), todo):
+                if mid:
+                    pending[str(mid)] = node
+                    asked.add(node)
+        for reply in grid.pull_messages(list(pending)) if pending else ():
+            node = pending.pop(reply.metadata.reply_to_message_id, int(reply.metadata.src_node_id))
+            asked.discard(node)
+            if reply.has_error():
+                reason = f"{reply.error.reason}".splitlines()[0][:200] if reply.error.reason else "no reason given"
+                if reply.error.code not in RETRY_ERROR_CODES:
+                    raise FederationError(f"node {node} failed the partition query (error code "
+                                          f"{reply.error.code}): {reason}")
+                errors[node] = f"error code {reply.error.code}: {reason}"
+                attempts = retry_at.get(node, (0.0, 0))[1] + 1
+                retry_at[node] = (clock() + min(30.0, poll_s * 2 ** attempts), attempts)
+                continue
+            try:
+                pid = int(reply.content["node"]["partition-id"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise FederationError(f"node {node} sent a malformed partition answer ({type(e).__name__}: {e})"
+                                      .splitlines()[0]) from None
+            if not 0 <= pid < num_clients:
+                raise FederationError(f"node {node} claims partition {pid}, the scenario has partitions "
+                                      f"0..{num_clients - 1}")
+            if pid in claims and claims[pid] != node:
+                raise FederationError(f"nodes {claims[pid]} and {node} both claim partition {pid}")
+            claims[pid] = node
+            errors.pop(node, None)
+            last_progress = clock()
+        if len(claims) == num_clients:
+            return dict(sorted(claims.items()))
+        if clock() - last_progress > timeout_s:
+            unclaimed = sorted(set(range(num_clients)) - set(claims))
+            silent = sorted(seen - set(claims.values()))
+            raise FederationError(
+                f"partition discovery made no progress for {timeout_s:.0f} s: partitions {unclaimed} never "
+                f"claimed; {len(seen)} node(s) connected, {len(claims)} answered, no answer from nodes {silent}"
+                + ("; last errors: " + ", ".join(f"node {n}: {e}" for n, e in sorted(errors.items()))
+                   if errors else ""))
+        sleep(poll_s)
+
+
+def server_manifest(run_config: dict, scenario: Scenario, seed: int) -> PartitionManifest:
+    """What the server knows of the data, from the run config's ``partition-manifest`` (or the
+    ``manifest.json`` in ``partition-dir``), checked against (scenario, seed)."""
+    where = str(run_config.get("partition-manifest") or run_config.get("partition-dir") or "")
+    if not where:
+        raise FederationError("the run config names no partition-manifest: export the parties' files with "
+                              "bench partitions and pass partition-manifest=<dir>/manifest.json")
+    return read_manifest(where, scenario, seed)
 
 
 def resolve_scenario(value: str, scale: str) -> Scenario:
@@ -241,11 +309,12 @@ def run_federation(grid: Grid, run_config: dict,
     seed = int(run_config["seed"])
     out_dir = Path(str(run_config["out-dir"]))
     device = str(run_config.get("device", "cpu"))
-    data_root = str(run_config.get("data-root", "") or "")
+    partition_dir = str(run_config.get("partition-dir", "") or "")
 
-    fed = task.load_federated_data(scenario, seed, data_root or None)
-    model = task.build_model(scenario, fed.dataset, seed=derive_seed("init", seed))
-    partition_to_node = discover_partitions(grid, scenario.num_clients)
+    manifest = server_manifest(run_config, scenario, seed)
+    model = task.build_model(scenario, manifest, seed=derive_seed("init", seed))
+    partition_to_node = discover_partitions(
+        grid, scenario.num_clients, max(scenario.round_timeout_s or FLOWER_DEFAULT_TIMEOUT_S, MIN_DISCOVERY_WAIT_S))
     central = scenario.dp_mode == "central-dp"
     if central:
         from privacy.central import (DEFAULT_UPDATE_CLIP, UNIFORM_WEIGHT_KEY, calibrate_central,
@@ -265,12 +334,14 @@ def run_federation(grid: Grid, run_config: dict,
                                    side=scenario.central_clipping)
         privacy_info = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
                         "accountant": "flwr-rdp-no-amplification", "clipping": scenario.central_clipping}
-    screened = ScreenedAggregation(strategy, min_replies=scenario.min_replies,
-                                   weight_key=fedavg.weighted_by_key, node_names={n: f"partition {p}" for p, n in partition_to_node.items()},
-        expected_weights={n: 1.0 if central else float(len(fed.partition.clients[p].train_idx))
-                          for p, n in partition_to_node.items()})
+    screened = ScreenedAggregation(
+        strategy, min_replies=scenario.min_replies, weight_key=fedavg.weighted_by_key,
+        node_names={n: f"partition {p}" for p, n in partition_to_node.items()},
+        expected_weights={n: 1.0 if central else float(manifest.num_images[p]) for p, n in partition_to_node.items()})
     train_config = ConfigRecord({
-        "scenario": scenario.to_json(), "seed": seed, "device": device, "data-root": data_root,
+        "scenario": scenario.to_json(), "seed": seed, "device": device,
+        # Simulation: where the simulated parties' own files lie (a deployment's nodes name theirs).
+        **({"partition-dir": partition_dir} if partition_dir else {}),
     })
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -3,12 +3,19 @@
 ``flwr.simulation.run_simulation`` gives the ServerApp an empty run config, so we wrap the same
 ``run_federation`` in a ServerApp that carries the run config explicitly. Every client runs in a
 Ray actor with one CPU (and ``gpu_fraction`` of a GPU when the device is CUDA).
+
+Simulated parties own their data as deployed ones do: unless the run config already names a
+``partition-dir``, ``simulate`` (the operator who holds the dataset) exports each party's file
+into ``<out-dir>/.partitions`` before Flower starts and removes the folder afterwards; a simulated
+node reads only its own file, the server only the manifest.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.clientapp import ClientApp
@@ -16,7 +23,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from benchmark.federation.client_app import app as default_client_app
-from benchmark.federation.server_app import run_federation
+from benchmark.federation.partition_files import FederatedData, export_partitions
+from benchmark.federation.server_app import resolve_scenario, run_federation
 
 
 class SimulationError(RuntimeError):
@@ -25,11 +33,30 @@ class SimulationError(RuntimeError):
 
 def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
              gpu_fraction: float = 0.0, on_round: Callable[[int], None] | None = None,
-             client_app: ClientApp = default_client_app) -> dict:
+             client_app: ClientApp = default_client_app, fed: FederatedData | None = None) -> dict:
     """Run one federated training in simulation; return the round history.
 
-    ``client_app`` is ours unless a test swaps in a faulty one.
+    ``client_app`` is ours unless a test swaps in a faulty one. ``fed``: the run's split, already
+    loaded (else it is loaded from ``data-root`` to export the parties' files).
     """
+    run_config = dict(run_config)
+    exported = None
+    if not run_config.get("partition-dir"):
+        exported = Path(str(run_config["out-dir"])) / ".partitions"
+        scenario = resolve_scenario(str(run_config["scenario"]), str(run_config.get("scale", "cpu")))
+        export_partitions(scenario, int(run_config["seed"]), exported, fed=fed,
+                          data_root=str(run_config.get("data-root", "") or "") or None)
+        run_config["partition-dir"] = str(exported)
+    try:
+        return _simulate(run_config, num_clients=num_clients, num_cpus=num_cpus, gpu_fraction=gpu_fraction,
+                         on_round=on_round, client_app=client_app)
+    finally:
+        if exported is not None:
+            shutil.rmtree(exported, ignore_errors=True)
+
+
+def _simulate(run_config: dict, *, num_clients: int, num_cpus: int | None, gpu_fraction: float,
+              on_round: Callable[[int], None] | None, client_app: ClientApp) -> dict:
     box: dict = {}
 
     server_app = ServerApp()

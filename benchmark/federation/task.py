@@ -1,76 +1,31 @@
-"""Model, data and local training for one federated client (shared by both apps)."""
+"""Model and local training for one federated client (shared by both apps).
+
+A party's data come from its own partition file (:mod:`benchmark.federation.partition_files`,
+which also holds the split itself: :func:`load_federated_data`, re-exported here).
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from benchmark.data import ImageDataset, load_dataset
+from benchmark.data import ImageDataset
+from benchmark.federation.partition_files import (FederatedData, PartitionData, PartitionManifest,  # noqa: F401
+                                                  load_federated_data)
 from benchmark.model import build_unet, make_scheduler, train_epochs
-from benchmark.partition import ClientSplit, Partition, make_partition
 from benchmark.scenarios import Scenario
-from benchmark.seeding import derive_seed
 
 
-@dataclass(frozen=True)
-class FederatedData:
-    dataset: ImageDataset
-    partition: Partition
-    # Audit canaries (attacks.canaries): dataset indices planted in client 0 / kept out.
-    canary_members: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    canary_nonmembers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def partition_record(self) -> dict:
-        """What partition.json holds: every client's indices, and the canaries if any."""
-        d = self.partition.to_dict()
-        if len(self.canary_members):
-            d["canaries"] = {"members": self.canary_members.tolist(),
-                             "nonmembers": self.canary_nonmembers.tolist(), "client": 0}
-        return d
-
-
-def load_federated_data(scenario: Scenario, seed: int, data_root: str | None,
-                        dataset: ImageDataset | None = None) -> FederatedData:
-    """The dataset and its partition. Deterministic in (scenario, seed): server and clients agree.
-
-    ``dataset``: the scenario's training split, already loaded (to partition many scenarios).
-    With ``scenario.canaries = k``, 2k canary images are appended to the dataset and k of them
-    are added to client 0's training data (see :mod:`attacks.canaries`).
-    """
-    ds = dataset if dataset is not None else load_dataset(scenario.dataset, data_root=data_root or None,
-                                                          split="train")
-    part = make_partition(
-        ds.labels, scheme=scenario.partition, num_clients=scenario.num_clients,
-        seed=derive_seed("partition", seed), heldout_fraction=scenario.heldout_fraction,
-        max_train_images=scenario.max_train_images,
-    )
-    if not scenario.canaries:
-        return FederatedData(ds, part)
-    from attacks.canaries import make_canaries, split_canaries
-
-    k = scenario.canaries
-    _, c, r, _ = ds.images.shape
-    imgs, labels = make_canaries(2 * k, channels=c, resolution=r, num_classes=ds.num_classes,
-                                 seed=derive_seed("canary-images", seed))
-    inserted, kept_out = split_canaries(k, seed=derive_seed("canary-split", seed))
-    base = len(ds.labels)
-    ds = ImageDataset(ds.name, np.concatenate([ds.images, imgs]), np.concatenate([ds.labels, labels]),
-                      ds.num_classes)
-    members, nonmembers = base + inserted, base + kept_out
-    first = part.clients[0]
-    clients = (ClientSplit(first.client_id, np.concatenate([first.train_idx, members]), first.heldout_idx),
-               *part.clients[1:])
-    return FederatedData(ds, Partition(part.scheme, part.seed, clients), members, nonmembers)
-
-
-def build_model(scenario: Scenario, dataset: ImageDataset, *, seed: int | None = None):
-    _, c, h, w = dataset.images.shape
+def build_model(scenario: Scenario, data: ImageDataset | PartitionManifest | PartitionData, *,
+                seed: int | None = None):
+    """The scenario's UNet for ``data``'s image shape and classes (a dataset, the server's
+    manifest, or a party's own partition: the same model from each)."""
+    c, h, w = data.image_shape if hasattr(data, "image_shape") else data.images.shape[1:]
+    name = data.dataset if isinstance(data, PartitionManifest) else data.name
     if h != w:
-        raise ValueError(f"dataset {dataset.name!r} has non-square images ({h}x{w})")
+        raise ValueError(f"dataset {name!r} has non-square images ({h}x{w})")
     return build_unet(scenario.model, in_channels=c, resolution=h,
-                      num_classes=dataset.num_classes if scenario.class_conditional else None,
+                      num_classes=data.num_classes if scenario.class_conditional else None,
                       seed=seed)
 
 
