@@ -23,11 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from attacks.registry import attack_names
 from benchmark.model import MODEL_CONFIGS
 from benchmark.partition import PartitionError, parse_scheme
 
 DP_MODES = ("none", "local-dpsgd", "central-dp")
-ATTACKS = ("mia-loss", "mia-secmi", "mia-pia", "inversion")
+ATTACKS = attack_names()  # the attack registry, in declaration order (torch-free)
 SAMPLERS = ("ddim", "ddpm", "dpm-solver")
 # Mirrors privacy.dpsgd.GRAD_SAMPLE_MODES (not imported: scenarios stay light, without Opacus).
 GRAD_SAMPLE_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
