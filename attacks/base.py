@@ -1,4 +1,5 @@
-"""The attack protocol: threat models, observations, results, budgets, and shared helpers.
+"""The attack protocol: threat models, observations, results, budgets, the metrics of both result
+kinds (ROC for scores, PSNR/SSIM for reconstructions), the one ROC drawing, and shared helpers.
 
 Every attack is one object with one method of one shape (breaching's ``reconstruct(payload,
 shared) -> (reconstruction, stats)``)::
