@@ -1,8 +1,10 @@
 """Run a scenario's attacks on a finished run and record what they recovered.
 
 This is the referee, not an adversary: it holds the ground truth (the partition, the canaries, the
-client's true images), hands each attack only what its threat model lets it observe, and turns the
-answers into metrics. Written into the run folder:
+client's true images), builds for each attack exactly the observation its threat model names
+(``threat_model.observes``: one referee per observation kind, ``REFEREES``), calls
+``attack.run(observation, budget, generator)`` and turns the result into metrics. Written into the
+run folder:
 
     attacks.json        per-attack metrics, the audit, the budget used
     attack_scores.npz   raw scores and labels per membership attack (``<attack>_scores``,
@@ -10,32 +12,95 @@ answers into metrics. Written into the run folder:
     roc.png             ROC curves, log-log (LiRA convention)
     inversion.png       true images (top row) against their reconstructions, one row per update kind and attacker
 
-and the leaderboard's attack columns are returned for metrics.json.
+and the leaderboard's attack columns are returned for metrics.json. Every generator is seeded from
+the run seed and the attack's name (``derive_seed``), so a run's attack numbers do not depend on
+which other attacks ran or in which order.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from attacks.audit import audit_verdict, epsilon_lower_bound
-from attacks.base import BUDGETS, AttackBudget, get_mia, mia_metrics, roc_curve
+from attacks.base import (
+    BUDGETS,
+    CLIENT_UPDATE,
+    FINAL_MODEL,
+    Attack,
+    AttackBudget,
+    AttackError,
+    AttackResult,
+    ClientUpdateObservation,
+    FinalModelObservation,
+    best_attack,
+    draw_roc,
+    match_scores,
+    mia_metrics,
+    roc_curve,
+)
+from attacks.observe import ObservedUpdate, as_seen, client_update
+from attacks.registry import get_attack
 from benchmark.rundir import write_atomic
 from benchmark.seeding import derive_seed
 
 AUDIT_CONFIDENCE = 0.95
 DEFAULT_AUDIT_DELTA = 1e-5   # rows without DP claim nothing; their bound is still shown at this delta
+CLIENT_LR = 1e-2             # the learning rate of the simulated client whose update the server sees
 
 
-def _seed(*parts) -> int:
-    return derive_seed(*parts)
+@dataclass(frozen=True)
+class Case:
+    """One finished run as the referee holds it: the row, the ground truth and what it may hand out."""
+
+    scenario: object
+    seed: int
+    model: torch.nn.Module
+    scheduler: object
+    fed: object
+    privacy: dict
+    budget: AttackBudget
+    device: str
+    out_dir: Path
+
+    def generator(self, *parts) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(derive_seed(*parts, self.seed))
 
 
+def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict, out_dir: Path, *,
+                device: str, budget: AttackBudget | None = None) -> dict:
+    """Every attack the scenario lists; writes the files above into ``out_dir``; returns the
+    leaderboard columns (``mia_*``, ``inversion_*``, ``epsilon_empirical_lb``, ``audit_failed``)."""
+    from benchmark.model import make_scheduler
+
+    if not scenario.attacks:
+        return {}
+    budget = budget or BUDGETS[scenario.scale]
+    case = Case(scenario, seed, model.to(device).eval(), make_scheduler(scenario.num_train_timesteps), fed, privacy,
+                budget, device, Path(out_dir))
+    attacks = [get_attack(name) for name in scenario.attacks]
+    record: dict = {"budget": budget.to_dict(), "mia": {}, "canaries": {}}
+    arrays: dict[str, np.ndarray] = {}
+    columns: dict = {}
+    for kind, referee in REFEREES.items():
+        chosen = [a for a in attacks if a.threat_model.observes == kind]
+        if chosen:
+            columns |= referee(case, chosen, record, arrays)
+    if arrays:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        write_atomic(case.out_dir / "attack_scores.npz", buf.getvalue())
+    write_atomic(case.out_dir / "attacks.json", json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
+    return columns
+
+
+# final-model: membership inference and the audit -----------------------------------------------------
 def membership_candidates(members: np.ndarray, nonmembers: np.ndarray, limit: int,
                           seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A balanced, seeded choice of member and non-member indices: n = min(|M|, |N|, limit) each."""
@@ -44,97 +109,99 @@ def membership_candidates(members: np.ndarray, nonmembers: np.ndarray, limit: in
     return np.sort(rng.choice(members, n, replace=False)), np.sort(rng.choice(nonmembers, n, replace=False))
 
 
-def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict, out_dir: Path, *,
-                device: str, budget: AttackBudget | None = None) -> dict:
-    """Every attack the scenario lists; writes the files above into ``out_dir``; returns the
-    leaderboard columns (``mia_*``, ``inversion_*``, ``epsilon_empirical_lb``, ``audit_failed``)."""
-    from benchmark.model import make_scheduler, to_model_range
+def _candidates(case: Case, idx_mem: np.ndarray, idx_non: np.ndarray) -> tuple[FinalModelObservation, np.ndarray]:
+    """One candidate set as the attacks see it (final model, images, class labels) and its ground truth."""
+    from benchmark.model import to_model_range
 
-    if not scenario.attacks:
-        return {}
-    budget = budget or BUDGETS[scenario.scale]
-    sched = make_scheduler(scenario.num_train_timesteps)
-    model = model.to(device).eval()
-    ds = fed.dataset
-    conditional = scenario.class_conditional
-    record: dict = {"budget": budget.to_dict(), "mia": {}, "canaries": {}}
-    arrays: dict[str, np.ndarray] = {}
-    columns: dict = {}
+    ds = case.fed.dataset
+    idx = np.concatenate([idx_mem, idx_non])
+    x = to_model_range(ds.images[idx]).to(case.device)
+    y = torch.as_tensor(ds.labels[idx], device=case.device) if case.scenario.class_conditional else None
+    truth = np.r_[np.ones(len(idx_mem), np.int64), np.zeros(len(idx_non), np.int64)]
+    return FinalModelObservation(case.model, case.scheduler, x, y), truth
 
-    def candidates(idx_mem: np.ndarray, idx_non: np.ndarray):
-        """One candidate set as the attacks see it (images, class labels) and its ground truth."""
-        idx = np.concatenate([idx_mem, idx_non])
-        x = to_model_range(ds.images[idx]).to(device)
-        y = torch.as_tensor(ds.labels[idx], device=device) if conditional else None
-        return x, y, np.r_[np.ones(len(idx_mem), np.int64), np.zeros(len(idx_non), np.int64)]
 
-    def score(name: str, cand, tag: str) -> np.ndarray:
-        gen = torch.Generator(device=device).manual_seed(_seed("mia", name, tag, seed))
-        return get_mia(name).score(model, sched, cand[0], cand[1], budget=budget, generator=gen)
+def _scores(attack: Attack, result: AttackResult, n: int) -> np.ndarray:
+    scores = None if result.scores is None else np.asarray(result.scores)
+    if scores is None or scores.shape != (n,):
+        got = "none" if scores is None else f"shape {scores.shape}"
+        raise AttackError(f"attack {attack.name!r} must return one score per candidate ({n}), got {got}")
+    return scores
 
-    # Membership inference ------------------------------------------------------------------------
-    mias = [a for a in scenario.attacks if a.startswith("mia-")]
+
+def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -> dict:
+    """Score the natural candidates (members not planted, held-out images) and the canaries; audit."""
+    fed, seed = case.fed, case.seed
     canary_members = set(fed.canary_members.tolist())
     members = np.array([i for i in fed.partition.members() if i not in canary_members], dtype=np.int64)
-    mem, non = membership_candidates(members, fed.partition.heldout(), budget.mia_max_candidates,
-                                     _seed("mia-candidates", seed))
-    natural = candidates(mem, non) if mias else None
-    canary = candidates(fed.canary_members, fed.canary_nonmembers) if mias and len(fed.canary_members) else None
-    sets = []
-    for name in mias:
+    mem, non = membership_candidates(members, fed.partition.heldout(), case.budget.mia_max_candidates,
+                                     derive_seed("mia-candidates", seed))
+    sets = {"natural": _candidates(case, mem, non)}
+    if len(fed.canary_members):
+        sets["canary"] = _candidates(case, fed.canary_members, fed.canary_nonmembers)
+    section = {"natural": record["mia"], "canary": record["canaries"]}
+    tested = []
+    for attack in attacks:
+        key = attack.name.replace("-", "_")
+        for tag, (observation, truth) in sets.items():
+            result = attack.run(observation, case.budget, case.generator("mia", attack.name, tag))
+            scores = _scores(attack, result, len(truth))
+            stem = key if tag == "natural" else f"{key}_canary"
+            arrays[f"{stem}_scores"], arrays[f"{stem}_labels"] = scores, truth
+            section[tag][attack.name] = mia_metrics(scores, truth)
+            tested.append((attack.name, tag, scores, truth))
+
+    best = best_attack({a.name: record["mia"][a.name]["auc"] for a in attacks})
+    m = record["mia"][best]
+    columns = {"mia_auc": m["auc"], "mia_tpr_at_1pct_fpr": m["tpr_at_1pct_fpr"],
+               "mia_tpr_at_0_1pct_fpr": m["tpr_at_0_1pct_fpr"], "mia_min_fpr": m["min_fpr"],
+               "mia_best_attack": best, "mia_n_candidates": m["n_members"] + m["n_nonmembers"]}
+    # The audit: every (attack, candidate set) is one test; Bonferroni keeps the max at 95 %.
+    claimed = case.privacy.get("epsilon")  # None where the run claims no DP
+    delta = case.scenario.delta if case.scenario.delta is not None else DEFAULT_AUDIT_DELTA
+    bounds = []
+    for name, tag, scores, labels in tested:
+        b = epsilon_lower_bound(scores, labels, delta=delta, confidence=AUDIT_CONFIDENCE,
+                                n_tests=len(tested), seed=derive_seed("audit-split", name, tag, seed))
+        section[tag][name]["epsilon_lb"] = b.epsilon_lb
+        section[tag][name]["audit"] = b.to_dict()
+        bounds.append((b.epsilon_lb, name, tag))
+    lb, by, tag = max(bounds)
+    failed = audit_verdict(lb, claimed)
+    record["audit"] = {"epsilon_empirical_lb": lb, "attack": by, "candidates": tag, "delta": delta,
+                       "claimed_epsilon": claimed, "audit_failed": failed, "confidence": AUDIT_CONFIDENCE,
+                       "n_tests": len(tested)}
+    _roc_png(record, arrays, [a.name for a in attacks], case.out_dir / "roc.png",
+             title=f"{case.scenario.name} seed {seed}")
+    return columns | {"epsilon_empirical_lb": lb, "audit_failed": failed}
+
+
+def _roc_png(record: dict, arrays: dict, names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=120)
+    curves = []
+    for name in names:
         key = name.replace("-", "_")
-        scores, labels = score(name, natural, "natural"), natural[2]
-        arrays[f"{key}_scores"], arrays[f"{key}_labels"] = scores, labels
-        record["mia"][name] = mia_metrics(scores, labels)
-        sets.append((name, "natural", scores, labels))
-        if canary is not None:
-            cs, cl = score(name, canary, "canary"), canary[2]
-            arrays[f"{key}_canary_scores"], arrays[f"{key}_canary_labels"] = cs, cl
-            record["canaries"][name] = mia_metrics(cs, cl)
-            sets.append((name, "canary", cs, cl))
-
-    if mias:
-        best = max(mias, key=lambda a: (record["mia"][a]["auc"], a))
-        m = record["mia"][best]
-        columns |= {"mia_auc": m["auc"], "mia_tpr_at_1pct_fpr": m["tpr_at_1pct_fpr"],
-                    "mia_tpr_at_0_1pct_fpr": m["tpr_at_0_1pct_fpr"], "mia_min_fpr": m["min_fpr"],
-                    "mia_best_attack": best, "mia_n_candidates": m["n_members"] + m["n_nonmembers"]}
-        # The audit: every (attack, candidate set) is one test; Bonferroni keeps the max at 95 %.
-        claimed = privacy.get("epsilon")  # None where the run claims no DP
-        delta = scenario.delta if scenario.delta is not None else DEFAULT_AUDIT_DELTA
-        bounds = []
-        for name, tag, scores, labels in sets:
-            b = epsilon_lower_bound(scores, labels, delta=delta, confidence=AUDIT_CONFIDENCE,
-                                    n_tests=len(sets), seed=_seed("audit-split", name, tag, seed))
-            (record["mia"] if tag == "natural" else record["canaries"])[name]["epsilon_lb"] = b.epsilon_lb
-            (record["mia"] if tag == "natural" else record["canaries"])[name]["audit"] = b.to_dict()
-            bounds.append((b.epsilon_lb, name, tag))
-        lb, by, tag = max(bounds)
-        failed = audit_verdict(lb, claimed)
-        record["audit"] = {"epsilon_empirical_lb": lb, "attack": by, "candidates": tag, "delta": delta,
-                           "claimed_epsilon": claimed, "audit_failed": failed, "confidence": AUDIT_CONFIDENCE,
-                           "n_tests": len(sets)}
-        columns |= {"epsilon_empirical_lb": lb, "audit_failed": failed}
-        _roc_png(record, arrays, mias, out_dir / "roc.png", title=f"{scenario.name} seed {seed}")
-
-    # Gradient inversion --------------------------------------------------------------------------
-    if "inversion" in scenario.attacks:
-        inv = _run_inversion(scenario, seed, model, sched, fed, privacy, budget, device, out_dir)
-        record["inversion"] = inv
-        columns |= {"inversion_psnr": inv["gradient"]["psnr"], "inversion_ssim": inv["gradient"]["ssim"],
-                    "inversion_fedavg_psnr": inv.get("fedavg", {}).get("psnr"),
-                    "inversion_fedavg_ssim": inv.get("fedavg", {}).get("ssim")}
-
-    if arrays:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        write_atomic(out_dir / "attack_scores.npz", buf.getvalue())
-    write_atomic(out_dir / "attacks.json", json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
-    return columns
+        fpr, tpr, _ = roc_curve(arrays[f"{key}_scores"], arrays[f"{key}_labels"])
+        curves.append((f"{name} (AUC {record['mia'][name]['auc']:.3f})", fpr, tpr))
+    draw_roc(ax, curves, record["mia"][names[-1]]["n_nonmembers"])
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
 
 
+# client-update: what one client's update gives away to the server -------------------------------------
 def observed_dp(scenario, privacy: dict) -> dict:
-    """What DP the client applies to the update the server sees (see attacks.inversion)."""
+    """What DP the client applies to the update the server sees (see attacks.observe): the one place
+    that reads the row's DP mode for an attack."""
     if scenario.dp_mode == "local-dpsgd":
         return {"clip": float(privacy["max_grad_norm"]), "noise_multiplier": float(privacy["noise_multiplier"])}
     if scenario.dp_mode == "central-dp" and scenario.central_clipping == "client":
@@ -142,64 +209,67 @@ def observed_dp(scenario, privacy: dict) -> dict:
     return {"clip": None, "noise_multiplier": 0.0}
 
 
-def _run_inversion(scenario, seed, model, sched, fed, privacy, budget, device, out_dir) -> dict:
-    from attacks import inversion as inv
+def server_view(scenario, privacy: dict, model, scheduler, x0: torch.Tensor, labels: torch.Tensor | None, *,
+                kind: str, local_steps: int, generator: torch.Generator, lr: float = CLIENT_LR) -> ObservedUpdate:
+    """The update of a client with images ``x0`` as the server receives it under the row's DP mode."""
+    dp = observed_dp(scenario, privacy)
+    return client_update(model, scheduler, x0, labels, kind=kind, local_steps=local_steps, lr=lr, clip=dp["clip"],
+                         noise_multiplier=dp["noise_multiplier"], clip_whole_update=dp.get("clip_whole_update", False),
+                         generator=generator)
+
+
+def _reconstructions(attack: Attack, result: AttackResult, shape: tuple[int, ...]) -> np.ndarray:
+    recon = None if result.reconstructions is None else np.asarray(result.reconstructions)
+    if recon is None or recon.dtype != np.uint8 or recon.ndim != 4 or recon.shape[1:] != shape:
+        got = "none" if recon is None else f"{recon.dtype} {recon.shape}"
+        want = ", ".join(map(str, shape))
+        raise AttackError(f"attack {attack.name!r} must return uint8 images of shape (N, {want}), got {got}")
+    return recon
+
+
+def _inversion(case: Case, attacks: list[Attack], record: dict, arrays: dict) -> dict:
+    """Client 0's update on a few of its images, as the server sees it: each update kind, each attacker."""
     from benchmark.model import to_model_range
     from benchmark.rundir import sample_grid_png
 
-    ds = fed.dataset
-    split = fed.partition.clients[0]
-    rng = np.random.default_rng(_seed("inversion-victims", seed))
+    ds, budget, seed = case.fed.dataset, case.budget, case.seed
+    split = case.fed.partition.clients[0]
+    rng = np.random.default_rng(derive_seed("inversion-victims", seed))
     victims = np.sort(rng.choice(split.train_idx, min(budget.inversion_batch, len(split.train_idx)), replace=False))
     truth = ds.images[victims]
-    x0 = to_model_range(truth).to(device)
-    y = torch.as_tensor(ds.labels[victims], device=device) if scenario.class_conditional else None
-    dp = observed_dp(scenario, privacy)
-    out: dict = {"victims": victims.tolist(), "client": 0, "observed": dp, "lr": 1e-2}
+    x0 = to_model_range(truth).to(case.device)
+    y = torch.as_tensor(ds.labels[victims], device=case.device) if case.scenario.class_conditional else None
+    updates = {kind: server_view(case.scenario, case.privacy, case.model, case.scheduler, x0, y, kind=kind,
+                                 local_steps=budget.inversion_local_steps,
+                                 generator=case.generator("inversion-client", kind))
+               for kind in budget.inversion_kinds}
     rows = [truth]
-    for kind in budget.inversion_kinds:
-        gen = torch.Generator(device=device).manual_seed(_seed("inversion-client", kind, seed))
-        update = inv.client_update(
-            model, sched, x0, y, kind=kind, local_steps=budget.inversion_local_steps, lr=out["lr"],
-            clip=dp["clip"], noise_multiplier=dp["noise_multiplier"], generator=gen,
-            clip_whole_update=dp.get("clip_whole_update", False))
-        # The first attacker listed fills out[kind] (the leaderboard's columns); others out["kind-randomness"].
-        for i, randomness in enumerate(budget.inversion_randomness):
-            recon, cos = inv.invert(
-                model, sched, update, shape=tuple(truth.shape[1:]), budget=budget, randomness=randomness,
-                generator=torch.Generator(device=device).manual_seed(_seed("inversion-attack", kind, randomness, seed)),
-                device=device)
-            out[kind if i == 0 else f"{kind}-{randomness}"] = inv.match_scores(truth, recon) | {
-                "batch_size": len(victims), "update_cosine": cos, "local_steps": update.local_steps,
-                "randomness": randomness}
-            rows.append(recon)
-    tmp = out_dir / "inversion.png"
-    sample_grid_png(np.concatenate(rows), tmp, ncol=len(victims))
-    return out
+    for attack in attacks:
+        out: dict = {"victims": victims.tolist(), "client": 0, "observed": observed_dp(case.scenario, case.privacy),
+                     "lr": CLIENT_LR}
+        for kind, update in updates.items():
+            # The first attacker listed fills out[kind] (the leaderboard's columns); others out["kind-randomness"].
+            for i, randomness in enumerate(budget.inversion_randomness):
+                observation = ClientUpdateObservation(case.model, case.scheduler, as_seen(update, randomness),
+                                                      tuple(truth.shape[1:]))
+                result = attack.run(observation, budget, case.generator("inversion-attack", kind, randomness))
+                recon = _reconstructions(attack, result, truth.shape[1:])
+                out[kind if i == 0 else f"{kind}-{randomness}"] = match_scores(truth, recon) | {
+                    "batch_size": len(victims), "update_cosine": result.stats.get("update_cosine"),
+                    "local_steps": update.local_steps, "randomness": randomness}
+                rows.append(recon)
+        record[attack.name] = out
+    sample_grid_png(np.concatenate(rows), case.out_dir / "inversion.png", ncol=len(victims))
+    first = budget.inversion_kinds[0]
+    inv = record[best_attack({a.name: record[a.name][first]["psnr"] for a in attacks})]
+    return {"inversion_psnr": inv.get("gradient", {}).get("psnr"),
+            "inversion_ssim": inv.get("gradient", {}).get("ssim"),
+            "inversion_fedavg_psnr": inv.get("fedavg", {}).get("psnr"),
+            "inversion_fedavg_ssim": inv.get("fedavg", {}).get("ssim")}
 
 
-def _roc_png(record: dict, arrays: dict, mias: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=120)
-    floor = None
-    for name in mias:
-        key = name.replace("-", "_")
-        fpr, tpr, _ = roc_curve(arrays[f"{key}_scores"], arrays[f"{key}_labels"])
-        floor = 1.0 / max(1, record["mia"][name]["n_nonmembers"])
-        ax.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2),
-                label=f"{name} (AUC {record['mia'][name]['auc']:.3f})")
-    lim = (floor or 1e-3) / 2
-    ax.plot([lim, 1], [lim, 1], "k:", lw=0.8, label="chance")
-    ax.set(xscale="log", yscale="log", xlim=(lim, 1), ylim=(lim, 1), xlabel="false positive rate",
-           ylabel="true positive rate", title=title)
-    ax.title.set_fontsize(8)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+# One referee per observation kind (attacks.base.OBSERVATION_KINDS), run in this order.
+REFEREES: dict[str, Callable[[Case, list[Attack], dict, dict], dict]] = {
+    FINAL_MODEL: _membership,
+    CLIENT_UPDATE: _inversion,
+}

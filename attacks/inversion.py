@@ -13,29 +13,25 @@ Two kinds of update:
 * ``gradient`` - FedSGD: one gradient of the mean denoising loss on a batch of 1 to 8 images;
 * ``fedavg``  - a multi-step FedAvg delta: ``local_steps`` SGD steps on the batch, ``w_end - w_start``.
 
-What the server sees under each DP mode (this is the honest part of the comparison):
-
-* ``none``: the raw update;
-* ``local-dpsgd``: every step is a DP-SGD step - per-sample gradients clipped to C, Gaussian noise
-  of std ``noise_multiplier * C`` added to their sum, divided by the batch size - as Opacus does;
-* ``central-dp``: the server adds the noise itself, so it sees the update *before* its noise:
-  clipped to C where clipping is client-side, raw where it is server-side. Central DP protects
-  the released model from everyone else; it does not protect the update from the server.
+What the server sees under each DP mode (raw; DP-SGD steps under local DP; under central DP the
+update before the server's own noise, clipped where clipping is client-side) is built by the
+referee (``attacks.observe``), not by the attack: the attack gets only that observation.
 
 A DDPM's loss also depends on the client's Gaussian noise and timestep per image. Whether the
 server knows them is a second axis of the threat model (``randomness``):
 
-* ``known`` (GIDM's setting): the server can replay the client's diffusion noise and timesteps.
-  In this benchmark's own federation that is the default, because a client's training seed derives
+* ``known`` (GIDM's setting; the observation carries the client's replayed randomness): the
+  server can replay the client's diffusion noise and timesteps. In this benchmark's own
+  federation that is the default, because a client's training seed derives
   from the run seed (``benchmark.federation.client_app.client_train_seed``). The attacker then
   solves for the images alone: L-BFGS (strong Wolfe line search) on the squared distance between
   the dummy update and the observed one (``1 - cos`` where the update was clipped, since the
   clipping factor is unknown), from a random start. The DP noise is *not* given to this attacker:
   the DP rows assume it is secret, which in a real deployment needs ``secret-randomness=true``
   (otherwise a server that replays the seed can subtract it; see ``client_train_seed``).
-* ``secret`` (GIDM+): a SuperNode with ``secret-randomness=true``. The attacker optimises dummy
-  images *and* dummy noise and (continuous) timesteps to minimise ``1 - cos(dummy update,
-  observed update)`` plus a total-variation prior, with Adam from random starts. For a FedSGD
+* ``secret`` (GIDM+; the observation carries none): a SuperNode with ``secret-randomness=true``.
+  The attacker optimises dummy images *and* dummy noise and (continuous) timesteps to minimise
+  ``1 - cos(dummy update, observed update)`` plus a total-variation prior, with Adam from random starts. For a FedSGD
   gradient the timesteps are first read off the time embedding's first Linear layer: its weight
   gradient is ``sum_i delta_i emb(t_i)^T`` and its bias gradient ``sum_i delta_i``, so for one
   image ``emb(t) = dW[j] / db[j]`` exactly, and for B images the B integer timesteps whose
@@ -48,133 +44,34 @@ DP-SGD (sigma 1); with secret randomness the noise and image are not separated a
 ``x_t`` the noise is a linear least-squares solution (the gradient is affine in it), so the
 difficulty is the joint, non-convex search, as GIDM+ reports for larger images.
 
-Metrics: PSNR and SSIM (Gaussian 11x11 window, sigma 1.5, on [0, 1]) between each true image and
-its best-matching reconstruction, averaged over the batch. LPIPS is not computed: its network
-weights are a download this benchmark cannot make (a field says so).
+The attack returns the reconstructions; the referee scores them against the true images (PSNR and
+SSIM, ``attacks.base.match_scores``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attacks.base import AttackBudget, AttackError, ThreatModel
+from attacks.base import AttackBudget, AttackError, AttackResult, ClientUpdateObservation
+# The victim and the scores live with the referee; named here too for callers that read them from
+# this module (tests/test_attacks_e2e.py).
+from attacks.base import match_scores  # noqa: F401
+from attacks.observe import RANDOMNESS, ObservedUpdate, client_update, diffusion_loss, model_params  # noqa: F401
 
-THREAT_MODEL = ThreatModel(
-    adversary="the honest-but-curious server",
-    observes="one client's update (a FedSGD gradient or a multi-step FedAvg delta), after the "
-             "client's own DP steps, before any server-side noise; the model it sent; batch size, "
-             "local steps, learning rate and class labels; the client's diffusion noise and timesteps "
-             "where it can replay the client's seed (the `known` attacker)",
-    goal="reconstruct the client's training images",
-)
-KINDS = ("gradient", "fedavg")
-RANDOMNESS = ("known", "secret")
 TV_WEIGHT = 0.1
 INVERSION_LR = 0.1
 
 
-@dataclass
-class ClientRandomness:
-    """The client's diffusion randomness: noise ``(K, B, C, H, W)`` and timesteps ``(K, B)``, one
-    row per local step. What a server that can replay the client's training seed knows."""
-
-    noise: torch.Tensor
-    timesteps: torch.Tensor
-
-
-@dataclass
-class ObservedUpdate:
-    """What the server receives from the client (plus the protocol facts it knows: batch size,
-    local steps, learning rate, labels, and the clipping bound ``clip`` if the protocol clips).
-    ``replayed`` is the client's diffusion randomness, used only by the ``known`` attacker."""
-
-    kind: str
-    tensors: dict[str, torch.Tensor]
-    batch_size: int
-    local_steps: int
-    lr: float
-    labels: torch.Tensor | None
-    clip: float | None = None
-    replayed: ClientRandomness | None = None
-
-
-def _params(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in model.named_parameters()}
-
-
-def _alpha_bar(acp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """alphas_cumprod at continuous timesteps (linear interpolation)."""
-    lo = t.detach().floor().clamp(0, len(acp) - 2).long()
-    w = t - lo.to(t.dtype)
-    return acp[lo] * (1 - w) + acp[lo + 1] * w
-
-
-def _loss(model, params, acp, x0, noise, t, labels) -> torch.Tensor:
-    """Mean epsilon-prediction MSE; t may be continuous (the UNet's time embedding is)."""
-    a = _alpha_bar(acp, t).view(-1, 1, 1, 1)
-    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    pred = functional_call(model, params, (xt, t), {"class_labels": labels}).sample
-    return (pred - noise).pow(2).flatten(1).mean(1)
-
-
-# The victim: what one client computes and sends ----------------------------------------------------
-def client_update(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | None, *, kind: str,
-                  local_steps: int = 1, lr: float = 1e-2, clip: float | None = None,
-                  noise_multiplier: float = 0.0, clip_whole_update: bool = False,
-                  generator: torch.Generator) -> ObservedUpdate:
-    """The update a client with images ``x0`` sends. ``clip`` and ``noise_multiplier``: every step
-    is a DP-SGD step (per-sample clipping, Gaussian noise); with ``clip_whole_update`` the finished
-    update is clipped to ``clip`` instead (central DP with client-side clipping, no client noise)."""
-    if kind not in KINDS:
-        raise AttackError(f"unknown update kind {kind!r} (known: {', '.join(KINDS)})")
-    model.eval()  # no dropout; GroupNorm is per-sample anyway
-    acp = scheduler.alphas_cumprod.to(x0.device, x0.dtype)
-    T = scheduler.config.num_train_timesteps
-    start = _params(model)
-    params = {k: v.clone() for k, v in start.items()}
-    steps = 1 if kind == "gradient" else local_steps
-    noises, times = [], []
-    for _ in range(steps):
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        t = torch.randint(0, T, (len(x0),), generator=generator, device=x0.device)
-        noises.append(noise)
-        times.append(t.to(x0.dtype))
-        grads = []
-        for i in range(len(x0)):               # exact per-sample gradients
-            p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-            li = _loss(model, p, acp, x0[i:i + 1], noise[i:i + 1], t[i:i + 1].to(x0.dtype),
-                       None if labels is None else labels[i:i + 1]).sum()
-            gi = torch.autograd.grad(li, list(p.values()))
-            if clip is not None and not clip_whole_update:
-                norm = torch.sqrt(sum(g.pow(2).sum() for g in gi))
-                gi = [g * min(1.0, clip / (float(norm) + 1e-12)) for g in gi]
-            grads.append(gi)
-        total = [sum(g[j] for g in grads) for j in range(len(params))]
-        if noise_multiplier > 0 and not clip_whole_update:
-            if clip is None:
-                raise AttackError("noise without a clipping bound has no sensitivity")
-            total = [g + noise_multiplier * clip * torch.randn(g.shape, generator=generator, device=g.device,
-                                                                dtype=g.dtype) for g in total]
-        mean = {k: g / len(x0) for k, g in zip(params, total)}
-        params = {k: params[k] - lr * mean[k] for k in params}
-    replayed = ClientRandomness(torch.stack(noises), torch.stack(times))
-    if kind == "gradient":
-        return ObservedUpdate(kind, _clipped(mean, clip) if clip_whole_update else mean, len(x0), 1, lr, labels,
-                              clip, replayed)
-    delta = {k: params[k] - start[k] for k in params}
-    return ObservedUpdate(kind, _clipped(delta, clip) if clip_whole_update else delta, len(x0), local_steps,
-                          lr, labels, clip, replayed)
-
-
-def _clipped(update: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
-    norm = float(torch.sqrt(sum(v.pow(2).sum() for v in update.values())))
-    return {k: v * min(1.0, clip / (norm + 1e-12)) for k, v in update.items()}
+def run(observation: ClientUpdateObservation, budget: AttackBudget, generator: torch.Generator) -> AttackResult:
+    """Reconstruct the client's images from the observed update: the ``known`` attacker where the
+    observation carries the client's replayed randomness, the ``secret`` one where it does not."""
+    randomness = "known" if observation.update.replayed is not None else "secret"
+    device = next(observation.model.parameters()).device
+    recon, cos = invert(observation.model, observation.scheduler, observation.update, shape=observation.image_shape,
+                        budget=budget, generator=generator, device=device, randomness=randomness)
+    return AttackResult(reconstructions=recon, stats={"update_cosine": cos})
 
 
 # The adversary ----------------------------------------------------------------------------------
@@ -198,7 +95,7 @@ def invert(model, scheduler, update: ObservedUpdate, *, shape: tuple[int, int, i
     model.eval()
     acp = scheduler.alphas_cumprod.to(device, torch.float32)
     T = scheduler.config.num_train_timesteps
-    start = _params(model)
+    start = model_params(model)
     names = list(start)
     target = torch.cat([update.tensors[k].flatten() for k in names]).to(device)
     best, best_obj, best_cos = None, float("inf"), float("nan")
@@ -219,7 +116,7 @@ def _dummy_update(model, acp, start, names, update, x, noise, t) -> torch.Tensor
     params = dict(start)
     for k in range(update.local_steps if update.kind == "fedavg" else 1):
         p = {n: w if w.requires_grad else w.detach().requires_grad_(True) for n, w in params.items()}
-        loss = _loss(model, p, acp, x, noise[k], t[k], update.labels).mean()
+        loss = diffusion_loss(model, p, acp, x, noise[k], t[k], update.labels).mean()
         g = torch.autograd.grad(loss, [p[n] for n in names], create_graph=True)
         if update.kind == "gradient":
             return torch.cat([gi.flatten() for gi in g])
@@ -292,41 +189,3 @@ def _restart_secret(model, acp, T, start, names, target, update, shape, budget, 
         opt.step()
         sched.step()
     return float(obj.detach()), float(cos.detach()), torch.tanh(u).detach()
-
-
-# Scores -----------------------------------------------------------------------------------------
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (peak 255)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM (Wang et al. 2004) of two uint8 CHW images: 11x11 Gaussian window, sigma 1.5, K1=0.01,
-    K2=0.03, on [0, 1], averaged over the valid window positions and channels."""
-    x = torch.as_tensor(a, dtype=torch.float64)[None] / 255.0
-    y = torch.as_tensor(b, dtype=torch.float64)[None] / 255.0
-    c = x.shape[1]
-    size = min(11, x.shape[-1], x.shape[-2])
-    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - (size - 1) / 2) ** 2) / (2 * 1.5 ** 2))
-    g = g / g.sum()
-    w = (g[:, None] * g[None, :]).expand(c, 1, size, size)
-    mu_x, mu_y = F.conv2d(x, w, groups=c), F.conv2d(y, w, groups=c)
-    sxx = F.conv2d(x * x, w, groups=c) - mu_x ** 2
-    syy = F.conv2d(y * y, w, groups=c) - mu_y ** 2
-    sxy = F.conv2d(x * y, w, groups=c) - mu_x * mu_y
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
-
-
-def match_scores(truth: np.ndarray, recon: np.ndarray) -> dict:
-    """Each true image against its best reconstruction (by PSNR); means over the batch."""
-    ps, ss = [], []
-    for t in truth:
-        cand = [psnr(t, r) for r in recon]
-        j = int(np.argmax(cand))
-        ps.append(cand[j])
-        ss.append(ssim(t, recon[j]))
-    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "lpips": None,
-            "lpips_note": "LPIPS weights are not installed (no downloads); not computed"}

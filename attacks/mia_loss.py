@@ -14,16 +14,15 @@ over ``budget.mia_noise_draws`` Gaussian draws at each of the timesteps ``budget
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from attacks.base import AttackBudget, batched, register_mia, timestep_index
+from attacks.base import AttackBudget, AttackResult, FinalModelObservation, batched, timestep_index
 
 
-@register_mia("mia-loss", reference="Carlini et al. 2023 (USENIX Sec.); Matsumoto et al. 2023 (SPW)")
 @torch.no_grad()
-def score(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | None, *, budget: AttackBudget,
-          generator: torch.Generator) -> np.ndarray:
+def run(observation: FinalModelObservation, budget: AttackBudget, generator: torch.Generator) -> AttackResult:
+    """One score per candidate (higher = member)."""
+    model, scheduler, x0, labels = observation.model, observation.scheduler, observation.images, observation.labels
     T = scheduler.config.num_train_timesteps
     steps = [timestep_index(f, T) for f in budget.mia_timesteps]
     acp = scheduler.alphas_cumprod.to(x0.device, x0.dtype)
@@ -41,4 +40,4 @@ def score(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | None, *, bu
         return total / (len(steps) * budget.mia_noise_draws)
 
     model.eval()
-    return (-batched(one_batch, x0, labels)).cpu().numpy()
+    return AttackResult(scores=(-batched(one_batch, x0, labels)).cpu().numpy())

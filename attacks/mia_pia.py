@@ -15,16 +15,15 @@ randomness. Score = minus the distance: higher = member. t comes from the budget
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from attacks.base import AttackBudget, batched, register_mia, timestep_index
+from attacks.base import AttackBudget, AttackResult, FinalModelObservation, batched, timestep_index
 
 
-@register_mia("mia-pia", reference="Kong et al. 2024 (ICLR), PIA")
 @torch.no_grad()
-def score(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | None, *, budget: AttackBudget,
-          generator: torch.Generator) -> np.ndarray:
+def run(observation: FinalModelObservation, budget: AttackBudget, generator: torch.Generator) -> AttackResult:
+    """One score per candidate (higher = member)."""
+    model, scheduler, x0, labels = observation.model, observation.scheduler, observation.images, observation.labels
     T = scheduler.config.num_train_timesteps
     t = timestep_index(budget.pia_t, T)
     a = scheduler.alphas_cumprod.to(x0.device, x0.dtype)[t]
@@ -37,4 +36,4 @@ def score(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | None, *, bu
         return (pred - eps0).abs().pow(4).flatten(1).sum(1).pow(0.25)
 
     model.eval()
-    return (-batched(one_batch, x0, labels)).double().cpu().numpy()
+    return AttackResult(scores=(-batched(one_batch, x0, labels)).double().cpu().numpy())

@@ -16,10 +16,9 @@ k=10 of 1000 steps).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from attacks.base import AttackBudget, batched, register_mia, timestep_index
+from attacks.base import AttackBudget, AttackResult, FinalModelObservation, batched, timestep_index
 
 
 def ddim_map(model, acp: torch.Tensor, x: torch.Tensor, t: int, s: int, y) -> torch.Tensor:
@@ -31,10 +30,10 @@ def ddim_map(model, acp: torch.Tensor, x: torch.Tensor, t: int, s: int, y) -> to
     return a_s.sqrt() * x0_hat + (1 - a_s).sqrt() * eps
 
 
-@register_mia("mia-secmi", reference="Duan et al. 2023 (ICML), SecMI-stat")
 @torch.no_grad()
-def score(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | None, *, budget: AttackBudget,
-          generator: torch.Generator) -> np.ndarray:
+def run(observation: FinalModelObservation, budget: AttackBudget, generator: torch.Generator) -> AttackResult:
+    """One score per candidate (higher = member)."""
+    model, scheduler, x0, labels = observation.model, observation.scheduler, observation.images, observation.labels
     T = scheduler.config.num_train_timesteps
     k = timestep_index(budget.secmi_k, T)
     t_sec = max(k, (timestep_index(budget.secmi_t, T) // k) * k)
@@ -52,4 +51,4 @@ def score(model, scheduler, x0: torch.Tensor, labels: torch.Tensor | None, *, bu
         return (x_back - x_t).pow(2).flatten(1).sum(1)
 
     model.eval()
-    return (-batched(one_batch, x0, labels)).double().cpu().numpy()
+    return AttackResult(scores=(-batched(one_batch, x0, labels)).double().cpu().numpy())

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from attacks.base import auc, draw_roc
+from attacks.base import best_attack as _best
 from benchmark import schema
 from benchmark.rundir import write_atomic
 
@@ -144,31 +146,16 @@ def attack_scores(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def best_attack(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> str | None:
     """The attack (stored name) with the highest AUC on the natural candidates; canary sets
-    (``*_canary``) are planted outliers and never the row's best, as in the leaderboard."""
-    from attacks.base import auc  # torch: only where there are attack scores to plot
-
-    natural = {n: auc(s, y) for n, (s, y) in scores.items() if not n.endswith("_canary")}
-    return max(natural, key=natural.get) if natural else None
-
-
-def _roc_axes(ax, n_nonmembers: int) -> None:
-    lo = 1.0 / max(n_nonmembers, 10)
-    grid = np.logspace(math.log10(lo), 0, 50)
-    ax.plot(grid, grid, ls=":", color="k", lw=1, label="chance")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, 1)
-    ax.set_ylim(lo, 1.05)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.grid(True, which="both", alpha=0.3)
+    (``*_canary``) are planted outliers and never the row's best, as in the leaderboard. Ties: the
+    run's own rule (``attacks.base.best_attack``)."""
+    return _best({n: auc(s, y) for n, (s, y) in scores.items() if not n.endswith("_canary")})
 
 
 def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
     """roc/<scenario>-<hash>.png for every scenario with attack scores (its lowest seed), canary
     sets included, and roc.png with the best attack (highest AUC) of each scenario on its natural
     candidates (the leaderboard's ``mia_*`` columns; canaries are planted outliers)."""
-    from attacks.base import auc, roc_curve, tpr_at_fpr  # torch: only where there are attack scores to plot
+    from attacks.base import roc_curve, tpr_at_fpr
 
     written, best = [], []
     for _, row in df.iterrows():
@@ -177,16 +164,15 @@ def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
         if not scores:
             continue
         plt, fig, ax = _figure(figsize=(4.6, 4.2))
-        n_non, top, pick = 10, None, best_attack(scores)
+        n_non, top, pick, curves = 1, None, best_attack(scores), []
         for name, (s, y) in scores.items():
             fpr, tpr, _ = roc_curve(s, y)
             auc_ = auc(s, y)
             n_non = max(n_non, int((np.asarray(y) == 0).sum()))
-            ax.plot(np.maximum(fpr, 1e-12), np.maximum(tpr, 1e-12), lw=1.2,
-                    label=f"{name.replace('_', '-')}: AUC {auc_:.3f}, TPR@1% {tpr_at_fpr(s, y, 0.01):.3f}")
+            curves.append((f"{name.replace('_', '-')}: AUC {auc_:.3f}, TPR@1% {tpr_at_fpr(s, y, 0.01):.3f}", fpr, tpr))
             if name == pick:
                 top = (auc_, name, fpr, tpr)
-        _roc_axes(ax, n_non)
+        draw_roc(ax, curves, n_non)
         ax.legend(fontsize=6, loc="lower right")
         eps = f"epsilon {row['epsilon']:.3g}" if _finite(row["epsilon"]) else "no DP"
         if top is not None:
@@ -196,10 +182,8 @@ def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
         written.append(_save(plt, fig, out_dir / "roc" / f"{row['scenario']}-{row['scenario_hash']}.png"))
     if best:
         plt, fig, ax = _figure(figsize=(6, 5))
-        for scenario, eps, _n, (best_auc, name, fpr, tpr) in best:
-            ax.plot(np.maximum(fpr, 1e-12), np.maximum(tpr, 1e-12), lw=1.2,
-                    label=f"{scenario} ({eps}): {name.replace('_', '-')}, AUC {best_auc:.3f}")
-        _roc_axes(ax, max(b[2] for b in best))
+        draw_roc(ax, [(f"{scenario} ({eps}): {name.replace('_', '-')}, AUC {best_auc:.3f}", fpr, tpr)
+                      for scenario, eps, _n, (best_auc, name, fpr, tpr) in best], max(b[2] for b in best))
         ax.legend(fontsize=6, loc="lower right")
         ax.set_title(f"{df['suite'].iloc[0]}: best membership-inference attack per scenario", fontsize=9)
         written.append(_save(plt, fig, out_dir / "roc.png"))

@@ -23,11 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from attacks.registry import attack_names, membership_attack_names
 from benchmark.model_configs import MODEL_CONFIGS
 from benchmark.partition import PartitionError, parse_scheme
 
 DP_MODES = ("none", "local-dpsgd", "central-dp")
-ATTACKS = ("mia-loss", "mia-secmi", "mia-pia", "inversion")
+ATTACKS = attack_names()  # the attack registry, in declaration order (torch-free)
 SAMPLERS = ("ddim", "ddpm", "dpm-solver")
 # Mirrors privacy.dpsgd.GRAD_SAMPLE_MODES (not imported: scenarios stay light, without Opacus).
 GRAD_SAMPLE_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
@@ -244,7 +245,7 @@ def _validate(s: Scenario) -> str | None:
         return "attacks lists an attack twice"
     if s.canaries < 0:
         return f"canaries must be >= 0, got {s.canaries}"
-    if s.canaries and not any(a.startswith("mia-") for a in s.attacks):
+    if s.canaries and not set(s.attacks) & set(membership_attack_names()):
         return "canaries are only scored by membership attacks: add one (mia-loss, mia-secmi, mia-pia)"
     if s.dp_mode not in DP_MODES:
         return f"unknown dp_mode {s.dp_mode!r} (known: {', '.join(DP_MODES)})"

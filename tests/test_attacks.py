@@ -8,8 +8,21 @@ import pytest
 import torch
 
 from attacks import audit
-from attacks.base import AttackBudget, AttackError, auc, get_mia, mia_metrics, roc_curve, tpr_at_fpr
-from attacks.inversion import client_update, invert, match_scores, psnr, ssim, timesteps_from_gradient
+from attacks.base import (
+    AttackBudget,
+    AttackError,
+    FinalModelObservation,
+    auc,
+    match_scores,
+    mia_metrics,
+    psnr,
+    roc_curve,
+    ssim,
+    tpr_at_fpr,
+)
+from attacks.inversion import invert, timesteps_from_gradient
+from attacks.observe import client_update
+from attacks.registry import get_attack
 
 
 # ROC metrics ------------------------------------------------------------------------------------
@@ -240,13 +253,15 @@ def test_membership_scores_are_deterministic_per_candidate(name):
     x = torch.rand(6, 1, 28, 28) * 2 - 1
     y = torch.arange(6)
     budget = AttackBudget(mia_noise_draws=1, mia_timesteps=(0.2,))
-    attack = get_mia(name)
-    a = attack.score(model, sched, x, y, budget=budget, generator=torch.Generator().manual_seed(3))
-    b = attack.score(model, sched, x, y, budget=budget, generator=torch.Generator().manual_seed(3))
+    attack = get_attack(name)
+    obs = FinalModelObservation(model, sched, x, y)
+    a = attack.run(obs, budget, torch.Generator().manual_seed(3)).scores
+    b = attack.run(obs, budget, torch.Generator().manual_seed(3)).scores
     np.testing.assert_array_equal(a, b)
     assert a.shape == (6,) and np.all(np.isfinite(a))
     if name != "mia-loss":  # no randomness at all: scoring a subset gives the same scores
-        c = attack.score(model, sched, x[:3], y[:3], budget=budget, generator=torch.Generator().manual_seed(9))
+        sub = FinalModelObservation(model, sched, x[:3], y[:3])
+        c = attack.run(sub, budget, torch.Generator().manual_seed(9)).scores
         np.testing.assert_allclose(c, a[:3], rtol=1e-3)  # float32 batch-size rounding only
 
 
@@ -261,3 +276,242 @@ def test_the_attack_budget_is_part_of_a_scenarios_identity(monkeypatch):
     monkeypatch.setitem(base.BUDGETS, "cpu", dataclasses.replace(base.BUDGETS["cpu"], inversion_iters=11))
     assert with_attacks.hash != h1
     assert without.hash == h0
+
+
+# The registry, the protocol and the referee ---------------------------------------------------------
+def test_the_registry_is_the_scenarios_list_and_needs_no_torch():
+    import subprocess
+    import sys
+
+    from attacks.registry import attack_names, membership_attack_names
+    from benchmark.scenarios import ATTACKS
+
+    assert ATTACKS == attack_names() == ("mia-loss", "mia-secmi", "mia-pia", "inversion")  # order is in the hash
+    assert membership_attack_names() == ("mia-loss", "mia-secmi", "mia-pia")
+    code = ("import sys, attacks.registry, attacks.base; from attacks.registry import get_attack; "
+            "get_attack('inversion').threat_model; sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "attacks.registry imported torch"
+
+
+def test_attack_modules_import_without_cycles():
+    """Module-level imports among attacks/ and benchmark/ form no cycle through an attack module."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    graph = {}
+    for pkg in ("attacks", "benchmark"):
+        for f in (root / pkg).glob("*.py"):
+            mod = f"{pkg}.{f.stem}"
+            deps = set()
+            for node in ast.parse(f.read_text()).body:  # top level only: imports inside functions are lazy
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                elif isinstance(node, ast.Import):
+                    deps |= {a.name for a in node.names}
+            graph[mod] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+    def reaches(start, goal, seen):
+        for d in graph[start]:
+            if d == goal or (d not in seen and not seen.add(d) and reaches(d, goal, seen)):
+                return True
+        return False
+
+    attack_modules = [m for m in graph if m.startswith("attacks.")]
+    assert len(attack_modules) >= 8
+    assert [m for m in attack_modules if reaches(m, m, set())] == []
+
+
+def test_the_registry_refuses_a_second_name_a_bad_name_and_an_unknown_observation():
+    from attacks.base import MEMBERSHIP_THREAT, ThreatModel
+    from attacks.registry import REGISTRY, AttackDeclaration, register, registered
+
+    def toy(obs, budget, gen):
+        return None
+
+    with pytest.raises(AttackError, match="registered twice"):
+        register(AttackDeclaration("mia-loss", MEMBERSHIP_THREAT, "toy", toy))
+    for bad in ("MIA", "mia_x", "audit", "mia-x-canary", "-x"):
+        with pytest.raises(AttackError, match="lowercase words"):
+            register(AttackDeclaration(bad, MEMBERSHIP_THREAT, "toy", toy))
+    with pytest.raises(AttackError, match="unknown observation kind 'the-weights'"):
+        ThreatModel(adversary="a", observes="the-weights", sees="b", goal="c")
+    with registered(AttackDeclaration("mia-toy", MEMBERSHIP_THREAT, "toy", toy)):
+        assert get_attack("mia-toy").reference == "toy"
+    assert "mia-toy" not in REGISTRY
+    with pytest.raises(AttackError, match="unknown attack 'mia-toy'"):
+        get_attack("mia-toy")
+
+
+def test_one_referee_per_observation_kind():
+    from attacks.base import OBSERVATION_KINDS
+    from attacks.evaluate import REFEREES
+    from attacks.registry import REGISTRY
+
+    assert tuple(REFEREES) == OBSERVATION_KINDS
+    assert {a.threat_model.observes for a in REGISTRY.values()} == set(OBSERVATION_KINDS)
+
+
+def test_best_attack_tie_rule_and_the_roc_drawing_floor():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attacks.base import best_attack, draw_roc
+
+    assert best_attack({"mia-loss": 0.6, "mia-pia": 0.7, "mia-secmi": 0.7}) == "mia-secmi"  # tie: last name
+    assert best_attack({"mia-loss": 0.6, "mia-pia": 0.7}) == "mia-pia"
+    assert best_attack({}) is None
+    fig, ax = plt.subplots()
+    draw_roc(ax, [("a", np.array([0.0, 0.25, 1.0]), np.array([0.0, 0.5, 1.0]))], n_nonmembers=4)
+    line = ax.get_lines()[0]
+    # FPR 0 and TPR 0 sit at half the floor 1/4, the axes' lower limit; other points are unmoved.
+    assert line.get_xdata().tolist() == [0.125, 0.25, 1.0] and line.get_ydata().tolist() == [0.125, 0.5, 1.0]
+    assert ax.get_xlim() == pytest.approx((0.125, 1)) and ax.get_xscale() == "log"
+    plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def toy_fed():
+    """A tiny federation's data and untrained model (the attacks a scenario lists do not change them)."""
+    from benchmark.federation.task import build_model, load_federated_data
+
+    fed = load_federated_data(_scenario(), 0, None)
+    return fed, build_model(_scenario(), fed.dataset, seed=0)
+
+
+def _toy_run(tmp_path, monkeypatch, toy_fed, attacks, **budget):
+    """The tiny run attacked by ``attacks`` (names the test registered; scenarios.ATTACKS is read at import)."""
+    from attacks.evaluate import run_attacks
+    from benchmark import scenarios
+
+    monkeypatch.setattr(scenarios, "ATTACKS", scenarios.ATTACKS + attacks)
+    fed, model = toy_fed
+    cols = run_attacks(_scenario(attacks=attacks), 0, model, fed, {"epsilon": None}, tmp_path, device="cpu",
+                       budget=AttackBudget(**budget))
+    return fed, cols
+
+
+def test_a_new_membership_attack_runs_through_the_referee(tmp_path, monkeypatch, toy_fed):
+    """A toy attack, registered from here: scores -||x||, gets the final-model observation."""
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    from attacks.base import MEMBERSHIP_THREAT, AttackResult
+    from attacks.registry import AttackDeclaration, registered
+
+    seen = []
+
+    def norm_attack(obs, budget, generator):
+        seen.append(type(obs).__name__)
+        return AttackResult(scores=-obs.images.flatten(1).norm(dim=1).double().numpy())
+
+    with registered(AttackDeclaration("mia-norm", MEMBERSHIP_THREAT, "toy", norm_attack)):
+        fed, cols = _toy_run(tmp_path, monkeypatch, toy_fed, ("mia-norm",), mia_max_candidates=16)
+    assert seen == ["FinalModelObservation"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attack_scores.npz", "attacks.json", "roc.png"]
+    z = np.load(tmp_path / "attack_scores.npz")
+    assert sorted(z.files) == ["mia_norm_labels", "mia_norm_scores"]
+    scores, labels = z["mia_norm_scores"], z["mia_norm_labels"]
+    assert labels.tolist() == [1] * 10 + [0] * 10                     # 10 held-out images, as many members
+    # Every score is minus the norm of one of the run's images in the model's range [-1, 1].
+    norms = np.linalg.norm(fed.dataset.images.reshape(len(fed.dataset.images), -1) / 127.5 - 1, axis=1)
+    assert np.all(np.min(np.abs(norms[None] + scores[:, None]), axis=1) < 1e-4)
+    assert cols["mia_best_attack"] == "mia-norm" and cols["mia_n_candidates"] == 20
+    assert cols["mia_auc"] == pytest.approx(roc_auc_score(labels, scores))
+    rec = json.loads((tmp_path / "attacks.json").read_text())
+    assert set(rec["mia"]) == {"mia-norm"} and rec["audit"]["attack"] == "mia-norm" and "inversion" not in rec
+
+
+def test_a_new_client_update_attack_gets_the_servers_view(tmp_path, monkeypatch, toy_fed):
+    """A toy reconstruction attack (a blank image) gets one client's update, with the client's
+    replayed randomness only for the ``known`` attacker, and is scored against the true image."""
+    import json
+
+    from attacks.base import CURIOUS_SERVER_THREAT, AttackResult
+    from attacks.registry import AttackDeclaration, registered
+
+    seen = []
+
+    def blank(obs, budget, generator):
+        seen.append((obs.update.kind, obs.update.replayed is not None, obs.image_shape))
+        return AttackResult(reconstructions=np.zeros((1, *obs.image_shape), np.uint8), stats={"update_cosine": 0.5})
+
+    with registered(AttackDeclaration("inversion-blank", CURIOUS_SERVER_THREAT, "toy", blank)):
+        fed, cols = _toy_run(tmp_path, monkeypatch, toy_fed, ("inversion-blank",), inversion_kinds=("gradient",),
+                             inversion_randomness=("known", "secret"))
+    assert seen == [("gradient", True, (1, 28, 28)), ("gradient", False, (1, 28, 28))]
+    rec = json.loads((tmp_path / "attacks.json").read_text())["inversion-blank"]
+    truth = fed.dataset.images[rec["victims"]].astype(np.float64)
+    want = 10 * np.log10(255.0 ** 2 / np.mean(truth ** 2))          # PSNR of a blank image
+    assert cols["inversion_psnr"] == pytest.approx(want) == rec["gradient-secret"]["psnr"]
+    assert cols["inversion_fedavg_psnr"] is None and rec["gradient"]["update_cosine"] == 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attacks.json", "inversion.png"]
+
+
+def test_the_referee_refuses_a_result_of_the_wrong_shape(tmp_path, monkeypatch, toy_fed):
+    from attacks.base import MEMBERSHIP_THREAT, AttackResult
+    from attacks.registry import AttackDeclaration, registered
+
+    def short(obs, budget, generator):
+        return AttackResult(scores=np.zeros(3))
+
+    with registered(AttackDeclaration("mia-short", MEMBERSHIP_THREAT, "toy", short)):
+        with pytest.raises(AttackError, match=r"one score per candidate \(20\), got shape \(3,\)"):
+            _toy_run(tmp_path, monkeypatch, toy_fed, ("mia-short",), mia_max_candidates=16)
+
+
+# What the server sees under each DP mode -----------------------------------------------------------
+def _raw_gradient(model, sched, x, upd):
+    """The plain gradient of the client's denoising loss, from the replayed noise and timestep."""
+    noise, t = upd.replayed.noise[0], upd.replayed.timesteps[0]
+    a = sched.alphas_cumprod[t.long()].view(-1, 1, 1, 1)
+    model.zero_grad(set_to_none=True)
+    pred = model(a.sqrt() * x + (1 - a).sqrt() * noise, t).sample
+    (pred - noise).pow(2).mean().backward()
+    g = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return g
+
+
+def _norm(d):
+    return float(torch.sqrt(sum(v.double().pow(2).sum() for v in d.values())))
+
+
+@pytest.mark.parametrize("row", ["none", "local-dpsgd", "central-server", "central-client"])
+def test_what_the_server_sees_under_each_dp_mode(tiny, row):
+    from attacks.evaluate import observed_dp, server_view
+
+    ds, model, sched, to_range = tiny
+    x = to_range(ds.images[:1])
+    kw = dict(target_epsilon=1.0, delta=1e-5, max_grad_norm=1.0)
+    sc = {"none": _scenario(),
+          "local-dpsgd": _scenario(dp_mode="local-dpsgd", **kw),
+          "central-server": _scenario(dp_mode="central-dp", central_clipping="server", **kw),
+          "central-client": _scenario(dp_mode="central-dp", central_clipping="client", **kw)}[row]
+    clip, sigma = 0.05, 2.0
+    privacy = {"max_grad_norm": clip, "noise_multiplier": sigma}
+    upd = server_view(sc, privacy, model, sched, x, None, kind="gradient", local_steps=1,
+                      generator=torch.Generator().manual_seed(4))
+    g = _raw_gradient(model, sched, x, upd)
+    assert _norm(g) > 4 * clip                       # clipping would show
+    got = upd.tensors
+    if row in ("none", "central-server"):
+        # No client-side DP: the raw update (server-side clipping and noise come after the server saw it).
+        assert observed_dp(sc, privacy) == {"clip": None, "noise_multiplier": 0.0} and upd.clip is None
+        for k in g:
+            torch.testing.assert_close(got[k], g[k], rtol=1e-4, atol=1e-7)
+    elif row == "central-client":
+        # The client clips its whole update to C and adds no noise: the raw direction at norm C.
+        assert upd.clip == clip and _norm(got) == pytest.approx(clip, rel=1e-4)
+        for k in g:
+            torch.testing.assert_close(got[k], g[k] * (clip / _norm(g)), rtol=1e-3, atol=1e-9)
+    else:
+        # DP-SGD, batch 1: the gradient clipped to C plus Gaussian noise of std sigma * C per coordinate.
+        resid = torch.cat([(got[k] - g[k] * (clip / _norm(g))).flatten() for k in g]).double()
+        assert upd.clip == clip and len(resid) > 10_000
+        assert float(resid.std()) == pytest.approx(sigma * clip, rel=0.03)
+        assert abs(float(resid.mean())) < 5 * sigma * clip / len(resid) ** 0.5
