@@ -27,6 +27,7 @@ from attacks.audit import audit_verdict, epsilon_lower_bound
 from attacks.base import BUDGETS, AttackBudget, get_mia, mia_metrics, roc_curve
 from benchmark.rundir import write_atomic
 from benchmark.seeding import derive_seed
+from privacy.modes import get_dp_mode
 
 AUDIT_CONFIDENCE = 0.95
 DEFAULT_AUDIT_DELTA = 1e-5   # rows without DP claim nothing; their bound is still shown at this delta
@@ -135,9 +136,10 @@ def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict,
 
 def observed_dp(scenario, privacy: dict) -> dict:
     """What DP the client applies to the update the server sees (see attacks.inversion)."""
-    if scenario.dp_mode == "local-dpsgd":
+    mode = get_dp_mode(scenario.dp_mode)
+    if mode.clients_run_dpsgd:
         return {"clip": float(privacy["max_grad_norm"]), "noise_multiplier": float(privacy["noise_multiplier"])}
-    if scenario.dp_mode == "central-dp" and scenario.central_clipping == "client":
+    if mode.server_adds_noise and scenario.central_clipping == "client":
         return {"clip": float(privacy["max_grad_norm"]), "noise_multiplier": 0.0, "clip_whole_update": True}
     return {"clip": None, "noise_multiplier": 0.0}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.rundir import RUN_FILES, is_complete, write_atomic
+from privacy.modes import dp_mode_names, get_dp_mode
 
 # Version 2: schema_version column, run date, mia_best_attack, a *_std column for every metric the
 # regression gate compares, attacks.csv. Bump it whenever a column is added, removed or changes meaning.
@@ -61,7 +62,7 @@ PRIVACY_FIELDS = ("epsilon", "accountant", "noise_multiplier", "max_grad_norm", 
 SCENARIO_FIELDS = ("dataset", "partition", "num_clients", "clients_per_round", "rounds",
                    "local_epochs", "model", "dp_mode", "delta")
 PROVENANCE = ("device", "git_sha", "torch", "opacus", "flwr", "diffusers")
-DP_LEVEL = {"none": "", "local-dpsgd": "sample", "central-dp": "client"}
+DP_LEVEL = {name: get_dp_mode(name).dp_level for name in dp_mode_names()}
 
 
 class LeaderboardError(RuntimeError):

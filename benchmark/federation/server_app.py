@@ -40,6 +40,7 @@ from benchmark.federation import task
 from benchmark.rundir import write_json, write_torch
 from benchmark.scenarios import Scenario, get_scenario
 from benchmark.seeding import derive_seed
+from privacy.modes import get_dp_mode
 
 app = ServerApp()
 
@@ -246,7 +247,7 @@ def run_federation(grid: Grid, run_config: dict,
     fed = task.load_federated_data(scenario, seed, data_root or None)
     model = task.build_model(scenario, fed.dataset, seed=derive_seed("init", seed))
     partition_to_node = discover_partitions(grid, scenario.num_clients)
-    central = scenario.dp_mode == "central-dp"
+    central = get_dp_mode(scenario.dp_mode).server_adds_noise
     if central:
         from privacy.central import (DEFAULT_UPDATE_CLIP, UNIFORM_WEIGHT_KEY, calibrate_central,
                                      wrap_central_dp)
