@@ -124,7 +124,7 @@ def make_train_step(model: torch.nn.Module, mode: str, *, batch: int, device: st
     ``compiled``: the model's forward is ``torch.compile``'d first (the DP wrappers' hooks still
     fire on its layers; ``bench verify-dp --compile`` checks the per-sample gradients)."""
     from benchmark.model import compile_forward, diffusion_loss, make_scheduler
-    from privacy.dpsgd import make_dp_step
+    from privacy import dpsgd
     from privacy.mixed_ghost import quiet_output_hooks
 
     if mode not in train_modes():
@@ -144,9 +144,9 @@ def make_train_step(model: torch.nn.Module, mode: str, *, batch: int, device: st
                 per.mean().backward()
         net, opt, close = model, base, (lambda: None)
     else:
-        dp = make_dp_step(model, base, grad_sample_mode=mode, max_grad_norm=max_grad_norm,
-                          noise_multiplier=noise_multiplier, expected_batch_size=batch,
-                          noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+        dp = dpsgd.make_dp_step(model, base, grad_sample_mode=mode, max_grad_norm=max_grad_norm,
+                                noise_multiplier=noise_multiplier, expected_batch_size=batch,
+                                noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
         net, opt, backward, close = dp.module, dp.optimizer, dp.backward, dp.close
     net.train()
 

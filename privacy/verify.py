@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from benchmark.model import MODEL_INPUTS, build_unet, compile_forward, diffusion_loss, make_scheduler
-from privacy.dpsgd import make_dp_step
+from privacy import dpsgd
 from privacy.modes import get_grad_sample_mode, grad_sample_mode_names
 
 AMP_TOL = 3e-2  # bf16 autocast: 8-bit mantissas, batched vs one-image rounding
@@ -126,8 +126,8 @@ def _copy(model, compiled: bool):
 def _dp_step(model, inputs, clip, mode, compiled):
     """The mode's DP step as training builds it (no noise, learning rate 0: nothing moves)."""
     m = _copy(model, compiled)
-    return make_dp_step(m, torch.optim.SGD(m.parameters(), lr=0.0), grad_sample_mode=mode, max_grad_norm=clip,
-                        noise_multiplier=0.0, expected_batch_size=inputs[0].shape[0])
+    return dpsgd.make_dp_step(m, torch.optim.SGD(m.parameters(), lr=0.0), grad_sample_mode=mode,
+                              max_grad_norm=clip, noise_multiplier=0.0, expected_batch_size=inputs[0].shape[0])
 
 
 def _check_per_sample(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="hooks", compiled=False) -> ModeReport:
