@@ -202,3 +202,41 @@ def test_noise_multiplicity_is_refused_where_there_are_no_per_sample_gradients()
     with pytest.raises(ModeError, match="needs grad_sample_mode 'hooks'.*not 'mixed-ghost'"):
         plan_local_dp(n_train=8, batch_size=4, rounds=1, local_epochs=1, target_epsilon=4.0, delta=1e-5,
                       grad_sample_mode="mixed-ghost", noise_multiplicity=2)
+
+
+# ------------------------------------------- what reads the DP-mode registry: privacy columns, attacker's view
+def _scenarios():
+    from benchmark.scenarios import Scenario
+
+    dp = dict(target_epsilon=4.0, delta=1e-5)
+    return (Scenario(name="n"), Scenario(name="l", dp_mode="local-dpsgd", **dp),
+            Scenario(name="c", dp_mode="central-dp", max_grad_norm=0.25, **dp),
+            Scenario(name="cc", dp_mode="central-dp", central_clipping="client", **dp))
+
+
+def test_runner_privacy_columns_follow_the_dp_mode():
+    from benchmark.runner import privacy_metrics
+
+    none, local, central, _ = _scenarios()
+    assert privacy_metrics(none, {}) == {"epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None,
+                                         "max_grad_norm": None, "sample_rate": None}
+    rounds = [{"epsilon": 1.5, "noise_multiplier": 2.0, "sample_rate": 0.1},
+              {"epsilon": 3.5, "noise_multiplier": 1.5, "sample_rate": 0.2}]
+    cols = privacy_metrics(local, {"rounds": rounds})
+    assert (cols["epsilon"], cols["noise_multiplier"], cols["sample_rate"]) == (3.5, 1.5, 0.2)  # max spend, min noise
+    assert cols["max_grad_norm"] == 1.0 and cols["accountant"] == "opacus-rdp" and cols["grad_sample_mode"] == "hooks"
+    central_dp = {"epsilon": 3.9, "accountant": "flwr-rdp-no-amplification", "noise_multiplier": 7.0,
+                  "max_grad_norm": 0.25, "sample_rate": 0.5}
+    cols = privacy_metrics(central, {"central_dp": central_dp, "rounds": rounds})
+    assert cols["epsilon"] == 3.9 and cols["accountant"] == "flwr-rdp-no-amplification" and cols["delta"] == 1e-5
+
+
+def test_attackers_view_of_an_update_follows_the_dp_mode():
+    from attacks.evaluate import observed_dp
+
+    none, local, central, client_clipped = _scenarios()
+    priv = {"max_grad_norm": 0.5, "noise_multiplier": 1.25}
+    assert observed_dp(none, {}) == {"clip": None, "noise_multiplier": 0.0}
+    assert observed_dp(local, priv) == {"clip": 0.5, "noise_multiplier": 1.25}  # clients clip and noise
+    assert observed_dp(central, priv) == {"clip": None, "noise_multiplier": 0.0}  # the server clips, after the wire
+    assert observed_dp(client_clipped, priv) == {"clip": 0.5, "noise_multiplier": 0.0, "clip_whole_update": True}
