@@ -240,3 +240,23 @@ def test_attackers_view_of_an_update_follows_the_dp_mode():
     assert observed_dp(local, priv) == {"clip": 0.5, "noise_multiplier": 1.25}  # clients clip and noise
     assert observed_dp(central, priv) == {"clip": None, "noise_multiplier": 0.0}  # the server clips, after the wire
     assert observed_dp(client_clipped, priv) == {"clip": 0.5, "noise_multiplier": 0.0, "clip_whole_update": True}
+
+
+@pytest.mark.parametrize("mode", ["hooks", "mixed-ghost-bk"])  # one of each family
+def test_an_empty_poisson_batch_is_a_charged_noise_only_step(mode, monkeypatch):
+    from benchmark.model import build_unet
+    from privacy import dpsgd
+
+    empty, real = [], dpsgd.DPStep.empty_batch
+    monkeypatch.setattr(dpsgd.DPStep, "empty_batch", lambda self: (empty.append(self.mode.name), real(self)))
+    plan = dpsgd.LocalDPPlan(noise_multiplier=1.0, sample_rate=0.5, max_grad_norm=1.0, steps_per_epoch=2,
+                             max_steps=2, target_epsilon=8.0, delta=1e-3, accountant="rdp", grad_sample_mode=mode,
+                             noise_multiplicity=1)
+    model = build_unet("unet-tiny", in_channels=1, resolution=8, seed=0)
+    images = np.random.default_rng(0).integers(0, 256, (2, 1, 8, 8), dtype=np.uint8)
+    stats = dpsgd.dp_train_epochs(model, torch.optim.SGD(model.parameters(), lr=0.1), plan, images,
+                                  np.zeros(2, np.int64), epochs=1, num_train_timesteps=100, conditional=False,
+                                  device="cpu", seed=2, accountant_history=[])  # seed 2: one of two batches is empty
+    assert empty == [mode] and stats["steps"] == 2
+    assert stats["history"] == [(1.0, 0.5, 2)]  # the empty step is charged like any other
+    assert all(torch.isfinite(p).all() for p in model.parameters())
