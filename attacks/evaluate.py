@@ -49,6 +49,7 @@ from attacks.observe import ObservedUpdate, as_seen, client_update
 from attacks.registry import get_attack
 from benchmark.rundir import write_atomic
 from benchmark.seeding import derive_seed
+from privacy.modes import get_dp_mode
 
 AUDIT_CONFIDENCE = 0.95
 DEFAULT_AUDIT_DELTA = 1e-5   # rows without DP claim nothing; their bound is still shown at this delta
@@ -202,9 +203,10 @@ def _roc_png(record: dict, arrays: dict, names: list[str], path: Path, title: st
 def observed_dp(scenario, privacy: dict) -> dict:
     """What DP the client applies to the update the server sees (see attacks.observe): the one place
     that reads the row's DP mode for an attack."""
-    if scenario.dp_mode == "local-dpsgd":
+    mode = get_dp_mode(scenario.dp_mode)
+    if mode.clients_run_dpsgd:
         return {"clip": float(privacy["max_grad_norm"]), "noise_multiplier": float(privacy["noise_multiplier"])}
-    if scenario.dp_mode == "central-dp" and scenario.central_clipping == "client":
+    if mode.server_adds_noise and scenario.central_clipping == "client":
         return {"clip": float(privacy["max_grad_norm"]), "noise_multiplier": 0.0, "clip_whole_update": True}
     return {"clip": None, "noise_multiplier": 0.0}
 

@@ -323,12 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--accountant", default="rdp", choices=SAMPLE_ACCOUNTANTS, help="rdp or prv (sample level)")
     q.set_defaults(fn=cmd_account)
 
+    from privacy.modes import grad_sample_mode_names  # torch-free
+
     q = sub.add_parser("verify-dp", help="check per-sample gradients of every DP mode on the real UNet")
     q.add_argument("--model", required=True, help="a model config (bench list --models)")
     q.add_argument("--device", default="cpu")
     q.add_argument("--batch-size", type=int, default=4)
-    q.add_argument("--modes", default="hooks,ghost,mixed-ghost,mixed-ghost-bk",
-                   help="comma-separated (default: all): hooks,ghost,mixed-ghost,mixed-ghost-bk")
+    q.add_argument("--modes", default=",".join(grad_sample_mode_names()),
+                   help=f"comma-separated (default: all): {','.join(grad_sample_mode_names())}")
     q.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     q.add_argument("--unconditional", action="store_true", help="without the class embedding")
     q.add_argument("--amp", choices=("off", "bf16"), default="off",
@@ -342,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="a model config (bench list --models)")
     q.add_argument("--batch-size", "--batch", type=_positive, default=32, help="training batch size (default 32)")
     q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    q.add_argument("--modes", default="plain,hooks,ghost,mixed-ghost,mixed-ghost-bk",
-                   help="comma-separated training modes (plain is always timed: the ratios are to it)")
+    q.add_argument("--modes", default=",".join(("plain", *grad_sample_mode_names())),
+                   help="comma-separated training modes (plain is always timed: the ratios are to it; default: "
+                   f"all): {','.join(('plain', *grad_sample_mode_names()))}")
     q.add_argument("--steps", type=int, default=5, help="timed steps per mode (median; default 5)")
     q.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     q.add_argument("--amp", choices=("off", "bf16"), default="off", help="bf16 autocast of the forward")

@@ -1,8 +1,9 @@
 """``bench perf``: images/s and peak memory of the training step in every mode, on one machine, in one run.
 
 For one model config and batch size: the plain (non-private) step and each DP grad-sample mode the
-product offers (Opacus' ``hooks`` and ``ghost``, our ``mixed-ghost`` and ``mixed-ghost-bk``), each
-a full optimizer step (forward, backward, clipping, noise, Adam), timed as the median of
+product offers (those registered in :mod:`privacy.modes`: Opacus' ``hooks`` and ``ghost``, our
+``mixed-ghost`` and ``mixed-ghost-bk``), each a full optimizer step (forward, backward, clipping,
+noise, Adam) built by :func:`privacy.dpsgd.make_dp_step` as training builds it, timed as the median of
 ``steps`` synchronised steps after ``warmup`` untimed ones, with the ratio to the plain step; then
 sampling images/s (the scenario sampler, ``sample_steps`` denoising steps) and FID-feature
 images/s (the offline Inception extractor). Peak memory is CUDA's ``max_memory_allocated`` per
@@ -24,8 +25,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-DP_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
-TRAIN_MODES = ("plain", *DP_MODES)
+from privacy.modes import grad_sample_mode_names
+
+PLAIN = "plain"  # the non-private step every ratio is taken to
+
+
+def train_modes() -> tuple[str, ...]:
+    """``plain`` and every registered grad-sample mode."""
+    return (PLAIN, *grad_sample_mode_names())
 
 
 class PerfError(ValueError):
@@ -116,16 +123,12 @@ def make_train_step(model: torch.nn.Module, mode: str, *, batch: int, device: st
     """One optimizer step of ``mode`` on ``model`` (which it wraps); returns ``step()`` and a cleanup.
     ``compiled``: the model's forward is ``torch.compile``'d first (the DP wrappers' hooks still
     fire on its layers; ``bench verify-dp --compile`` checks the per-sample gradients)."""
-    from opacus import GradSampleModule
-    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
-        GradSampleModuleFastGradientClipping)
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-
     from benchmark.model import compile_forward, diffusion_loss, make_scheduler
-    from privacy import mixed_ghost
+    from privacy import dpsgd
+    from privacy.mixed_ghost import quiet_output_hooks
 
-    if mode not in TRAIN_MODES:
-        raise PerfError(f"unknown mode {mode!r} (known: {', '.join(TRAIN_MODES)})")
+    if mode not in train_modes():
+        raise PerfError(f"unknown mode {mode!r} (known: {', '.join(train_modes())})")
     if compiled:
         compile_forward(model)
     c, r = model.config.in_channels, model.config.sample_size
@@ -135,47 +138,35 @@ def make_train_step(model: torch.nn.Module, mode: str, *, batch: int, device: st
               if model.config.num_class_embeds else None)
     sched = make_scheduler()
     base = torch.optim.Adam(model.parameters(), lr=1e-4)
-    dp_kw = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=batch,
-                 generator=torch.Generator(device=device).manual_seed(seed + 1))
-    if mode == "plain":
-        net, opt = model, base
-    elif mode == "hooks":
-        net = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-        opt = DPOptimizer(base, **dp_kw)
+    if mode == PLAIN:
+        def backward(per):
+            with quiet_output_hooks():
+                per.mean().backward()
+        net, opt, close = model, base, (lambda: None)
     else:
-        if mode == "ghost":
-            net = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
-                                                       max_grad_norm=max_grad_norm, use_ghost_clipping=True)
-        else:
-            net = mixed_ghost.wrap(model, mode, max_grad_norm=max_grad_norm)
-        opt = DPOptimizerFastGradientClipping(base, loss_reduction="mean", **dp_kw)
+        dp = dpsgd.make_dp_step(model, base, grad_sample_mode=mode, max_grad_norm=max_grad_norm,
+                                noise_multiplier=noise_multiplier, expected_batch_size=batch,
+                                noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+        net, opt, backward, close = dp.module, dp.optimizer, dp.backward, dp.close
     net.train()
 
     def step():
         opt.zero_grad(set_to_none=True)
         with autocast(device, amp):
             per = diffusion_loss(net, sched, x0, labels, generator=gen, reduction="none")
-        per = per.float()
-        if mode in ("plain", "hooks"):
-            with mixed_ghost.quiet_output_hooks():
-                per.mean().backward()
-        else:
-            mixed_ghost.dp_backward(net, opt, per)
+        backward(per.float())
         opt.step()
-
-    def close():
-        if mode != "plain":
-            net._close()
 
     return step, close
 
 
-def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[str, ...] = TRAIN_MODES,
+def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[str, ...] | None = None,
              steps: int = 5, warmup: int = 2, amp: str | None = None, conditional: bool = False,
              sampler: str = "ddim", sample_steps: int = 10, sample_batch: int | None = None,
              fid_batch: int | None = None, tf32: bool = True, compiled: bool = False,
              progress=None) -> PerfReport:
-    """Time every mode of ``modes`` (``plain`` first: the ratios are to it), sampling and FID features.
+    """Time every mode of ``modes`` (default: all; ``plain`` first: the ratios are to it), sampling and FID
+    features.
     ``compiled`` compiles every training mode's forward (compilation happens in the warm-up steps,
     so give ``warmup`` at least 1); the modes then run one after the other even on a CPU, so
     there the ratios are noisier. Sampling and FID features stay eager."""
@@ -183,11 +174,13 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
 
     from benchmark.model import MODEL_INPUTS, build_unet, make_scheduler, sample
 
-    if "plain" not in modes:
-        modes = ("plain", *modes)
-    unknown = [m for m in modes if m not in TRAIN_MODES]
+    known = train_modes()
+    modes = known if modes is None else tuple(modes)
+    if PLAIN not in modes:
+        modes = (PLAIN, *modes)
+    unknown = [m for m in modes if m not in known]
     if unknown:
-        raise PerfError(f"unknown mode(s) {', '.join(unknown)} (known: {', '.join(TRAIN_MODES)})")
+        raise PerfError(f"unknown mode(s) {', '.join(unknown)} (known: {', '.join(known)})")
     c, r = MODEL_INPUTS[model_name]
     if str(device).startswith("cuda"):
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -200,7 +193,7 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
     report = PerfReport(model_name, str(device), name, batch, amp, compiled, steps, warmup, torch.get_num_threads(),
                         versions)
     say = progress or (lambda _msg: None)
-    order = ("plain", *[m for m in modes if m != "plain"])
+    order = (PLAIN, *[m for m in modes if m != PLAIN])
 
     def build(mode):
         model = build_unet(model_name, in_channels=c, resolution=r, num_classes=10 if conditional else None,
@@ -242,7 +235,7 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
             for _step, close in built.values():
                 close()
         medians = {mode: statistics.median(t) for mode, t in times.items()}
-    plain_ips = batch / medians["plain"]
+    plain_ips = batch / medians[PLAIN]
     for mode in order:
         ips = batch / medians[mode]
         report.rows.append(PerfRow("train", mode, batch, medians[mode], ips, ips / plain_ips, peaks.get(mode)))

@@ -32,6 +32,7 @@ from benchmark.rundir import (environment, is_complete, run_dir, sample_grid_png
 from benchmark.scenarios import Scenario
 from benchmark.schema import check_metrics
 from benchmark.seeding import derive_seed
+from privacy.modes import get_dp_mode
 
 
 class RunError(ValueError):
@@ -54,22 +55,21 @@ class RunOptions:
 
 def privacy_metrics(scenario: Scenario, history: dict) -> dict:
     """The privacy columns of a run, from what the federation recorded."""
-    if scenario.dp_mode == "none":
+    mode = get_dp_mode(scenario.dp_mode)
+    if not mode.private:
         return {"epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None,
                 "max_grad_norm": None, "sample_rate": None}
-    if scenario.dp_mode == "central-dp":
+    if mode.server_adds_noise:
         c = history["central_dp"]
         return {"epsilon": c["epsilon"], "delta": scenario.delta, "accountant": c["accountant"],
                 "noise_multiplier": c["noise_multiplier"], "max_grad_norm": c["max_grad_norm"],
                 "sample_rate": c["sample_rate"], "epsilon_target": scenario.target_epsilon}
-    from privacy.dpsgd import DEFAULT_MAX_GRAD_NORM
-
     rounds = history["rounds"]
     return {
         # The largest spend of any client (clients hold disjoint data), after its last round.
         "epsilon": max(r["epsilon"] for r in rounds), "delta": scenario.delta,
         "accountant": f"opacus-{scenario.accountant}", "noise_multiplier": min(r["noise_multiplier"] for r in rounds),
-        "max_grad_norm": scenario.max_grad_norm or DEFAULT_MAX_GRAD_NORM,
+        "max_grad_norm": mode.clip(scenario.max_grad_norm),
         "sample_rate": max(r["sample_rate"] for r in rounds), "epsilon_target": scenario.target_epsilon,
         "grad_sample_mode": scenario.grad_sample_mode, "noise_multiplicity": scenario.noise_multiplicity,
     }
@@ -82,7 +82,7 @@ def verify_before_dp(scenarios, opts: RunOptions) -> dict:
     reports = {}
     device = resolve_device(opts.device)
     for s in scenarios:
-        if s.dp_mode != "local-dpsgd":
+        if not get_dp_mode(s.dp_mode).clients_run_dpsgd:
             continue
         ds = load_dataset(s.dataset, data_root=opts.data_root, split="test")
         c, r = ds.images.shape[1], ds.images.shape[2]
@@ -309,7 +309,7 @@ def check_data(work, opts: RunOptions) -> None:
             continue
         split(scenario.dataset, "test")
         fed = task.load_federated_data(scenario, seed, opts.data_root, dataset=split(scenario.dataset, "train"))
-        if scenario.dp_mode == "local-dpsgd":
+        if get_dp_mode(scenario.dp_mode).sample_level:
             n = max(len(c.train_idx) for c in fed.partition.clients)
             if scenario.delta >= 1 / n:
                 raise RunError(f"scenario {scenario.name!r}: sample-level delta={scenario.delta:g} must be "

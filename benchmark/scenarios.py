@@ -26,12 +26,10 @@ from pathlib import Path
 from attacks.registry import attack_names, membership_attack_names
 from benchmark.model_configs import MODEL_CONFIGS
 from benchmark.partition import PartitionError, parse_scheme
+from privacy.modes import ModeError, get_dp_mode, get_grad_sample_mode, grad_sample_mode_names  # torch-free
 
-DP_MODES = ("none", "local-dpsgd", "central-dp")
 ATTACKS = attack_names()  # the attack registry, in declaration order (torch-free)
 SAMPLERS = ("ddim", "ddpm", "dpm-solver")
-# Mirrors privacy.dpsgd.GRAD_SAMPLE_MODES (not imported: scenarios stay light, without Opacus).
-GRAD_SAMPLE_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
 
 
 # Added in issue 8; at these values a scenario's hash is what it was before they existed.
@@ -53,12 +51,12 @@ class Scenario:
     local_epochs: int = 1
     model: str = "unet-tiny"
     class_conditional: bool = False
-    dp_mode: str = "none"
+    dp_mode: str = "none"                   # privacy.modes: none, local-dpsgd, central-dp
     target_epsilon: float | None = None
     delta: float | None = None
     max_grad_norm: float | None = None      # per-sample clip (local) / per-update clip (central)
     accountant: str = "rdp"                 # local: rdp or prv (Opacus); central: rdp (Flower's)
-    grad_sample_mode: str = "hooks"         # local DP-SGD: hooks, ghost, mixed-ghost, mixed-ghost-bk
+    grad_sample_mode: str = "hooks"         # local DP-SGD (privacy.modes): hooks, ghost, mixed-ghost, ...
     noise_multiplicity: int = 1             # local DP-SGD: noise draws per image (DPDM)
     central_clipping: str = "server"        # central DP: Flower's server- or client-side clipping
     attacks: tuple[str, ...] = ()
@@ -247,34 +245,39 @@ def _validate(s: Scenario) -> str | None:
         return f"canaries must be >= 0, got {s.canaries}"
     if s.canaries and not set(s.attacks) & set(membership_attack_names()):
         return "canaries are only scored by membership attacks: add one (mia-loss, mia-secmi, mia-pia)"
-    if s.dp_mode not in DP_MODES:
-        return f"unknown dp_mode {s.dp_mode!r} (known: {', '.join(DP_MODES)})"
-    if s.dp_mode == "none":
+    try:
+        dp = get_dp_mode(s.dp_mode)
+    except ModeError as e:
+        return str(e)
+    if not dp.private:
         if s.target_epsilon is not None:
-            return "target_epsilon is set but dp_mode is 'none'"
+            return f"target_epsilon is set but dp_mode is {s.dp_mode!r}"
         if s.max_grad_norm is not None:
-            return "max_grad_norm is set but dp_mode is 'none'"
+            return f"max_grad_norm is set but dp_mode is {s.dp_mode!r}"
     else:
         if s.target_epsilon is None or not (s.target_epsilon > 0 and math.isfinite(s.target_epsilon)):
             return f"dp_mode {s.dp_mode!r} needs target_epsilon > 0, got {s.target_epsilon}"
         if s.delta is None or not 0 < s.delta < 1:
             return f"dp_mode {s.dp_mode!r} needs delta in (0, 1), got {s.delta}"
-        if s.dp_mode == "central-dp" and s.delta >= 1 / s.num_clients:
+        if dp.client_level and s.delta >= 1 / s.num_clients:
             return f"client-level delta={s.delta:g} must be below 1/num_clients = {1 / s.num_clients:g}"
-        if s.dp_mode == "central-dp" and s.min_replies != s.clients_per_round:
+        if dp.server_adds_noise and s.min_replies != s.clients_per_round:
             # The noise is calibrated to clients_per_round updates; Flower's DP wrapper
             # aggregates only complete rounds (a missing client fails the round).
-            return "central-dp needs min_clients_per_round = clients_per_round (the noise is calibrated to it)"
+            return f"{s.dp_mode} needs min_clients_per_round = clients_per_round (the noise is calibrated to it)"
         if s.max_grad_norm is not None and not (s.max_grad_norm > 0 and math.isfinite(s.max_grad_norm)):
             return f"max_grad_norm must be > 0, got {s.max_grad_norm}"
-        if s.accountant not in ("rdp", "prv") or (s.dp_mode == "central-dp" and s.accountant != "rdp"):
-            return f"accountant {s.accountant!r} not available for {s.dp_mode} (local: rdp, prv; central: rdp)"
-        if s.grad_sample_mode not in GRAD_SAMPLE_MODES:
-            return f"unknown grad_sample_mode {s.grad_sample_mode!r} (known: {', '.join(GRAD_SAMPLE_MODES)})"
+        if s.accountant not in dp.accountants:
+            return f"accountant {s.accountant!r} not available for {s.dp_mode} (known: {', '.join(dp.accountants)})"
+        try:
+            gsm = get_grad_sample_mode(s.grad_sample_mode)
+        except ModeError as e:
+            return str(e)
         if s.central_clipping not in ("server", "client"):
             return f"central_clipping must be 'server' or 'client', got {s.central_clipping!r}"
-        if s.noise_multiplicity < 1 or (s.noise_multiplicity > 1 and s.grad_sample_mode != "hooks"):
-            return "noise_multiplicity must be >= 1, and > 1 only with grad_sample_mode 'hooks'"
+        if s.noise_multiplicity < 1 or (s.noise_multiplicity > 1 and not gsm.supports_noise_multiplicity):
+            able = [n for n in grad_sample_mode_names() if get_grad_sample_mode(n).supports_noise_multiplicity]
+            return f"noise_multiplicity must be >= 1, and > 1 only with grad_sample_mode {' or '.join(map(repr, able))}"
     return None
 
 

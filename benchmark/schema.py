@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from privacy.modes import dp_mode_names, get_dp_mode
+
 # Version 2: schema_version column, run date, mia_best_attack, a *_std column for every metric the
 # regression gate compares, attacks.csv. Bump it whenever a column is added, removed or changes meaning.
 SCHEMA_VERSION = 2
@@ -42,7 +44,7 @@ AGGREGATIONS = {
     "seeds": "sorted, space-separated",
     "std": "std (ddof=1; empty for one seed)",
 }
-DP_LEVEL = {"none": "", "local-dpsgd": "sample", "central-dp": "client"}
+DP_LEVEL = {name: get_dp_mode(name).dp_level for name in dp_mode_names()}  # privacy.modes is the one list
 
 
 class SchemaError(ValueError):

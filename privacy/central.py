@@ -32,8 +32,9 @@ from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
                                      DifferentialPrivacyServerSideFixedClipping, FedAvg)
 
 from privacy.accounting import client_accountant, client_level_noise
+from privacy.modes import CENTRAL_DP
 
-DEFAULT_UPDATE_CLIP = 0.5
+DEFAULT_UPDATE_CLIP = CENTRAL_DP.default_clip  # one source: the central-dp entry of privacy.modes
 UNIFORM_WEIGHT_KEY = "dp-weight"  # every client reports 1.0: equal weights in the average
 
 

@@ -1,6 +1,6 @@
 """Local DP-SGD (sample-level DP) for one federated client, through Opacus.
 
-Each client trains with Opacus' ``PrivacyEngine``: Poisson sampling at rate ``batch_size / n``,
+Each client trains with Opacus (through :func:`make_dp_step`): Poisson sampling at rate ``batch_size / n``,
 per-sample clipping to ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``.
 The noise is calibrated once per client so that its spend over *every round it could take part
 in* (all ``rounds``, each ``local_epochs`` epochs) stays within ``target_epsilon`` at ``delta``;
@@ -8,12 +8,19 @@ the accountant's history lives across rounds in the client's Flower context, and
 actually spent is reported after every round (the leaderboard shows the maximum over clients,
 whose data are disjoint).
 
-Grad-sample modes (``GRAD_SAMPLE_MODES``): ``hooks`` (per-sample gradients), ``ghost`` (Opacus'
+Grad-sample modes (:mod:`privacy.modes`): ``hooks`` (per-sample gradients), ``ghost`` (Opacus'
 ghost clipping: norms without materialising per-sample gradients where a norm sampler exists, then
 a second backward), ``mixed-ghost`` and ``mixed-ghost-bk`` (:mod:`privacy.mixed_ghost`: per-layer
 cost-chosen ghost norms for Conv2d/Linear/GroupNorm, then Opacus' second backward resp.
 book-keeping with one backward). All run with the Conv2d fix of :mod:`privacy.grad_samplers` and
 pass ``bench verify-dp``.
+
+:func:`make_dp_step` is the one door to a DP-SGD step: training (:func:`dp_train_epochs`),
+``bench verify-dp`` (:mod:`privacy.verify`) and ``bench perf`` (:mod:`benchmark.perf`) all build
+theirs through it, so what is verified and what is timed is what trains. It does what Opacus'
+``PrivacyEngine.make_private`` does to the module and the optimizer (validate, wrap through the
+mode's registry entry, Opacus' optimizer class for the mode's family); training adds the
+accountant's step hook and the Poisson loader, as ``make_private`` would.
 
 Noise multiplicity (DPDM, Dockhorn et al. 2023): K noise/timestep draws per image, whose
 per-sample gradients are averaged *before* clipping. One image is still one privacy unit, so the
@@ -28,14 +35,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-import privacy  # noqa: F401  (installs the grad-sampler fix)
 from benchmark.model import diffusion_loss, make_scheduler, to_model_range
+from privacy import grad_samplers as _grad_samplers  # noqa: F401  (installs the Conv2d fix)
 from privacy.accounting import sample_level_noise
-from privacy.mixed_ghost import MixedGhostPrivacyEngine, dp_backward
+from privacy.mixed_ghost import dp_backward, quiet_output_hooks
+from privacy.modes import LOCAL_DPSGD, GradSampleMode, ModeError, get_grad_sample_mode, grad_sample_mode_names
 
-GRAD_SAMPLE_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
-
-DEFAULT_MAX_GRAD_NORM = 1.0
+DEFAULT_MAX_GRAD_NORM = LOCAL_DPSGD.default_clip  # one source: the local-dpsgd entry of privacy.modes
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,10 @@ def plan_local_dp(*, n_train: int, batch_size: int, rounds: int, local_epochs: i
     """Calibrate the noise for a client with ``n_train`` images (worst case: every round)."""
     if n_train < 1:
         raise ValueError("a DP-SGD client needs at least one training image")
-    if grad_sample_mode not in GRAD_SAMPLE_MODES:
-        raise ValueError(f"unknown grad_sample_mode {grad_sample_mode!r} (known: {', '.join(GRAD_SAMPLE_MODES)})")
+    mode = get_grad_sample_mode(grad_sample_mode)
     if noise_multiplicity < 1:
         raise ValueError("noise_multiplicity must be >= 1")
-    if noise_multiplicity > 1 and grad_sample_mode != "hooks":
-        raise ValueError("noise_multiplicity > 1 needs grad_sample_mode 'hooks' (per-sample gradients)")
+    _check_multiplicity(mode, noise_multiplicity)
     # Opacus samples at 1 / len(data_loader): plan with exactly that rate.
     steps_per_epoch = math.ceil(n_train / batch_size)
     sample_rate = 1.0 / steps_per_epoch
@@ -77,26 +81,105 @@ def plan_local_dp(*, n_train: int, batch_size: int, rounds: int, local_epochs: i
                        accountant, grad_sample_mode, noise_multiplicity)
 
 
+def _check_multiplicity(mode: GradSampleMode, k: int) -> None:
+    if k > 1 and not mode.supports_noise_multiplicity:
+        able = [n for n in grad_sample_mode_names() if get_grad_sample_mode(n).supports_noise_multiplicity]
+        raise ModeError(f"noise_multiplicity > 1 needs grad_sample_mode {' or '.join(map(repr, able))} "
+                        f"(per-sample gradients), not {mode.name!r}")
+
+
+class DPStep:
+    """One DP-SGD step's machinery around a model: Opacus' grad-sample ``module`` (forward through
+    it), its DP ``optimizer``, and ``backward(per_sample_loss)`` for the mode's family."""
+
+    def __init__(self, mode: GradSampleMode, module: torch.nn.Module, optimizer):
+        self.mode, self.module, self.optimizer = mode, module, optimizer
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, per_sample_loss: torch.Tensor, *, multiplicity: int = 1) -> None:
+        """Per-sample norms, clip factors and (ghost family) the clipped gradient sum, from the (B*K,)
+        per-sample losses; ``multiplicity`` K > 1 averages each image's K per-draw gradients before
+        clipping (needs a mode with per-sample gradients)."""
+        if self.mode.ghost_family:
+            _check_multiplicity(self.mode, multiplicity)
+            dp_backward(self.module, self.optimizer, per_sample_loss)  # Opacus' double backward, or book-keeping
+            return
+        with quiet_output_hooks():
+            per_sample_loss.mean().backward()
+        if multiplicity > 1:
+            _average_multiplicity(self.module, len(per_sample_loss) // multiplicity, multiplicity)
+
+    def empty_batch(self) -> None:
+        """An empty Poisson batch is still a step of the mechanism: zero gradients, then noise only."""
+        for p in self.module.parameters():
+            if p.requires_grad:
+                if self.mode.ghost_family:
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def close(self) -> None:
+        """Remove Opacus' hooks from the (shared) model."""
+        self.module._close()
+
+
+def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, grad_sample_mode: str,
+                 max_grad_norm: float, noise_multiplier: float, expected_batch_size: int,
+                 noise_generator: torch.Generator | None = None) -> DPStep:
+    """The one construction path of a DP-SGD step (training, ``bench verify-dp``, ``bench perf``).
+
+    What ``PrivacyEngine.make_private`` does to the module and optimizer, for every registered
+    grad-sample mode: Opacus' module validation, the mode's ``wrap`` (:mod:`privacy.modes`), and
+    Opacus' optimizer class for its family (``DPOptimizerFastGradientClipping`` for the ghost
+    family, ``DPOptimizer`` otherwise), mean loss reduction. Noise std is
+    ``noise_multiplier * max_grad_norm / expected_batch_size``.
+    """
+    from opacus.optimizers import get_optimizer_class
+    from opacus.validators import ModuleValidator
+
+    mode = get_grad_sample_mode(grad_sample_mode)
+    params = set(model.parameters())
+    if any(p not in params for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError("the optimizer's parameters are not the model's")
+    ModuleValidator.validate(model, strict=True)
+    module = mode.wrap(model, max_grad_norm=max_grad_norm)
+    optim_class = get_optimizer_class(clipping="flat", distributed=False,
+                                      grad_sample_mode="ghost" if mode.ghost_family else "hooks")
+    dp_optimizer = optim_class(optimizer=optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                               expected_batch_size=expected_batch_size, loss_reduction="mean",
+                               generator=noise_generator, secure_mode=False)
+    return DPStep(mode, module, dp_optimizer)
+
+
 def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: LocalDPPlan,
                     images: np.ndarray, labels: np.ndarray, *, epochs: int, num_train_timesteps: int,
                     conditional: bool, device: str | torch.device, seed: int,
                     accountant_history: list[tuple[float, float, int]]) -> dict:
     """``epochs`` of DP-SGD on one client. Returns loss, steps, the accountant's new history and
     the epsilon spent so far (this round included)."""
-    engine = MixedGhostPrivacyEngine(accountant=plan.accountant)  # Opacus' engine + the mixed-ghost modes
-    engine.accountant.history = [tuple(h) for h in accountant_history]
+    from opacus.accountants import create_accountant
+    from opacus.data_loader import DPDataLoader
+
+    accountant = create_accountant(mechanism=plan.accountant)
+    accountant.history = [tuple(h) for h in accountant_history]
     data = torch.utils.data.TensorDataset(torch.as_tensor(images), torch.as_tensor(labels))
     loader = torch.utils.data.DataLoader(data, batch_size=math.ceil(len(images) * plan.sample_rate),
                                          generator=torch.Generator().manual_seed(seed))
-    private = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=plan.max_grad_norm, poisson_sampling=True, grad_sample_mode=plan.grad_sample_mode,
-        noise_generator=torch.Generator(device=device).manual_seed(seed + 1),
-        criterion=torch.nn.MSELoss(),  # unused: we build the per-sample loss ourselves
-    )
-    gsm, dp_opt, dp_loader = private[0], private[1], private[-1]
+    dp_loader = DPDataLoader.from_data_loader(loader, distributed=False)  # Poisson sampling at 1 / len(loader)
     if abs(dp_loader.sample_rate - plan.sample_rate) > 1e-9:
         raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {plan.sample_rate}")
+    dp = make_dp_step(model, optimizer, grad_sample_mode=plan.grad_sample_mode, max_grad_norm=plan.max_grad_norm,
+                      noise_multiplier=plan.noise_multiplier,
+                      expected_batch_size=int(len(data) * dp_loader.sample_rate),  # as make_private computes it
+                      noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+    dp.module.forbid_grad_accumulation()  # Poisson sampling: one batch per step
+    dp.optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=dp_loader.sample_rate))
+    gsm = dp.module
     scheduler = make_scheduler(num_train_timesteps)
     gen = torch.Generator(device=device).manual_seed(seed + 2)
     k = plan.noise_multiplicity
@@ -104,11 +187,10 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
     total, steps, seen = 0.0, 0, 0
     for _ in range(epochs):
         for xb, yb in dp_loader:
-            dp_opt.zero_grad(set_to_none=True)
+            dp.zero_grad()
             if len(xb) == 0:
-                # An empty Poisson batch is still a step of the mechanism: noise only.
-                _zero_grads(gsm, plan.grad_sample_mode)
-                dp_opt.step()
+                dp.empty_batch()
+                dp.step()
                 steps += 1
                 continue
             x0 = to_model_range(xb).to(device)
@@ -117,19 +199,14 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
                 x0 = x0.repeat_interleave(k, 0)
                 y = y.repeat_interleave(k, 0) if y is not None else None
             per_loss = diffusion_loss(gsm, scheduler, x0, y, generator=gen, reduction="none")
-            if plan.grad_sample_mode != "hooks":
-                dp_backward(gsm, dp_opt, per_loss)
-            else:
-                per_loss.mean().backward()
-                if k > 1:
-                    _average_multiplicity(gsm, len(xb), k)
-            dp_opt.step()
+            dp.backward(per_loss, multiplicity=k)
+            dp.step()
             total += float(per_loss.detach().mean()) * len(xb)
             seen += len(xb)
             steps += 1
-    history = [tuple(h) for h in engine.accountant.history]
-    epsilon = float(engine.accountant.get_epsilon(plan.delta)) if history else 0.0
-    gsm._close()  # remove Opacus hooks from the (shared) model
+    history = [tuple(h) for h in accountant.history]
+    epsilon = float(accountant.get_epsilon(plan.delta)) if history else 0.0
+    dp.close()  # remove Opacus hooks from the (shared) model
     return {"loss": total / max(seen, 1), "steps": steps, "history": history, "epsilon": epsilon}
 
 
@@ -138,12 +215,3 @@ def _average_multiplicity(gsm: torch.nn.Module, batch: int, k: int) -> None:
     for p in gsm.parameters():
         if p.requires_grad and p.grad_sample is not None:
             p.grad_sample = p.grad_sample.view(batch, k, *p.shape).mean(1)
-
-
-def _zero_grads(gsm: torch.nn.Module, mode: str) -> None:
-    for p in gsm.parameters():
-        if p.requires_grad:
-            if mode != "hooks":
-                p.grad = torch.zeros_like(p)
-            else:
-                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)

@@ -26,7 +26,8 @@ Two grad-sample modes come from this module:
 
 Both keep Opacus' optimizer (``DPOptimizerFastGradientClipping``: noise on ``p.grad``), its
 accountant, its Poisson data loader, and its ``_norm_sample`` / ``get_clipping_coef``
-machinery; :class:`MixedGhostPrivacyEngine` only overrides ``PrivacyEngine._prepare_model``.
+machinery: the modes are registered in :mod:`privacy.modes` (their ``wrap`` builds
+:class:`MixedGhostGradSampleModule`) and built by :func:`privacy.dpsgd.make_dp_step` like Opacus' own.
 ``bench verify-dp --modes mixed-ghost,mixed-ghost-bk`` checks norms, clip factors and clipped
 sums against the per-sample loop.
 
@@ -50,8 +51,9 @@ Traps (found while building this, Opacus 1.6.0 / torch 2.14):
   ``mixed-ghost``) recomputes the clipped sum in bf16, so there the bound holds only to bf16
   rounding.
 * ``PrivacyEngine._prepare_model`` refuses a pre-wrapped module unless
-  ``type(module) is get_gsm_class(mode)``, so a subclass cannot be passed in; overriding
-  ``_prepare_model`` is the extension point that keeps optimizer, accountant and loader Opacus'.
+  ``type(module) is get_gsm_class(mode)``, so a subclass cannot be passed to ``make_private``:
+  :func:`privacy.dpsgd.make_dp_step` does what ``make_private`` does to module and optimizer
+  instead, with Opacus' own optimizer class, accountant hook and Poisson loader.
 * Opacus' ``rearrange_grad_samples`` multiplies every output gradient by the batch size for
   ``loss_reduction = "mean"`` (to get per-sample-loss gradients): a full extra pass over every
   layer's output gradient. Our hook applies that factor to the (B,) norms and the clip factors.
@@ -73,7 +75,6 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from opacus import PrivacyEngine
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from opacus.grad_sample.group_norm import compute_group_norm_grad_sample
 from opacus.grad_sample.linear import compute_linear_grad_sample, compute_linear_norm_sample
@@ -81,9 +82,6 @@ from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClippi
 from opacus.utils.module_utils import trainable_modules
 
 from privacy.grad_samplers import contiguous_conv2d_grad_sample
-
-MIXED_GHOST_MODES = ("mixed-ghost", "mixed-ghost-bk")
-
 
 _FORCED_ROUTE: str | None = None  # tests: "ghost" or "per-sample" everywhere (see force_route)
 
@@ -430,31 +428,3 @@ def dp_backward(gsm: nn.Module, optimizer, per_sample_loss: torch.Tensor) -> Non
     """The backward of one DP step in any ghost-family mode (Opacus' ghost, mixed-ghost[-bk])."""
     with quiet_output_hooks():
         DPTensorBookKeeping(gsm, optimizer, per_sample_loss, "mean").backward()
-
-
-def wrap(model: nn.Module, mode: str, *, max_grad_norm: float, loss_reduction: str = "mean",
-         batch_first: bool = True) -> MixedGhostGradSampleModule:
-    if mode not in MIXED_GHOST_MODES:
-        raise ValueError(f"unknown mixed-ghost mode {mode!r} (known: {', '.join(MIXED_GHOST_MODES)})")
-    return MixedGhostGradSampleModule(model, batch_first=batch_first, loss_reduction=loss_reduction,
-                                      max_grad_norm=max_grad_norm, book_keeping=mode == "mixed-ghost-bk")
-
-
-class MixedGhostPrivacyEngine(PrivacyEngine):
-    """Opacus' ``PrivacyEngine`` whose ``make_private(grad_sample_mode="mixed-ghost"|"mixed-ghost-bk")``
-    wraps the module in :class:`MixedGhostGradSampleModule`; everything else (Opacus' ghost
-    optimizer, accountant hook, Poisson loader) is Opacus' ``"ghost"`` path unchanged."""
-
-    def make_private(self, *, grad_sample_mode: str = "hooks", **kwargs):
-        self._mixed_mode = grad_sample_mode if grad_sample_mode in MIXED_GHOST_MODES else None
-        return super().make_private(grad_sample_mode="ghost" if self._mixed_mode else grad_sample_mode, **kwargs)
-
-    def _prepare_model(self, module, *, batch_first=True, max_grad_norm=1.0, loss_reduction="mean",
-                       grad_sample_mode="hooks", wrap_model=True):
-        if getattr(self, "_mixed_mode", None) is None:
-            return super()._prepare_model(module, batch_first=batch_first, max_grad_norm=max_grad_norm,
-                                          loss_reduction=loss_reduction, grad_sample_mode=grad_sample_mode,
-                                          wrap_model=wrap_model)
-        self.validate(module=module, optimizer=None, data_loader=None)
-        return wrap(module, self._mixed_mode, max_grad_norm=max_grad_norm, loss_reduction=loss_reduction,
-                    batch_first=batch_first)

@@ -1,7 +1,9 @@
 """Per-sample gradient verification on the real UNet against an explicit per-sample loop.
 
 For a batch of images with fixed noise and timesteps, the reference computes each image's
-gradient with its own ``autograd.grad`` call (batch of one). Each DP mode the product offers must
+gradient with its own ``autograd.grad`` call (batch of one), on the bare model: it shares nothing
+with the DP path. Each grad-sample mode registered in :mod:`privacy.modes` is built by
+:func:`privacy.dpsgd.make_dp_step`, the construction path training and ``bench perf`` use, and must
 reproduce it:
 
 ``hooks``  Opacus ``GradSampleModule``: per-sample gradients (every parameter) and their norms;
@@ -12,7 +14,7 @@ reproduce it:
 ``mixed-ghost``, ``mixed-ghost-bk``  :mod:`privacy.mixed_ghost`: per-layer cost-chosen ghost norms
            (Conv2d, Linear, GroupNorm), then Opacus' second backward resp. book-keeping sums.
 
-In both modes the clip factors Opacus applied are checked against the reference: each image's
+In every mode the clip factors Opacus applied are checked against the reference: each image's
 contribution ``factor_i * g_i`` must not exceed the clipping norm. That is the property the DP
 guarantee rests on, and the one the stock Opacus Conv2d grad sampler breaks on this model.
 """
@@ -24,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-import privacy  # noqa: F401  (installs the grad-sampler fix)
 from benchmark.model import MODEL_INPUTS, build_unet, compile_forward, diffusion_loss, make_scheduler
+from privacy import dpsgd
+from privacy.modes import get_grad_sample_mode, grad_sample_mode_names
 
-GRAD_SAMPLE_MODES = ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
 AMP_TOL = 3e-2  # bf16 autocast: 8-bit mantissas, batched vs one-image rounding
 
 
@@ -121,53 +123,44 @@ def _copy(model, compiled: bool):
     return m
 
 
-def _check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol, compiled=False) -> ModeReport:
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-
-    x0, noise, t, labels = inputs
+def _dp_step(model, inputs, clip, mode, compiled):
+    """The mode's DP step as training builds it (no noise, learning rate 0: nothing moves)."""
     m = _copy(model, compiled)
-    gsm = GradSampleModule(m, batch_first=True, loss_reduction="mean")
-    opt = DPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=clip,
-                      expected_batch_size=x0.shape[0], loss_reduction="mean")
-    opt.zero_grad()
-    diffusion_loss(gsm, scheduler, x0, labels, noise=noise, timesteps=t).backward()
-    got = {n.removeprefix("_module."): p.grad_sample.detach().clone() for n, p in gsm.named_parameters()
+    return dpsgd.make_dp_step(m, torch.optim.SGD(m.parameters(), lr=0.0), grad_sample_mode=mode,
+                              max_grad_norm=clip, noise_multiplier=0.0, expected_batch_size=inputs[0].shape[0])
+
+
+def _check_per_sample(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="hooks", compiled=False) -> ModeReport:
+    """A mode with per-sample gradients (``hooks``): the gradients themselves, their norms, and
+    Opacus' own clipping (``DPOptimizer.clip_and_accumulate``)."""
+    x0, noise, t, labels = inputs
+    dp = _dp_step(model, inputs, clip, mode, compiled)
+    dp.zero_grad()
+    dp.backward(diffusion_loss(dp.module, scheduler, x0, labels, noise=noise, timesteps=t, reduction="none"))
+    got = {n.removeprefix("_module."): p.grad_sample.detach().clone() for n, p in dp.module.named_parameters()
            if p.requires_grad}
     zero = [n for n in ref if got[n].abs().max() == 0 and ref[n].abs().max() > 0]
     worst = max(ref, key=lambda n: float((got[n] - ref[n]).norm()))  # largest share of the error
     norms = _norms(got)
-    opt.clip_and_accumulate()
-    summed = {n.removeprefix("_module."): p.summed_grad.detach() for n, p in gsm.named_parameters()
+    dp.optimizer.clip_and_accumulate()
+    summed = {n.removeprefix("_module."): p.summed_grad.detach() for n, p in dp.module.named_parameters()
               if p.requires_grad}
     factors = (clip / (norms + 1e-6)).clamp(max=1.0)  # what Opacus applied (its formula)
-    return _finish("hooks", _rel(got, ref), len(zero), worst, norms, summed, factors, ref, ref_norms, clip, tol)
+    dp.close()
+    return _finish(mode, _rel(got, ref), len(zero), worst, norms, summed, factors, ref, ref_norms, clip, tol)
 
 
 def _check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="ghost", compiled=False) -> ModeReport:
-    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
-        GradSampleModuleFastGradientClipping)
-    from opacus.optimizers import DPOptimizerFastGradientClipping
-
-    from privacy import mixed_ghost
-
+    """A ghost-family mode: per-sample norms and clip factors, and the clipped sum after its backward."""
     x0, noise, t, labels = inputs
-    m = _copy(model, compiled)
-    if mode == "ghost":
-        gsm = GradSampleModuleFastGradientClipping(m, batch_first=True, loss_reduction="mean",
-                                                   max_grad_norm=clip, use_ghost_clipping=True)
-    else:
-        gsm = mixed_ghost.wrap(m, mode, max_grad_norm=clip)
-    opt = DPOptimizerFastGradientClipping(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0,
-                                          max_grad_norm=clip, expected_batch_size=x0.shape[0],
-                                          loss_reduction="mean")
-    opt.zero_grad()
-    per_loss = diffusion_loss(gsm, scheduler, x0, labels, noise=noise, timesteps=t, reduction="none")
-    mixed_ghost.dp_backward(gsm, opt, per_loss)  # Opacus' double backward, or book-keeping
-    norms = gsm.per_sample_gradient_norms.detach()
-    summed = {n.removeprefix("_module."): p.grad.detach() for n, p in gsm.named_parameters() if p.requires_grad}
-    factors = gsm.get_clipping_coef().detach()
-    gsm._close()
+    dp = _dp_step(model, inputs, clip, mode, compiled)
+    dp.zero_grad()
+    dp.backward(diffusion_loss(dp.module, scheduler, x0, labels, noise=noise, timesteps=t, reduction="none"))
+    norms = dp.module.per_sample_gradient_norms.detach()
+    summed = {n.removeprefix("_module."): p.grad.detach() for n, p in dp.module.named_parameters()
+              if p.requires_grad}
+    factors = dp.module.get_clipping_coef().detach()
+    dp.close()
     return _finish(mode, None, None, None, norms, summed, factors, ref, ref_norms, clip, tol)
 
 
@@ -192,10 +185,11 @@ def _finish(mode, grad_err, zero, worst, norms, summed, factors, ref, ref_norms,
 
 
 def verify_dp(model_name: str, *, device: str = "cpu", batch_size: int = 4, num_classes: int | None = 10,
-              modes: tuple[str, ...] = GRAD_SAMPLE_MODES, dtype: torch.dtype = torch.float32,
+              modes: tuple[str, ...] | None = None, dtype: torch.dtype = torch.float32,
               seed: int = 0, tol: float | None = None, in_channels: int | None = None,
               resolution: int | None = None, amp: str | None = None, compiled: bool = False) -> VerifyReport:
-    """Compare every requested mode with the per-sample loop on ``model_name``'s real UNet.
+    """Compare every requested mode (default: every registered one) with the per-sample loop on
+    ``model_name``'s real UNet.
 
     ``amp="bf16"`` runs the forward of the reference and of every mode under bf16 autocast (as
     ``bench perf --amp bf16`` trains) and compares at ``AMP_TOL``: the batched and the one-image
@@ -203,9 +197,11 @@ def verify_dp(model_name: str, *, device: str = "cpu", batch_size: int = 4, num_
     ``compiled=True`` runs every mode through ``torch.compile``'d forward passes
     (:func:`benchmark.model.compile_forward`); the reference stays the eager per-sample loop.
     """
-    unknown = [m for m in modes if m not in GRAD_SAMPLE_MODES]
+    known = grad_sample_mode_names()
+    modes = known if modes is None else tuple(modes)
+    unknown = [m for m in modes if m not in known]
     if unknown:
-        raise ValueError(f"unknown DP mode(s) {', '.join(unknown)} (known: {', '.join(GRAD_SAMPLE_MODES)})")
+        raise ValueError(f"unknown DP mode(s) {', '.join(unknown)} (known: {', '.join(known)})")
     if batch_size < 2:
         raise ValueError("verify-dp needs a batch of at least 2 images")
     if amp not in (None, "bf16"):
@@ -239,8 +235,6 @@ def _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol
     clip = float(ref_norms.median())  # half the images get clipped
     reports = []
     for mode in modes:
-        if mode == "hooks":
-            reports.append(_check_hooks(model, scheduler, inputs, ref, ref_norms, clip, tol, compiled))
-        else:
-            reports.append(_check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode, compiled))
+        check = _check_ghost if get_grad_sample_mode(mode).ghost_family else _check_per_sample
+        reports.append(check(model, scheduler, inputs, ref, ref_norms, clip, tol, mode, compiled))
     return VerifyReport(model_name, str(device), str(dtype).removeprefix("torch."), batch_size, clip, reports)

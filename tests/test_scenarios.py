@@ -104,10 +104,6 @@ def test_regression_suite_is_a_resized_privacy_subset():
 
 
 def test_issue7_fields_mixed_ghost_modes_and_dpm_solver():
-    from privacy.dpsgd import GRAD_SAMPLE_MODES
-    from benchmark.scenarios import GRAD_SAMPLE_MODES as SCENARIO_MODES
-
-    assert SCENARIO_MODES == GRAD_SAMPLE_MODES  # the scenario layer mirrors privacy/ without importing it
     dp = dict(dp_mode="local-dpsgd", target_epsilon=4.0, delta=1e-5)
     for mode in ("mixed-ghost", "mixed-ghost-bk"):
         assert Scenario(name="s", grad_sample_mode=mode, **dp).grad_sample_mode == mode

@@ -34,6 +34,7 @@ from benchmark.federation.partition_files import PartitionData, PartitionFileErr
 from benchmark.scenarios import Scenario
 from benchmark.seeding import derive_seed
 from privacy.central import central_clipping_mod
+from privacy.modes import get_dp_mode
 
 app = ClientApp()
 
@@ -110,7 +111,7 @@ def train(msg: Message, context: Context) -> Message:
 
     train_seed = client_train_seed(context, seed, pid, server_round)
     extra = {}
-    if scenario.dp_mode == "local-dpsgd":
+    if get_dp_mode(scenario.dp_mode).clients_run_dpsgd:
         from privacy.dpsgd import dp_train_epochs
 
         plan = task.local_dp_plan(scenario, len(images))

@@ -45,6 +45,7 @@ from benchmark.federation.partition_files import PartitionManifest, read_manifes
 from benchmark.rundir import write_json, write_torch
 from benchmark.scenarios import Scenario, get_scenario
 from benchmark.seeding import derive_seed
+from privacy.modes import get_dp_mode
 
 app = ServerApp()
 
@@ -315,7 +316,7 @@ def run_federation(grid: Grid, run_config: dict,
     model = task.build_model(scenario, manifest, seed=derive_seed("init", seed))
     partition_to_node = discover_partitions(
         grid, scenario.num_clients, max(scenario.round_timeout_s or FLOWER_DEFAULT_TIMEOUT_S, MIN_DISCOVERY_WAIT_S))
-    central = scenario.dp_mode == "central-dp"
+    central = get_dp_mode(scenario.dp_mode).server_adds_noise
     if central:
         from privacy.central import (DEFAULT_UPDATE_CLIP, UNIFORM_WEIGHT_KEY, calibrate_central,
                                      wrap_central_dp)
