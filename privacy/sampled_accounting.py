@@ -16,8 +16,11 @@ Adaptive clipping (Andrew et al. 2021) releases a second Gaussian each round: th
 the sampled clients' centred clipped-or-not bits ``b_i - 1/2`` (sensitivity 1/2) with noise
 ``sigma_b``. Both releases read the same sample, and together they are one sampled Gaussian of
 noise multiplier ``z`` when the update's own multiplier is
-``z_update = (z^-2 - (2 sigma_b)^-2)^-1/2`` (:func:`adaptive_update_noise`): the accountant
-charges ``z``, so a row with adaptive clipping carries a true epsilon.
+``z_update = (z^-2 - (2 sigma_b)^-2)^-1/2`` (:func:`adaptive_update_noise`): scale the count by
+``z_update C / sigma_b`` and the pair is one isotropic Gaussian of std ``z_update C`` on a vector of
+sensitivity ``C (1 + z_update^2 / (4 sigma_b^2))^1/2 = z_update C / z``, on the same Poisson sample,
+i.e. the sampled Gaussian of multiplier ``z``. The accountant charges ``z``, so a row with adaptive
+clipping carries a true epsilon (the clip norm of a round is a function of earlier releases only).
 
 Every function refuses bad values with a one-line :class:`privacy.accounting.AccountingError`.
 """

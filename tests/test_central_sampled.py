@@ -260,3 +260,46 @@ def test_bench_account_covers_the_sampled_mode(capsys):
     assert main([*common[:4], "1.5", *common[5:], "--epsilon", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "rdp only" in err[0] and "sample rate" in err[1]
+
+
+@pytest.mark.slow  # ~4 s: exports the partitions and builds the model
+def test_run_federation_dispatches_the_sampled_mode_and_records_its_privacy(tmp_path, monkeypatch):
+    """run_federation with a grid that answers in-process (no Ray): the mode's strategy runs, a round
+    where a client dropped out still releases, and history.json / the runner's columns carry the
+    amplified accounting."""
+    from benchmark.federation import server_app
+    from benchmark.federation.partition_files import export_partitions
+    from benchmark.runner import privacy_metrics
+
+    sc = Scenario(name="cd", num_clients=8, clients_per_round=4, client_sample_rate=0.5, rounds=2,
+                  dp_mode="central-dp-sampled", target_epsilon=10.0, delta=1e-3, max_train_images=64)
+    export_partitions(sc, 0, tmp_path / "parts")
+    nodes = {p: 500 + p for p in range(sc.num_clients)}
+    monkeypatch.setattr(server_app, "discover_partitions", lambda grid, n, timeout: nodes)
+    # The calibration is tested above; a fixed z keeps this test fast.
+    monkeypatch.setattr("benchmark.federation.sampled.client_sampled_noise", lambda **kw: 1.0)
+
+    class Grid:
+        calls = 0
+
+        def send_and_receive(self, messages, timeout):
+            Grid.calls += 1
+            out = []
+            for i, m in enumerate(messages):
+                if Grid.calls == 1 and i == 0:
+                    continue  # round 1: the first sampled client never answers
+                arrays = {k: torch.from_numpy(v.numpy()) + 0.01 for k, v in m.content["arrays"].items()}
+                out.append(reply(m, arrays))
+            return out
+
+    history = server_app.run_federation(Grid(), {"scenario": sc.to_json(), "seed": 0, "out-dir": str(tmp_path / "out"),
+                                                 "partition-dir": str(tmp_path / "parts")})
+    c = history["central_dp"]
+    assert c["accountant"] == "opacus-rdp-poisson-clients" and c["releases"] == 2 and c["sample_rate"] == 0.5
+    assert c["epsilon"] == pytest.approx(client_sampled_epsilon_dp_accounting(
+        noise_multiplier=c["noise_multiplier"], sample_rate=0.5, rounds=2, delta=1e-3), rel=0.01)
+    assert c["noise_multiplier"] == 1.0 and [r["round"] for r in history["rounds"]] == [1, 2]
+    r1 = history["rounds"][0]
+    assert r1["sampled"] == len(r1["sampled_partitions"]) and r1["aggregated"] == r1["sampled"] - (r1["sampled"] > 0)
+    assert privacy_metrics(sc, history)["accountant"] == "opacus-rdp-poisson-clients"
+    assert (tmp_path / "out" / "global_model.pt").exists()
