@@ -17,9 +17,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 # ------------------------------------------------------------------------------------ registry
 def test_registry_holds_the_published_modes():
-    assert modes.dp_mode_names() == ("none", "local-dpsgd", "central-dp")
+    assert modes.dp_mode_names() == ("none", "local-dpsgd", "central-dp", "central-dp-sampled")
     assert grad_sample_mode_names() == ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
-    none, local, central = (get_dp_mode(n) for n in modes.dp_mode_names())
+    none, local, central, sampled = (get_dp_mode(n) for n in modes.dp_mode_names())
+    assert sampled.client_level and sampled.server_adds_noise and sampled.client_sampling == "poisson"
+    assert central.client_sampling == "fixed"
     assert (none.dp_level, local.dp_level, central.dp_level) == ("", "sample", "client")
     assert not none.private and local.private and central.private
     assert local.clients_run_dpsgd and not local.server_adds_noise
@@ -50,7 +52,7 @@ def test_registry_refuses_duplicates():
 
 
 @pytest.mark.parametrize("lookup, name, known", [
-    (get_dp_mode, "local", "none, local-dpsgd, central-dp"),
+    (get_dp_mode, "local", "none, local-dpsgd, central-dp, central-dp-sampled"),
     (get_grad_sample_mode, "fast", "hooks, ghost, mixed-ghost, mixed-ghost-bk"),
 ])
 def test_unknown_mode_is_a_one_line_error_listing_the_known_names(lookup, name, known):
@@ -88,7 +90,7 @@ def test_scenario_validation_reads_the_registry():
 def test_leaderboard_dp_level_comes_from_the_registry():
     from benchmark.leaderboard import DP_LEVEL
 
-    assert DP_LEVEL == {"none": "", "local-dpsgd": "sample", "central-dp": "client"}
+    assert DP_LEVEL == {"none": "", "local-dpsgd": "sample", "central-dp": "client", "central-dp-sampled": "client"}
 
 
 def test_a_new_dp_mode_can_be_registered_and_removed():

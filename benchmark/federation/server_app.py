@@ -325,7 +325,12 @@ def run_federation(grid: Grid, run_config: dict,
         min_train_nodes=scenario.clients_per_round, train_metrics_aggr_fn=aggregate_train_metrics,
         weighted_by_key=UNIFORM_WEIGHT_KEY if central else "num-examples")
     privacy_info: dict = {}
-    if central:
+    if scenario.poisson_clients:  # central-dp-sampled: Poisson participation, amplified accounting
+        from benchmark.federation.sampled import sampled_strategy
+
+        strategy, privacy_info = sampled_strategy(scenario, partition_to_node)
+        fedavg = strategy  # its sampled partitions and weight key, as SeededFedAvg's
+    elif central:
         clip = scenario.max_grad_norm or DEFAULT_UPDATE_CLIP
         sigma = calibrate_central(target_epsilon=scenario.target_epsilon, delta=scenario.delta,
                                   rounds=scenario.rounds, num_clients=scenario.num_clients)
