@@ -13,10 +13,28 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from benchmark.federation import client_app
 from benchmark.federation.server_app import FederationError, LocalDPLedger
-from tests.test_federation import (SCENARIO, fresh_context, initial_arrays, parts,  # noqa: F401  (fixtures)
-                                   task_identity, train_message)
+from benchmark.federation.partition_files import export_partitions
+from tests.test_federation import task_identity  # noqa: F401  (autouse fixture: Flower's task identity)
+from tests.test_federation import SCENARIO, fresh_context, initial_arrays, train_message
 
 LOCAL = dataclasses.replace(SCENARIO, dp_mode="local-dpsgd", target_epsilon=8.0, delta=1e-5, rounds=3)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """SCENARIO's parties' files, as `bench partitions` writes them."""
+    out = tmp_path_factory.mktemp("partitions")
+    export_partitions(SCENARIO, 0, out)
+    return out
+
+
+@pytest.fixture
+def quick_calibration(monkeypatch):
+    """sigma = 1.3 for every plan: these tests are about bookkeeping, not calibration (which
+    test_dp_training_charges_exactly_the_plan_and_stays_within_target checks)."""
+    from privacy import dpsgd
+
+    monkeypatch.setattr(dpsgd, "sample_level_noise", lambda **kw: 1.3)
 
 
 def dp_train(ctx, server_round=1, scenario=LOCAL, arrays=None):
@@ -42,13 +60,14 @@ def numbers_in(obj) -> list[float]:
 
 
 # ------------------------------------------------------------------------ defect 1: secret DP noise
-def test_dp_noise_and_poisson_sampling_come_only_from_os_entropy_and_are_never_sent(parts, monkeypatch):
+def test_dp_noise_and_poisson_sampling_come_only_from_os_entropy_and_are_never_sent(parts, monkeypatch,
+                                                                                    quick_calibration):
     """Pin the OS entropy and the local-DP update becomes a function of the message: the run seed
     plays no part in the DP noise or the batches. The secret seeds reach neither the reply nor the
     node's stored state."""
     from privacy import noise
 
-    drawn = []
+    drawn, real = [], noise.secret_seed
 
     def pinned(bits=noise.TORCH_SEED_BITS):
         drawn.append(0x5EC12E7 + len(drawn) % 2)  # sampling and noise each get their own seed
@@ -64,7 +83,7 @@ def test_dp_noise_and_poisson_sampling_come_only_from_os_entropy_and_are_never_s
     for record in (a.content, ctx_a.state):
         assert not set(drawn) & set(numbers_in(record))
     # Unpinned, the same message gives another update.
-    monkeypatch.undo()
+    monkeypatch.setattr(noise, "secret_seed", real)
     sc = dp_train(fresh_context(parts), arrays=arrays).content["arrays"].to_torch_state_dict()
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
 
@@ -197,14 +216,6 @@ class _Sink:
         return None, None
 
 
-@pytest.fixture
-def quick_calibration(monkeypatch):
-    """sigma = 1.3 for every plan: these tests are about bookkeeping, not calibration (tested above)."""
-    from privacy import dpsgd
-
-    monkeypatch.setattr(dpsgd, "sample_level_noise", lambda **kw: 1.3)
-
-
 def ledger(num_images=(12, 12)):
     return LocalDPLedger(_Sink(), scenario=LOCAL, num_images=dict(enumerate(num_images)),
                          partition_to_node={0: 101, 1: 202})
@@ -261,10 +272,10 @@ def test_a_client_whose_memory_disagrees_with_the_server_fails_the_run(memory, q
     assert "\n" not in str(e.value) and led.strategy.aggregated == [1]
 
 
-def test_real_clients_with_lost_or_carried_history_are_caught(parts):
+def test_real_clients_with_lost_or_carried_history_are_caught(parts, quick_calibration):
     """The client app's own reports: a node restarted between rounds (fresh context) reports one
     round too few, a context carried over from another run one round too many."""
-    led = ledger()  # the real calibration, as the client app's
+    led = ledger()
     led.participation[1] = [1, 2]  # partition 1 (the fresh_context's) sampled in rounds 1 and 2
     ctx = fresh_context(parts)
     assert led.report_problem(1, 1, dict(dp_train(ctx, 1).content["metrics"])) is None

@@ -5,9 +5,9 @@ indices. Without DP the metrics are its example count, steps and mean training l
 mode (``DPMode.private``) only public metadata (example count, steps, the equal ``dp-weight``; under
 local DP also the plan's noise multiplier and sample rate and the client's own epsilon report,
 which the server checks against its own figure): the loss is the client's raw, unnoised,
-data-dependent value, and under central DP the update itself reaches the server before its noise. The optimizer state lives across rounds in the
-node's Flower ``context.state`` (no module globals), so the same app works in simulation and in
-deployment.
+data-dependent value, and under central DP the update itself reaches the server before its noise.
+The optimizer state lives across rounds in the node's Flower ``context.state`` (no module
+globals), so the same app works in simulation and in deployment.
 
 Node config (deployment: ``flower-supernode --node-config 'partition-id=0
 partition-file="/data/partition-0.npz"'``, TOML values; simulation sets ``partition-id``):
