@@ -297,3 +297,76 @@ def test_privacy_columns_read_the_servers_figure_and_dp_rows_have_no_train_loss(
     assert cols["epsilon"] == led.record()["epsilon"] != 99.0
     assert cols["noise_multiplier"] == led.plans[0].noise_multiplier
     assert METRICS["final_train_loss"].nullable
+
+
+# ------------------------------------------------ the whole federation in process (no Ray), local DP
+class InProcessGrid:
+    """Flower's Grid for run_federation, delivering each message to the client app in this process
+    (node 101 holds partition 0, node 202 partition 1)."""
+
+    def __init__(self, parts_dir):
+        self.contexts = {101 + 101 * p: fresh_context(parts_dir, partition_id=p) for p in (0, 1)}
+        self.inbox: dict[str, Message] = {}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def deliver(self, msg: Message) -> Message:
+        from flwr.app import MessageType
+
+        self.inbox_count = getattr(self, "inbox_count", 0) + 1
+        msg.metadata.__dict__["_message_id"] = f"m{self.inbox_count}"
+        ctx = self.contexts[msg.metadata.dst_node_id]
+        app = client_app.query if msg.metadata.message_type == MessageType.QUERY else client_app.train
+        reply = app(msg, ctx)
+        reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+        return reply
+
+    def push_messages(self, msgs):
+        ids = []
+        for msg in msgs:
+            reply = self.deliver(msg)
+            self.inbox[reply.metadata.reply_to_message_id] = reply
+            ids.append(reply.metadata.reply_to_message_id)
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.inbox.pop(i) for i in ids if i in self.inbox]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [self.deliver(m) for m in messages]
+
+
+def federate(parts_dir, out_dir, on_round=None):
+    from benchmark.federation.server_app import run_federation
+
+    grid = InProcessGrid(parts_dir)
+    scenario = dataclasses.replace(LOCAL, rounds=2)
+    config = {"scenario": scenario.to_json(), "seed": 0, "out-dir": str(out_dir), "partition-dir": str(parts_dir)}
+    return grid, run_federation(grid, config, on_round=on_round and (lambda r: on_round(grid, r)))
+
+
+def test_a_local_dp_federation_publishes_the_servers_epsilon_and_no_loss_or_noise_seed(parts, tmp_path, monkeypatch,
+                                                                                        quick_calibration):
+    from privacy import noise
+
+    seeds = []
+    monkeypatch.setattr(noise, "secret_seed", lambda bits=63: seeds.append(0x5EC12E7 + len(seeds)) or seeds[-1])
+    _, history = federate(parts, tmp_path)
+    assert len(seeds) == 2 * 2 * 2  # rounds x clients x (sampling, noise)
+    written = json.loads((tmp_path / "history.json").read_text())
+    assert written["local_dp"]["epsilon"] == max(c["epsilon"] for c in written["local_dp"]["clients"]) > 0
+    assert [c["rounds"] for c in written["local_dp"]["clients"]] == [[1, 2], [1, 2]]
+    assert all("train_loss" not in r for r in written["rounds"])
+    assert not set(seeds) & set(numbers_in(written)) and not set(seeds) & set(numbers_in(
+        json.loads((parts / "manifest.json").read_text())))
+
+
+def test_a_node_restarted_mid_run_fails_the_federation(parts, tmp_path, quick_calibration):
+    def restart_partition_1(grid, server_round):
+        if server_round == 1:
+            grid.contexts[202] = fresh_context(parts, partition_id=1)  # its accountant history is gone
+
+    with pytest.raises(FederationError, match=r"^round 2: partition 1 reports epsilon .* after 2 round\(s\)"):
+        federate(parts, tmp_path, restart_partition_1)
+    assert not (tmp_path / "history.json").exists()
