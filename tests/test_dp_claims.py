@@ -96,6 +96,26 @@ def test_secret_generators_are_seeded_from_the_os_and_differ_each_time():
     assert not np.array_equal(secret_numpy_rng().normal(size=8), secret_numpy_rng().normal(size=8))
 
 
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])  # one of each optimizer family
+def test_dp_steps_draw_noise_in_opacus_secure_mode_with_the_planned_std(mode):
+    """The optimizer half of Opacus' secure mode (four Gaussians per value, no torchcsprng needed)
+    keeps the noise std at noise_multiplier * clip / expected batch size."""
+    from privacy.dpsgd import make_dp_step
+    from privacy.noise import secret_torch_generator
+
+    model = torch.nn.Sequential(torch.nn.Linear(100, 100))
+    dp = make_dp_step(model, torch.optim.SGD(model.parameters(), lr=1.0), grad_sample_mode=mode, max_grad_norm=2.0,
+                      noise_multiplier=1.5, expected_batch_size=3, noise_generator=secret_torch_generator())
+    assert dp.optimizer.secure_mode
+    before = model[0].weight.detach().clone()
+    dp.zero_grad()
+    dp.empty_batch()
+    dp.step()
+    moved = (model[0].weight.detach() - before).flatten()
+    dp.close()
+    assert abs(float(moved.std()) / (1.5 * 2.0 / 3) - 1) < 0.05
+
+
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_central_dp_noise_is_secret_not_numpys_global_rng(side):
     """Flower draws central-DP noise from np.random's global state; ours from a secret generator:
