@@ -64,13 +64,14 @@ def privacy_metrics(scenario: Scenario, history: dict) -> dict:
         return {"epsilon": c["epsilon"], "delta": scenario.delta, "accountant": c["accountant"],
                 "noise_multiplier": c["noise_multiplier"], "max_grad_norm": c["max_grad_norm"],
                 "sample_rate": c["sample_rate"], "epsilon_target": scenario.target_epsilon}
-    rounds = history["rounds"]
+    local = history["local_dp"]
     return {
-        # The largest spend of any client (clients hold disjoint data), after its last round.
-        "epsilon": max(r["epsilon"] for r in rounds), "delta": scenario.delta,
-        "accountant": f"opacus-{scenario.accountant}", "noise_multiplier": min(r["noise_multiplier"] for r in rounds),
+        # The largest spend of any client (clients hold disjoint data), as the server computed it from
+        # each client's plan and the rounds it was sampled in (never from what a client remembers).
+        "epsilon": local["epsilon"], "delta": scenario.delta,
+        "accountant": local["accountant"], "noise_multiplier": local["noise_multiplier"],
         "max_grad_norm": mode.clip(scenario.max_grad_norm),
-        "sample_rate": max(r["sample_rate"] for r in rounds), "epsilon_target": scenario.target_epsilon,
+        "sample_rate": local["sample_rate"], "epsilon_target": scenario.target_epsilon,
         "grad_sample_mode": scenario.grad_sample_mode, "noise_multiplicity": scenario.noise_multiplicity,
     }
 
@@ -161,7 +162,7 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
     metrics = {
         **utility, **attack_cols,
         "train_s": history["train_s"], "sample_s": sample_s,
-        "final_train_loss": history["rounds"][-1]["train_loss"],
+        "final_train_loss": history["rounds"][-1].get("train_loss"),  # None under DP: clients keep it
         "dp_mode": scenario.dp_mode, **privacy,
     }
     check_metrics(metrics, where=f"{scenario.name} seed {seed}: metrics.json")

@@ -3,10 +3,18 @@
 Each client trains with Opacus (through :func:`make_dp_step`): Poisson sampling at rate ``batch_size / n``,
 per-sample clipping to ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``.
 The noise is calibrated once per client so that its spend over *every round it could take part
-in* (all ``rounds``, each ``local_epochs`` epochs) stays within ``target_epsilon`` at ``delta``;
-the accountant's history lives across rounds in the client's Flower context, and the epsilon
-actually spent is reported after every round (the leaderboard shows the maximum over clients,
-whose data are disjoint).
+in* (all ``rounds``, each ``local_epochs`` epochs) stays within ``target_epsilon`` at ``delta``.
+The plan (:func:`plan_local_dp`) fixes ``steps_per_epoch`` and ``sample_rate = 1 / steps_per_epoch``;
+the Poisson sampler runs exactly that many steps at exactly that rate (not Opacus' ``int(1 / q)``,
+which float rounding makes one short for some n), and the accountant is charged exactly
+``(noise_multiplier, sample_rate, steps)`` (checked after every round). The client keeps its
+accountant's history in its Flower context and reports its spend; the server recomputes every
+client's spend from the plan and the rounds it sampled the client in, and that figure is the one
+published (``benchmark.federation.server_app``).
+
+The Poisson sampling and the Gaussian noise are secret: their generators are seeded from OS
+entropy (:mod:`privacy.noise`), never from the run seed, so published results cannot replay them.
+The run seed (``seed``) drives only the diffusion noise and timesteps.
 
 Grad-sample modes (:mod:`privacy.modes`): ``hooks`` (per-sample gradients), ``ghost`` (Opacus'
 ghost clipping: norms without materialising per-sample gradients where a norm sampler exists, then
@@ -71,7 +79,7 @@ def plan_local_dp(*, n_train: int, batch_size: int, rounds: int, local_epochs: i
     if noise_multiplicity < 1:
         raise ValueError("noise_multiplicity must be >= 1")
     _check_multiplicity(mode, noise_multiplicity)
-    # Opacus samples at 1 / len(data_loader): plan with exactly that rate.
+    # The sampler runs exactly steps_per_epoch steps at exactly this rate (poisson_loader).
     steps_per_epoch = math.ceil(n_train / batch_size)
     sample_rate = 1.0 / steps_per_epoch
     max_steps = rounds * local_epochs * steps_per_epoch
@@ -79,6 +87,31 @@ def plan_local_dp(*, n_train: int, batch_size: int, rounds: int, local_epochs: i
                                delta=delta, accountant=accountant)
     return LocalDPPlan(sigma, sample_rate, max_grad_norm, steps_per_epoch, max_steps, target_epsilon, delta,
                        accountant, grad_sample_mode, noise_multiplicity)
+
+
+def expected_batch_size(plan: LocalDPPlan, n_train: int) -> int:
+    """The batch size the DP optimizer divides by (Opacus' ``int(n * q)``, computed exactly: for
+    some n, ``n * (1 / steps)`` rounds below the integer ``n / steps``)."""
+    return max(1, n_train // plan.steps_per_epoch)
+
+
+def poisson_loader(plan: LocalDPPlan, dataset: torch.utils.data.Dataset,
+                   generator: torch.Generator) -> torch.utils.data.DataLoader:
+    """Opacus' Poisson loader (``DPDataLoader``: its sampler and empty-batch collate), with the
+    plan's ``sample_rate`` and exactly ``plan.steps_per_epoch`` batches per epoch."""
+    from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+    from torch.utils.data._utils.collate import default_collate
+
+    sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=plan.sample_rate,
+                                            generator=generator, steps=plan.steps_per_epoch)
+    first = dataset[0]
+    collate = wrap_collate_with_empty(collate_fn=default_collate, batch_first=True,
+                                      sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
+                                      dtypes=[dtype_safe(x) for x in first])
+    # generator here too, as DPDataLoader does: each epoch's iterator draws its base seed from it,
+    # not from torch's global RNG.
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=generator)
 
 
 def _check_multiplicity(mode: GradSampleMode, k: int) -> None:
@@ -130,14 +163,17 @@ class DPStep:
 
 def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, grad_sample_mode: str,
                  max_grad_norm: float, noise_multiplier: float, expected_batch_size: int,
-                 noise_generator: torch.Generator | None = None) -> DPStep:
+                 noise_generator: torch.Generator | None = None, secure_mode: bool = True) -> DPStep:
     """The one construction path of a DP-SGD step (training, ``bench verify-dp``, ``bench perf``).
 
     What ``PrivacyEngine.make_private`` does to the module and optimizer, for every registered
     grad-sample mode: Opacus' module validation, the mode's ``wrap`` (:mod:`privacy.modes`), and
     Opacus' optimizer class for its family (``DPOptimizerFastGradientClipping`` for the ghost
     family, ``DPOptimizer`` otherwise), mean loss reduction. Noise std is
-    ``noise_multiplier * max_grad_norm / expected_batch_size``.
+    ``noise_multiplier * max_grad_norm / expected_batch_size``, drawn from ``noise_generator``
+    (training passes a secret one, :func:`privacy.noise.secret_torch_generator`) with Opacus'
+    optimizer-side ``secure_mode`` (each value the halved sum of four Gaussians, against
+    floating-point attacks; it needs no ``torchcsprng``).
     """
     from opacus.optimizers import get_optimizer_class
     from opacus.validators import ModuleValidator
@@ -152,33 +188,36 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
                                       grad_sample_mode="ghost" if mode.ghost_family else "hooks")
     dp_optimizer = optim_class(optimizer=optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                                expected_batch_size=expected_batch_size, loss_reduction="mean",
-                               generator=noise_generator, secure_mode=False)
+                               generator=noise_generator, secure_mode=secure_mode)
     return DPStep(mode, module, dp_optimizer)
 
 
 def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: LocalDPPlan,
                     images: np.ndarray, labels: np.ndarray, *, epochs: int, num_train_timesteps: int,
                     conditional: bool, device: str | torch.device, seed: int,
-                    accountant_history: list[tuple[float, float, int]]) -> dict:
+                    accountant_history: list[tuple[float, float, int]],
+                    sampling_generator: torch.Generator | None = None,
+                    noise_generator: torch.Generator | None = None) -> dict:
     """``epochs`` of DP-SGD on one client. Returns loss, steps, the accountant's new history and
-    the epsilon spent so far (this round included)."""
+    the epsilon spent so far (this round included).
+
+    ``seed`` drives the diffusion noise and timesteps only. The Poisson sampling and the DP noise
+    come from ``sampling_generator`` and ``noise_generator``; left out (as the client app always
+    does) each is a fresh secret generator (:mod:`privacy.noise`). Tests pass seeded ones.
+    """
     from opacus.accountants import create_accountant
-    from opacus.data_loader import DPDataLoader
+
+    from privacy.noise import secret_torch_generator
 
     accountant = create_accountant(mechanism=plan.accountant)
     accountant.history = [tuple(h) for h in accountant_history]
     data = torch.utils.data.TensorDataset(torch.as_tensor(images), torch.as_tensor(labels))
-    loader = torch.utils.data.DataLoader(data, batch_size=math.ceil(len(images) * plan.sample_rate),
-                                         generator=torch.Generator().manual_seed(seed))
-    dp_loader = DPDataLoader.from_data_loader(loader, distributed=False)  # Poisson sampling at 1 / len(loader)
-    if abs(dp_loader.sample_rate - plan.sample_rate) > 1e-9:
-        raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {plan.sample_rate}")
+    dp_loader = poisson_loader(plan, data, sampling_generator or secret_torch_generator("cpu"))
     dp = make_dp_step(model, optimizer, grad_sample_mode=plan.grad_sample_mode, max_grad_norm=plan.max_grad_norm,
-                      noise_multiplier=plan.noise_multiplier,
-                      expected_batch_size=int(len(data) * dp_loader.sample_rate),  # as make_private computes it
-                      noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+                      noise_multiplier=plan.noise_multiplier, expected_batch_size=expected_batch_size(plan, len(data)),
+                      noise_generator=noise_generator or secret_torch_generator(device))
     dp.module.forbid_grad_accumulation()  # Poisson sampling: one batch per step
-    dp.optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=dp_loader.sample_rate))
+    dp.optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
     gsm = dp.module
     scheduler = make_scheduler(num_train_timesteps)
     gen = torch.Generator(device=device).manual_seed(seed + 2)
@@ -204,10 +243,29 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
             total += float(per_loss.detach().mean()) * len(xb)
             seen += len(xb)
             steps += 1
-    history = [tuple(h) for h in accountant.history]
-    epsilon = float(accountant.get_epsilon(plan.delta)) if history else 0.0
     dp.close()  # remove Opacus hooks from the (shared) model
+    history = [tuple(h) for h in accountant.history]
+    expected = charge(accountant_history, plan, epochs)
+    if steps != epochs * plan.steps_per_epoch or history != expected:
+        raise RuntimeError(f"DP-SGD ran {steps} steps with accountant history {history}, the plan charges "
+                           f"{epochs * plan.steps_per_epoch} steps: {expected}")
+    epsilon = float(accountant.get_epsilon(plan.delta)) if history else 0.0
     return {"loss": total / max(seen, 1), "steps": steps, "history": history, "epsilon": epsilon}
+
+
+def charge(history: list[tuple[float, float, int]], plan: LocalDPPlan,
+           epochs: int) -> list[tuple[float, float, int]]:
+    """``history`` after ``epochs`` more epochs of ``plan``, as Opacus' accountants record it
+    (consecutive steps with the same noise and rate merge into one entry)."""
+    out = [tuple(h) for h in history]
+    steps = epochs * plan.steps_per_epoch
+    if steps == 0:
+        return out
+    if out and out[-1][:2] == (plan.noise_multiplier, plan.sample_rate):
+        out[-1] = (plan.noise_multiplier, plan.sample_rate, out[-1][2] + steps)
+    else:
+        out.append((plan.noise_multiplier, plan.sample_rate, steps))
+    return out
 
 
 def _average_multiplicity(gsm: torch.nn.Module, batch: int, k: int) -> None:

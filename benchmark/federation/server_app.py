@@ -22,6 +22,10 @@ also report the weight the server expects (its partition's image count; 1 under 
 ``min_clients_per_round`` valid updates remain, the round fails with :class:`RoundFailedError`
 and the run with it (one line, nothing published). Screening comes *before* the DP wrapper
 because Flower 1.42's clipping crashes on a wrong shape and turns NaN into NaN.
+
+Local DP: :class:`LocalDPLedger` (inside the screening) computes every client's epsilon on the
+server from its image count and the rounds it was sampled in, checks each client's own report
+against it and records it in ``history.json`` (``local_dp``); that figure is the published one.
 """
 
 from __future__ import annotations
@@ -216,6 +220,107 @@ def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> 
     return out
 
 
+EPSILON_RTOL = 1e-6  # a client's epsilon report must match the server's figure to this relative tolerance
+
+
+class LocalDPLedger(Strategy):
+    """Local DP-SGD bookkeeping on the server: every client's privacy spend, computed from what the
+    server knows (the client's image count, hence its plan, :func:`task.local_dp_plan`, and the
+    rounds it was sampled in), never from what the client remembers.
+
+    A client is charged ``local_epochs * steps_per_epoch`` steps of its plan for every round it is
+    sampled in, whether or not its reply is aggregated (it may have trained and sent it). Each
+    aggregated reply's own report (``epsilon``, and the plan's ``noise_multiplier``, ``sample_rate``
+    and ``steps``) must agree with the server's figures (``EPSILON_RTOL``); a disagreement (a
+    restarted node that lost its accountant history, a context carried over from another run, a
+    client that ran another plan) fails the run with one :class:`FederationError` line. The
+    published epsilon is the server's (:meth:`record`), the maximum over clients.
+    """
+
+    def __init__(self, strategy: Strategy, *, scenario: Scenario, num_images: dict[int, int],
+                 partition_to_node: dict[int, int]) -> None:
+        self.strategy = strategy
+        self.scenario = scenario
+        self.num_images = num_images
+        self.node_to_partition = {n: p for p, n in partition_to_node.items()}
+        by_size = {n: task.local_dp_plan(scenario, n) for n in sorted(set(num_images.values()))}  # one calibration each
+        self.plans = {p: by_size[n] for p, n in num_images.items()}
+        self.participation: dict[int, list[int]] = {p: [] for p in num_images}  # partition -> rounds sampled
+        self._epsilons: dict[tuple[int, int], float] = {}
+
+    def steps_per_round(self, partition: int) -> int:
+        return self.scenario.local_epochs * self.plans[partition].steps_per_epoch
+
+    def epsilon(self, partition: int, rounds: int) -> float:
+        """The client's epsilon after taking part in ``rounds`` rounds (0 for none)."""
+        if rounds == 0:
+            return 0.0
+        if (partition, rounds) not in self._epsilons:
+            from privacy.accounting import sample_level_epsilon
+
+            plan = self.plans[partition]
+            self._epsilons[partition, rounds] = sample_level_epsilon(
+                noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                steps=rounds * self.steps_per_round(partition), delta=plan.delta, accountant=plan.accountant)
+        return self._epsilons[partition, rounds]
+
+    def summary(self) -> None:
+        flwr_log(logging.INFO, "\t├──> Local DP: the server accounts every client's spend")
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        for msg in msgs:
+            self.participation[self.node_to_partition[msg.metadata.dst_node_id]].append(server_round)
+        return msgs
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        for reply in replies:
+            pid = self.node_to_partition[reply.metadata.src_node_id]
+            problem = self.report_problem(pid, server_round, next(iter(reply.content.metric_records.values())))
+            if problem:
+                raise FederationError(f"round {server_round}: partition {pid} {problem}")
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def report_problem(self, pid: int, server_round: int, metrics) -> str | None:
+        """Why a client's privacy report disagrees with the server's figures, or None."""
+        plan = self.plans[pid]
+        taken = sum(1 for r in self.participation[pid] if r <= server_round)
+        expected = {"epsilon": self.epsilon(pid, taken), "noise_multiplier": plan.noise_multiplier,
+                    "sample_rate": plan.sample_rate, "steps": self.steps_per_round(pid)}
+        for key, want in expected.items():
+            got = metrics.get(key)
+            if got is None or not math.isclose(float(got), want, rel_tol=EPSILON_RTOL, abs_tol=0.0):
+                why = (" (a restarted node that lost its accountant history, or a context carried over from "
+                       "another run)" if key == "epsilon" else "")
+                return (f"reports {key} {got!r}, the server's figure after {taken} round(s) of its plan is "
+                        f"{want:.9g}{why}")
+        return None
+
+    def record(self) -> dict:
+        """``history.json``'s ``local_dp``: every client's spend and the published maximum."""
+        clients = [{"partition": p, "n_train": self.num_images[p],
+                    "noise_multiplier": self.plans[p].noise_multiplier, "sample_rate": self.plans[p].sample_rate,
+                    "steps_per_round": self.steps_per_round(p), "rounds": list(self.participation[p]),
+                    "steps": len(self.participation[p]) * self.steps_per_round(p),
+                    "epsilon": self.epsilon(p, len(self.participation[p]))}
+                   for p in sorted(self.plans)]
+        taken = [c for c in clients if c["rounds"]] or clients
+        return {"accountant": f"opacus-{self.scenario.accountant}", "delta": self.scenario.delta,
+                "epsilon": max(c["epsilon"] for c in clients),
+                "noise_multiplier": min(c["noise_multiplier"] for c in taken),
+                "sample_rate": max(c["sample_rate"] for c in taken), "clients": clients}
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+
 def discover_partitions(grid: Grid, num_clients: int, timeout_s: float = FLOWER_DEFAULT_TIMEOUT_S, *,
                         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                         poll_s: float = DISCOVERY_POLL_S) -> dict[int, int]:
@@ -316,7 +421,8 @@ def run_federation(grid: Grid, run_config: dict,
     model = task.build_model(scenario, manifest, seed=derive_seed("init", seed))
     partition_to_node = discover_partitions(
         grid, scenario.num_clients, max(scenario.round_timeout_s or FLOWER_DEFAULT_TIMEOUT_S, MIN_DISCOVERY_WAIT_S))
-    central = get_dp_mode(scenario.dp_mode).server_adds_noise
+    mode = get_dp_mode(scenario.dp_mode)
+    central = mode.server_adds_noise
     if central:
         from privacy.central import (DEFAULT_UPDATE_CLIP, UNIFORM_WEIGHT_KEY, calibrate_central,
                                      wrap_central_dp)
@@ -340,6 +446,10 @@ def run_federation(grid: Grid, run_config: dict,
                                    side=scenario.central_clipping)
         privacy_info = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
                         "accountant": "flwr-rdp-no-amplification", "clipping": scenario.central_clipping}
+    ledger = None
+    if mode.clients_run_dpsgd:
+        strategy = ledger = LocalDPLedger(strategy, scenario=scenario, partition_to_node=partition_to_node,
+                                          num_images=dict(enumerate(manifest.num_images)))
     screened = ScreenedAggregation(
         strategy, min_replies=scenario.min_replies, weight_key=fedavg.weighted_by_key,
         node_names={n: f"partition {p}" for p, n in partition_to_node.items()},
@@ -373,6 +483,7 @@ def run_federation(grid: Grid, run_config: dict,
     history = {
         "train_s": train_s,
         "central_dp": privacy_info,
+        **({"local_dp": ledger.record()} if ledger is not None else {}),
         "rounds": [
             {"round": r, "sampled_partitions": fedavg.sampled.get(r, []),
              **{k: v for k, v in screened.rounds.get(r, {}).items() if k != "problems"},
