@@ -109,13 +109,13 @@ def test_noise_std_stays_at_c_under_a_margin():
 
 
 def test_verify_dp_holds_contributions_to_c_at_the_margin():
+    """verify-dp's clip is the reference's median norm, so without a margin the largest contribution
+    is C (1.0, the CPU default, tests/test_privacy.py); at margin 0.25 every mode's is C / 1.25, and
+    its clipped sums still agree with the reference's clipped at C / 1.25."""
     from privacy.verify import verify_dp
 
-    plain = verify_dp("unet-tiny", batch_size=3, modes=("hooks", "mixed-ghost"), in_channels=1, resolution=8)
-    assert plain.passed and plain.precision == "float32" and plain.clip_margin == 0.0, plain.table()
-    narrowed = verify_dp("unet-tiny", batch_size=3, modes=("hooks", "mixed-ghost"), in_channels=1, resolution=8,
-                         clip_margin=0.25)
-    assert narrowed.passed, narrowed.table()  # the clipped sums agree with the reference's at C / 1.25
-    for p, n in zip(plain.modes, narrowed.modes):
-        assert p.max_contribution_over_clip == pytest.approx(1.0, abs=1e-4)  # half the batch is clipped
-        assert n.max_contribution_over_clip == pytest.approx(1 / 1.25, abs=1e-4)
+    report = verify_dp("unet-tiny", batch_size=2, modes=("hooks", "mixed-ghost"), in_channels=1, resolution=8,
+                       clip_margin=0.25)
+    assert report.passed and report.precision == "float32" and report.clip_margin == 0.25, report.table()
+    for m in report.modes:
+        assert m.max_contribution_over_clip == pytest.approx(1 / 1.25, abs=1e-4), report.table()
