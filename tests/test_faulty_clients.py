@@ -6,6 +6,7 @@ no reply at all (Flower's ``send_and_receive(timeout=...)`` returns what came in
 """
 
 import dataclasses
+import types
 
 import pytest
 import torch
@@ -190,6 +191,9 @@ def test_client_side_clipping_rejects_an_update_over_the_norm():
     clip = 1.0
     s = screened(min_replies=3, central=True, side="client", clip=clip)
     assert s.max_update_norm == clip
+    # Found inside another wrapper too (a strategy of ours around Flower's).
+    outer = ScreenedAggregation(types.SimpleNamespace(strategy=s.strategy), min_replies=3, weight_key="dp-weight")
+    assert outer.max_update_norm == clip
     msgs = start_round(s, TWIN)
     over = {k: v + 1.01 * clip / 6 ** 0.5 for k, v in TWIN.items()}  # norm 1.01 C, never clipped by the client
     with pytest.raises(RoundFailedError, match="invalid 1"):

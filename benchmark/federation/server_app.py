@@ -171,6 +171,18 @@ def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str, *,
     return None
 
 
+def _client_side_clipping_norm(strategy: Strategy) -> float | None:
+    """The clipping norm of Flower's client-side clipping wrapper in ``strategy`` or in the
+    strategies it wraps (``.strategy``), else None."""
+    seen = set()
+    while strategy is not None and id(strategy) not in seen:
+        seen.add(id(strategy))
+        if isinstance(strategy, DifferentialPrivacyClientSideFixedClipping):
+            return float(strategy.clipping_norm)
+        strategy = getattr(strategy, "strategy", None)
+    return None
+
+
 class ScreenedAggregation(Strategy):
     """Wraps a strategy; drops and counts failed, late and invalid client replies before the
     wrapped strategy (FedAvg or Flower's DP wrapper around it) sees them.
@@ -187,8 +199,8 @@ class ScreenedAggregation(Strategy):
                  expected_weights: dict[int, float] | None = None,
                  node_names: dict[int, str] | None = None, max_update_norm: float | None = None) -> None:
         self.strategy = strategy
-        if max_update_norm is None and isinstance(strategy, DifferentialPrivacyClientSideFixedClipping):
-            max_update_norm = float(strategy.clipping_norm)
+        if max_update_norm is None:
+            max_update_norm = _client_side_clipping_norm(strategy)
         self.max_update_norm = max_update_norm
         self.node_names = node_names or {}  # node id -> what history.json calls it
         self.min_replies = min_replies
