@@ -37,6 +37,7 @@ accounting is unchanged; the averaged gradient has lower variance. Supported in 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -50,6 +51,52 @@ from privacy.mixed_ghost import dp_backward, quiet_output_hooks
 from privacy.modes import LOCAL_DPSGD, GradSampleMode, ModeError, get_grad_sample_mode, grad_sample_mode_names
 
 DEFAULT_MAX_GRAD_NORM = LOCAL_DPSGD.default_clip  # one source: the local-dpsgd entry of privacy.modes
+
+# Clip margin per norm precision: a DP step clips to C / (1 + margin), so that a per-sample norm
+# computed up to that relative error still leaves every contribution <= C. The noise std and the
+# accountant keep C (the sensitivity is then over-, never under-estimated). float32/float64: 0, so
+# CPU figures are unchanged (norms agree to ~1e-7, Opacus' +1e-6 in the factor covers the rest).
+# TF32 (CUDA convolutions by torch's default, cudnn.allow_tf32 = True; matmuls when enabled):
+# 10-bit mantissas, unit roundoff 2^-11; ghost and mixed-ghost norms off by ~1e-3 relative
+# (issue 15): 2^-7 ~ 7.8e-3 leaves a factor ~8. bf16 autocast (perf/verify --amp bf16 only, never
+# training): 8-bit mantissas, norms agree to AMP_TOL = 3e-2 of privacy.verify: 2^-5 ~ 3.1e-2.
+CLIP_MARGINS = {"float64": 0.0, "float32": 0.0, "tf32": 2.0 ** -7, "bf16": 2.0 ** -5}
+
+
+def norm_precision(device: str | torch.device, dtype: torch.dtype, *, amp: str | None = None) -> str:
+    """The arithmetic a DP step's per-sample norms come from, a key of ``CLIP_MARGINS``: ``bf16``
+    under bf16 autocast (or bf16/fp16 weights), ``tf32`` for float32 on CUDA while cuDNN's or
+    cuBLAS's TF32 flag is on (read now: a step built under them), else the weights' dtype."""
+    if amp is not None or dtype in (torch.bfloat16, torch.float16):
+        return "bf16"
+    if dtype == torch.float64:
+        return "float64"
+    if torch.device(device).type == "cuda" and (torch.backends.cudnn.allow_tf32
+                                                or torch.backends.cuda.matmul.allow_tf32):
+        return "tf32"
+    return "float32"
+
+
+def precision_margin(precision: str) -> float:
+    """The clip margin for norms computed in ``precision`` (``CLIP_MARGINS``)."""
+    try:
+        return CLIP_MARGINS[precision]
+    except KeyError:
+        raise ValueError(f"unknown norm precision {precision!r} (known: {', '.join(CLIP_MARGINS)})") from None
+
+
+def margin_clip_norm(max_grad_norm: float, margin: float) -> float:
+    """The norm a DP step clips to: ``max_grad_norm / (1 + margin)`` (exactly ``max_grad_norm`` at 0)."""
+    if margin < 0:
+        raise ValueError(f"clip margin must be >= 0, got {margin}")
+    return max_grad_norm / (1.0 + margin)
+
+
+def clip_factors(norms: torch.Tensor, max_grad_norm: float, margin: float = 0.0) -> torch.Tensor:
+    """Per-sample clip factors as Opacus computes them (``C / (norm + 1e-6)``, at most 1), at the
+    margin's clipping norm: ``factor_i * true_norm_i <= max_grad_norm`` whenever the computed norm
+    is at least ``true_norm_i / (1 + margin)``."""
+    return (margin_clip_norm(max_grad_norm, margin) / (norms + 1e-6)).clamp(max=1.0)
 
 
 @dataclass(frozen=True)
@@ -125,8 +172,12 @@ class DPStep:
     """One DP-SGD step's machinery around a model: Opacus' grad-sample ``module`` (forward through
     it), its DP ``optimizer``, and ``backward(per_sample_loss)`` for the mode's family."""
 
-    def __init__(self, mode: GradSampleMode, module: torch.nn.Module, optimizer):
+    def __init__(self, mode: GradSampleMode, module: torch.nn.Module, optimizer, *, precision: str = "float32",
+                 clip_margin: float = 0.0, clip_norm: float | None = None):
         self.mode, self.module, self.optimizer = mode, module, optimizer
+        self.precision, self.clip_margin = precision, clip_margin
+        # What the per-sample factors clip to (<= optimizer.max_grad_norm, the sensitivity the noise uses).
+        self.clip_norm = optimizer.max_grad_norm if clip_norm is None else clip_norm
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -163,7 +214,8 @@ class DPStep:
 
 def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, grad_sample_mode: str,
                  max_grad_norm: float, noise_multiplier: float, expected_batch_size: int,
-                 noise_generator: torch.Generator | None = None, secure_mode: bool = True) -> DPStep:
+                 noise_generator: torch.Generator | None = None, secure_mode: bool = True,
+                 amp: str | None = None, clip_margin: float | None = None) -> DPStep:
     """The one construction path of a DP-SGD step (training, ``bench verify-dp``, ``bench perf``).
 
     What ``PrivacyEngine.make_private`` does to the module and optimizer, for every registered
@@ -174,6 +226,15 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
     (training passes a secret one, :func:`privacy.noise.secret_torch_generator`) with Opacus'
     optimizer-side ``secure_mode`` (each value the halved sum of four Gaussians, against
     floating-point attacks; it needs no ``torchcsprng``).
+
+    Precision margin (issue 15): per-sample norms are only as exact as the arithmetic that computes
+    them, and on CUDA that is TF32 for convolutions by torch's default (``cudnn.allow_tf32``), so
+    ghost-family norms can be ~1e-3 low and a clipped contribution ~1e-3 above C. Every mode
+    therefore clips to ``max_grad_norm / (1 + margin)`` (:func:`margin_clip_norm`), the margin
+    being ``CLIP_MARGINS[norm_precision(...)]`` for the model's device and dtype, the TF32 flags
+    as they are *now* and ``amp`` (0 for float32 without TF32 and float64: CPU steps are unchanged;
+    ``clip_margin`` overrides it). The noise std and ``optimizer.noise_multiplier`` (what the
+    accountant reads) stay at ``max_grad_norm``: the sensitivity used is C, an over-estimate.
     """
     from opacus.optimizers import get_optimizer_class
     from opacus.validators import ModuleValidator
@@ -183,13 +244,35 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
     if any(p not in params for g in optimizer.param_groups for p in g["params"]):
         raise ValueError("the optimizer's parameters are not the model's")
     ModuleValidator.validate(model, strict=True)
-    module = mode.wrap(model, max_grad_norm=max_grad_norm)
-    optim_class = get_optimizer_class(clipping="flat", distributed=False,
-                                      grad_sample_mode="ghost" if mode.ghost_family else "hooks")
+    first = next(iter(params), None)
+    precision = norm_precision(first.device if first is not None else "cpu",
+                               first.dtype if first is not None else torch.float32, amp=amp)
+    margin = precision_margin(precision) if clip_margin is None else clip_margin
+    clip_norm = margin_clip_norm(max_grad_norm, margin)
+    module = mode.wrap(model, max_grad_norm=clip_norm)  # the ghost family's clip factors (get_clipping_coef)
+    optim_class = _margin_clipped(get_optimizer_class(clipping="flat", distributed=False,
+                                                      grad_sample_mode="ghost" if mode.ghost_family else "hooks"))
     dp_optimizer = optim_class(optimizer=optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                                expected_batch_size=expected_batch_size, loss_reduction="mean",
                                generator=noise_generator, secure_mode=secure_mode)
-    return DPStep(mode, module, dp_optimizer)
+    dp_optimizer.clip_norm = clip_norm
+    return DPStep(mode, module, dp_optimizer, precision=precision, clip_margin=margin, clip_norm=clip_norm)
+
+
+@functools.cache
+def _margin_clipped(optim_class: type) -> type:
+    """``optim_class`` whose per-sample clipping (``clip_and_accumulate``, the ``hooks`` family's)
+    uses ``clip_norm`` while its noise (``noise_multiplier * max_grad_norm``) keeps ``max_grad_norm``."""
+
+    def clip_and_accumulate(self) -> None:
+        full, self.max_grad_norm = self.max_grad_norm, self.clip_norm
+        try:
+            optim_class.clip_and_accumulate(self)
+        finally:
+            self.max_grad_norm = full
+
+    return type(optim_class.__name__, (optim_class,), {"clip_and_accumulate": clip_and_accumulate,
+                                                       "__module__": __name__, "__doc__": _margin_clipped.__doc__})
 
 
 def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: LocalDPPlan,

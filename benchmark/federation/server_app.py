@@ -15,8 +15,9 @@ always trains the same clients in the same rounds, in simulation and in deployme
 Faulty and malicious clients: :class:`ScreenedAggregation` wraps the whole strategy (central DP
 wrapper included) and screens every round's replies before anything is clipped or averaged. A
 sampled client that raised, did not reply within ``round_timeout_s`` (Flower's ``timeout`` of
-``send_and_receive``), or sent arrays with other keys, shapes or dtypes than the global model, or
-any non-finite value (arrays or metrics), is dropped for that round, logged, and counted in
+``send_and_receive``), or sent arrays with other keys, another key order, shapes or dtypes than the
+global model, or any non-finite value (arrays or metrics), or (client-side central clipping) an
+update whose L2 norm exceeds the clipping norm, is dropped for that round, logged, and counted in
 ``history.json`` (``dropped_error``, ``dropped_timeout``, ``rejected_invalid``). A client must
 also report the weight the server expects (its partition's image count; 1 under central DP). When fewer than
 ``min_clients_per_round`` valid updates remain, the round fails with :class:`RoundFailedError`
@@ -26,6 +27,14 @@ because Flower 1.42's clipping crashes on a wrong shape and turns NaN into NaN.
 Local DP: :class:`LocalDPLedger` (inside the screening) computes every client's epsilon on the
 server from its image count and the rounds it was sampled in, checks each client's own report
 against it and records it in ``history.json`` (``local_dp``); that figure is the published one.
+
+Key order matters because Flower pairs arrays by *position*: the server-side wrapper computes a
+reply's update as ``reply[i] - global[i]`` and clips that, then FedAvg averages by *key*; a reply
+with the global model's keys in another order is clipped against the wrong arrays and moves the
+aggregate by far more than ``C / clients_per_round``. Requiring the global model's exact key order
+makes position and name pair alike. Under ``central_clipping = "client"`` the server clips
+nothing, so it checks each update's norm itself (:func:`update_norm`, tolerance
+:func:`update_norm_tolerance`).
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log as flwr_log
@@ -95,11 +104,42 @@ class SeededFedAvg(FedAvg):
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
 
-def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str) -> str | None:
+# Client-side clipping: what an honest client's update (Flower's fixedclipping_mod, float32) may exceed
+# the clipping norm by. Relative part: the client's float32 norm (BLAS dot, pairwise sums; measured
+# ~1e-7 on 1e6 entries) and its float32 rescaling. Absolute part: the client sends global + update
+# rounded to the dtype, so the update the server recovers is off by up to half an ulp of each
+# weight: at most eps * (||global|| + C) in L2, eps the dtype's machine epsilon (twice that bound).
+UPDATE_NORM_RTOL = 1e-5
+
+
+def update_norm(arrays: ArrayRecord, reference: ArrayRecord) -> float:
+    """L2 norm of ``arrays - reference`` over all arrays, paired by name, in float64 (the update
+    Flower's ``fixedclipping_mod`` clips: the reply's arrays minus the global model's)."""
+    total = 0.0
+    for key, ref in reference.items():
+        diff = arrays[key].numpy().astype(np.float64) - ref.numpy().astype(np.float64)
+        total += float(np.dot(diff.ravel(), diff.ravel()))
+    return math.sqrt(total)
+
+
+def update_norm_tolerance(clip: float, reference: ArrayRecord) -> float:
+    """How far above ``clip`` an honestly clipped update's norm may come out from rounding:
+    ``UPDATE_NORM_RTOL * clip + eps * (||global|| + clip)`` (see ``UPDATE_NORM_RTOL``)."""
+    eps = max((float(np.finfo(a.numpy().dtype).eps) for a in reference.values()
+               if a.numpy().dtype.kind == "f"), default=0.0)
+    ref_norm = math.sqrt(sum(float(np.square(a.numpy().astype(np.float64)).sum()) for a in reference.values()))
+    return UPDATE_NORM_RTOL * clip + eps * (ref_norm + clip)
+
+
+def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str, *,
+                  max_update_norm: float | None = None) -> str | None:
     """Why a client's train reply must not be aggregated, or None when it is fine.
 
-    The reply must carry exactly one ArrayRecord with the global model's keys, shapes and dtypes,
-    all values finite, and one MetricRecord of finite numbers including a positive ``weight_key``.
+    The reply must carry exactly one ArrayRecord with the global model's keys *in the global
+    model's order* (Flower's DP wrapper pairs arrays by position), shapes and dtypes, all values
+    finite, and one MetricRecord of finite numbers including a positive ``weight_key``. With
+    ``max_update_norm`` (client-side clipping) the update's L2 norm (:func:`update_norm`) must not
+    exceed it by more than :func:`update_norm_tolerance`.
     """
     content = reply.content
     if len(content.array_records) != 1 or len(content.metric_records) != 1:
@@ -109,6 +149,9 @@ def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str) -> st
     if set(arrays.keys()) != set(reference.keys()):
         extra, missing = sorted(set(arrays) - set(reference)), sorted(set(reference) - set(arrays))
         return f"array keys differ from the global model's (extra {extra[:3]}, missing {missing[:3]})"
+    if list(arrays.keys()) != list(reference.keys()):
+        i, (got, want) = next((i, kw) for i, kw in enumerate(zip(arrays.keys(), reference.keys())) if kw[0] != kw[1])
+        return f"array keys are in another order than the global model's (position {i}: {got!r}, expected {want!r})"
     for key, ref in reference.items():
         arr = arrays[key]
         if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
@@ -124,6 +167,23 @@ def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str) -> st
     weight = metrics.get(weight_key)
     if weight is None or not weight > 0:
         return f"metric {weight_key!r} must be a positive number, got {weight!r}"
+    if max_update_norm is not None:
+        norm, tol = update_norm(arrays, reference), update_norm_tolerance(max_update_norm, reference)
+        if norm > max_update_norm + tol:
+            return (f"update norm {norm:.6g} exceeds the clipping norm {max_update_norm:g} (client-side clipping, "
+                    f"tolerance {tol:.2g})")
+    return None
+
+
+def _client_side_clipping_norm(strategy: Strategy) -> float | None:
+    """The clipping norm of Flower's client-side clipping wrapper in ``strategy`` or in the
+    strategies it wraps (``.strategy``), else None."""
+    seen = set()
+    while strategy is not None and id(strategy) not in seen:
+        seen.add(id(strategy))
+        if isinstance(strategy, DifferentialPrivacyClientSideFixedClipping):
+            return float(strategy.clipping_norm)
+        strategy = getattr(strategy, "strategy", None)
     return None
 
 
@@ -132,14 +192,20 @@ class ScreenedAggregation(Strategy):
     wrapped strategy (FedAvg or Flower's DP wrapper around it) sees them.
 
     ``min_replies``: the round fails (:class:`RoundFailedError`) with fewer valid updates.
+    ``max_update_norm``: reject updates whose norm exceeds it (plus rounding); by default the
+    clipping norm when ``strategy`` is Flower's client-side clipping wrapper (the clients clip, so
+    nothing else would check), else None (the server-side wrapper clips every update itself).
     ``rounds[r]`` holds the round's counts: ``sampled``, ``aggregated``, ``dropped_error``,
     ``dropped_timeout``, ``rejected_invalid`` and the ``problems`` seen (node id: reason).
     """
 
     def __init__(self, strategy: Strategy, *, min_replies: int, weight_key: str,
                  expected_weights: dict[int, float] | None = None,
-                 node_names: dict[int, str] | None = None) -> None:
+                 node_names: dict[int, str] | None = None, max_update_norm: float | None = None) -> None:
         self.strategy = strategy
+        if max_update_norm is None:
+            max_update_norm = _client_side_clipping_norm(strategy)
+        self.max_update_norm = max_update_norm
         self.node_names = node_names or {}  # node id -> what history.json calls it
         self.min_replies = min_replies
         self.weight_key = weight_key
@@ -150,7 +216,8 @@ class ScreenedAggregation(Strategy):
         self._expected: dict[int, tuple[list[int], ArrayRecord]] = {}
 
     def summary(self) -> None:
-        flwr_log(logging.INFO, "\t├──> Reply screening: minimum %s valid updates per round", self.min_replies)
+        flwr_log(logging.INFO, "\t├──> Reply screening: minimum %s valid updates per round%s", self.min_replies,
+                 "" if self.max_update_norm is None else f", update norm <= {self.max_update_norm:g}")
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -175,7 +242,7 @@ class ScreenedAggregation(Strategy):
                 stats["dropped_error"] += 1
                 stats["problems"][self._name(src)] = f"client error: {reply.error.reason}".splitlines()[0][:300]
                 continue
-            problem = reply_problem(reply, reference, self.weight_key)
+            problem = reply_problem(reply, reference, self.weight_key, max_update_norm=self.max_update_norm)
             if problem is None and src in self.expected_weights:
                 weight = next(iter(reply.content.metric_records.values()))[self.weight_key]
                 if weight != self.expected_weights[src]:
