@@ -210,7 +210,7 @@ LEADERBOARD: list[Column] = [
            "`passed` (it is not, and `audit_ceiling` > `epsilon_audited`), `inconclusive` (`audit_ceiling` <= "
            "`epsilon_audited`: the audit could not have failed); empty without a claim", better="never failed",
            report=Shown("audit"), derive=lambda s: _row_audit(s)[2]),
-    Column("audit_failed", "bool", "derived", "any", "`audit_verdict` is `failed`; empty where nothing is claimed",
+    Column("audit_failed", "bool", "derived", "first", "`audit_verdict` is `failed`; empty where nothing is claimed",
            better="must be False", derive=lambda s: _row_audit(s)[3]),
     Column("n_seeds", "int", "scenario", "count", "seeds aggregated", key="seed", report=Shown("seeds")),
     Column("seeds", "str", "scenario", "seeds", "the seeds", key="seed"),
@@ -235,8 +235,9 @@ ATTACKS: list[Column] = [
     Column("auc", "float", "attack", "mean_std", "ROC AUC", better="lower (0.5 = chance)"),
     Column("tpr_at_1pct_fpr", "float", "attack", "mean", "TPR at 1% FPR", unit="fraction", better="lower"),
     Column("tpr_at_0_1pct_fpr", "float", "attack", "mean", "TPR at 0.1% FPR", unit="fraction", better="lower"),
-    Column("epsilon_lb", "float", "attack", "mean", "the audit's lower bound on epsilon from this attack",
-           better="lower"),
+    Column("epsilon_lb", "float", "attack", "mean", "mean over seeds of this attack's natural-candidate bound "
+           "(each at its run's Bonferroni level): a summary, not a bound (the row's bound is the leaderboard's "
+           "`epsilon_empirical_lb`)", better="lower"),
     Column("n_members", "int", "attack", "min", "member candidates scored"),
     Column("n_nonmembers", "int", "attack", "min", "non-member candidates scored"),
     Column("n_seeds", "int", "attack", "count", "seeds that ran the attack"),
