@@ -287,6 +287,7 @@ class SuiteAudit:
     confidence: float
     failed: list[tuple[str, float, float]]        # (label, bound, claim)
     inconclusive: list[tuple[str, float, float]]  # (label, ceiling, claim)
+    passed: list[tuple[str, float, float, float]] = ()  # (label, bound, ceiling, claim)
 
     @property
     def per_run_confidence(self) -> float:
@@ -300,7 +301,7 @@ def suite_audit(runs: list[tuple[str, dict]], *, confidence: float = DEFAULT_CON
     audited = [(label, r) for label, r in runs
                if r and r.get("epsilon_audited") is not None and r.get("tests")]
     alpha = (1 - confidence) / max(len(audited), 1)
-    failed, inconclusive = [], []
+    failed, inconclusive, passed = [], [], []
     for label, r in audited:
         b, c, _ = record_bound([t["evidence"] for t in r["tests"]], delta=r["delta"], alpha=alpha)
         verdict = audit_verdict(b, c, r["epsilon_audited"])
@@ -308,4 +309,6 @@ def suite_audit(runs: list[tuple[str, dict]], *, confidence: float = DEFAULT_CON
             failed.append((label, b, r["epsilon_audited"]))
         elif verdict == "inconclusive":
             inconclusive.append((label, c, r["epsilon_audited"]))
-    return SuiteAudit(len(audited), confidence, failed, inconclusive)
+        else:
+            passed.append((label, b, c, r["epsilon_audited"]))
+    return SuiteAudit(len(audited), confidence, failed, inconclusive, passed)

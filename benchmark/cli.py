@@ -125,10 +125,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Bonferroni over every audited run of this invocation: if every claim holds, exit 3 has
     # probability at most 5 %.
     audit = runner.suite_audit([w[2] for w in work])
+    for path, lb, ceiling, claim in audit.passed:
+        print(f"bench: audit passed: {path}: lower bound {lb:.3g} <= audited epsilon {claim:.3g} < ceiling "
+              f"{ceiling:.3g} ({audit.per_run_confidence:.4%} confidence)", file=sys.stderr)
     for path, ceiling, claim in audit.inconclusive:
         print(f"bench: INCONCLUSIVE audit: {path}: the largest bound its candidates could certify, {ceiling:.3g}, "
               f"does not exceed the audited epsilon {claim:.3g}", file=sys.stderr)
-    failed = runner.failed_audits([w[2] for w in work])
+    failed = runner.failed_audits([w[2] for w in work], audit=audit)
     for line in failed:
         print(f"bench: {line}", file=sys.stderr)
     if failed:

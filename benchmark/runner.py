@@ -264,10 +264,11 @@ def suite_audit(paths, confidence: float = 0.95):
     return audit_runs(runs, confidence=confidence)
 
 
-def failed_audits(paths, confidence: float = 0.95) -> list[str]:
+def failed_audits(paths, confidence: float = 0.95, audit=None) -> list[str]:
     """One loud line per completed run whose empirical epsilon lower bound exceeds the epsilon it is
-    audited against, every run's bound at the invocation's Bonferroni level (:func:`suite_audit`)."""
-    audit = suite_audit(list(paths), confidence)
+    audited against, every run's bound at the invocation's Bonferroni level (:func:`suite_audit`;
+    ``audit``: its result, if already computed for these paths)."""
+    audit = audit or suite_audit(list(paths), confidence)
     return [f"AUDIT FAILED: {path}: empirical epsilon lower bound {lb:.3g} ({audit.per_run_confidence:.4%} "
             f"confidence) exceeds the audited epsilon {claim:.3g}" for path, lb, claim in audit.failed]
 

@@ -149,3 +149,13 @@ def test_a_correct_run_passes_and_an_untestable_claim_is_inconclusive_not_an_err
     row = pd.read_csv(tmp_path / "r" / "privacy" / "leaderboard.csv").iloc[0]
     assert row.audit_verdict == "inconclusive" and not bool(row.audit_failed)
     assert row.epsilon_audited == pytest.approx(8.98, abs=0.01) and row.audit_ceiling < 8.98
+
+
+def test_a_correct_testable_claim_passes_with_its_ceiling_printed(monkeypatch, capsys, tmp_path, fake_run):
+    def fake(scenario, seed, opts):
+        return _audited_run(opts.out_dir, scenario, seed, fake_run, claimed=0.9963923627, sigma=4.53125, shift=0.0)
+
+    assert _run_suite(monkeypatch, tmp_path, "privacy-iid-local-eps1", fake) == 0
+    line = next(ln for ln in capsys.readouterr().err.splitlines() if "audit passed" in ln)
+    ceiling = float(line.split("< ceiling ")[1].split()[0])
+    assert "audited epsilon 0.996" in line and ceiling > 3.0   # 256 one-run canaries at 95 %
