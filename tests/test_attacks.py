@@ -243,6 +243,23 @@ def test_central_dp_rows_are_audited_at_their_image_level_epsilon():
     assert seen == set(want)
 
 
+def test_the_image_level_epsilon_reads_the_mode_registry():
+    """A registered mode whose image moves the update by 4 sensitivities is accounted at sigma / 4
+    (no dp_mode string is compared); a mode without DP claims nothing."""
+    from privacy.accounting import AccountingError, client_level_epsilon, image_level_epsilon
+    from privacy.modes import DPMode, registered
+
+    kw = dict(rounds=2, delta=1e-5, num_clients=4)
+    mode = DPMode("quad-test", "test", dp_level="client", clients_run_dpsgd=False, server_adds_noise=True,
+                  accountants=("rdp",), default_clip=1.0, image_sensitivity=4.0)
+    with registered(mode):
+        four = image_level_epsilon("quad-test", epsilon=1.0, noise_multiplier=8.0, **kw)
+    assert four == pytest.approx(client_level_epsilon(noise_multiplier=2.0, **kw))
+    assert four > image_level_epsilon("central-dp", epsilon=1.0, noise_multiplier=8.0, **kw)
+    with pytest.raises(AccountingError, match="claims no epsilon"):
+        image_level_epsilon("none", epsilon=1.0, noise_multiplier=1.0, **kw)
+
+
 # Image similarity -------------------------------------------------------------------------------
 def test_psnr_and_ssim():
     rng = np.random.default_rng(0)
