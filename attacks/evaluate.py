@@ -140,14 +140,17 @@ def _scores(attack: Attack, result: AttackResult, n: int) -> np.ndarray:
 def audited_epsilon(scenario, privacy: dict) -> float | None:
     """The epsilon that applies to what the membership audit tests (one image): the claim of a
     sample-level row, the image-level epsilon of a client-level one (privacy.accounting); None
-    without DP."""
+    without a claim."""
     from privacy.accounting import image_level_epsilon
 
     claimed = privacy.get("epsilon")
     if claimed is None:
         return None
+    mode = get_dp_mode(scenario.dp_mode)
+    if mode.image_sensitivity is None:   # a claim its mode does not make (a planted bug): held to as printed
+        return float(claimed)
     sigma = privacy.get("noise_multiplier")
-    if get_dp_mode(scenario.dp_mode).image_sensitivity != 1 and sigma is None:
+    if mode.image_sensitivity != 1 and sigma is None:
         raise AttackError(f"{scenario.name}: a {scenario.dp_mode} row needs its noise multiplier to be audited")
     return image_level_epsilon(scenario.dp_mode, epsilon=float(claimed),
                                noise_multiplier=float(sigma) if sigma is not None else 0.0,

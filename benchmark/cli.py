@@ -135,8 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in failed:
         print(f"bench: {line}", file=sys.stderr)
     if failed:
-        print(f"bench: error: {len(failed)} of {audit.n_audited} audited run(s) failed the empirical privacy audit "
-              f"(95 % over the whole invocation): their DP claim does not hold (see above)", file=sys.stderr)
+        print(f"bench: error: {len(failed)} run(s) failed the empirical privacy audit ({audit.n_audited} audited, "
+              f"95 % over the whole invocation): their DP claim does not hold (see above)", file=sys.stderr)
         return EXIT_AUDIT_FAILED
     return 0
 
