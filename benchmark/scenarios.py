@@ -62,7 +62,7 @@ class Scenario:
     noise_multiplicity: int = 1             # local DP-SGD: noise draws per image (DPDM)
     central_clipping: str = "server"        # central DP: Flower's server- or client-side clipping
     attacks: tuple[str, ...] = ()
-    canaries: int = 0                       # audit: k outliers planted in client 0, k kept out
+    canaries: int = 0                       # audit: m outliers, each put in client 0 by a fair coin
     max_train_images: int | None = None
     heldout_fraction: float = 0.2
     batch_size: int = 32

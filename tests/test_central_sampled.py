@@ -303,3 +303,17 @@ def test_run_federation_dispatches_the_sampled_mode_and_records_its_privacy(tmp_
     assert r1["sampled"] == len(r1["sampled_partitions"]) and r1["aggregated"] == r1["sampled"] - (r1["sampled"] > 0)
     assert privacy_metrics(sc, history)["accountant"] == "opacus-rdp-poisson-clients"
     assert (tmp_path / "out" / "global_model.pt").exists()
+
+
+def test_image_level_epsilon_of_the_sampled_mode_is_the_amplified_accountant_at_half_the_noise():
+    """One image moves its client's clipped update by up to 2C: the image-level guarantee of a
+    Poisson-sampled central row is the same amplified accountant at z / 2 (checked against Google's
+    accountant, an independent implementation), and it is weaker than the client-level claim."""
+    from privacy.accounting import image_level_epsilon
+    from privacy.sampled_accounting import client_sampled_epsilon_dp_accounting, client_sampled_noise
+
+    z = client_sampled_noise(target_epsilon=4.0, sample_rate=0.1, rounds=5, delta=1e-5)
+    img = image_level_epsilon("central-dp-sampled", epsilon=4.0, noise_multiplier=z, rounds=5, delta=1e-5,
+                              num_clients=200, sample_rate=0.1)
+    ref = client_sampled_epsilon_dp_accounting(noise_multiplier=z / 2, sample_rate=0.1, rounds=5, delta=1e-5)
+    assert img == pytest.approx(ref, rel=0.01) and img > 4.0

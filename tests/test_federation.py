@@ -314,7 +314,7 @@ def test_partition_files_hold_each_partys_training_images_in_order(tmp_path):
         np.testing.assert_array_equal(got.labels, fed.dataset.labels[split.train_idx])
         assert got.image_shape == (1, 28, 28) and got.num_classes == 10
     plain = task.load_federated_data(SCENARIO, 3, None)
-    assert manifest.num_images == (len(plain.partition.clients[0].train_idx) + 2,
+    assert manifest.num_images == (len(plain.partition.clients[0].train_idx) + len(fed.canary_members),
                                    len(plain.partition.clients[1].train_idx))
     assert read_manifest(tmp_path, scenario, 3) == manifest
     text = (tmp_path / "manifest.json").read_text()
