@@ -206,7 +206,7 @@ def cmd_account(args: argparse.Namespace) -> int:
         if args.population is None:
             raise acc.AccountingError("client level needs --population (the number of clients N)")
         if args.sample_rate is not None:  # central-dp-sampled: Poisson client sampling, amplified
-            from privacy import sampled_accounting as sacc
+            from privacy import accounting as sacc
 
             if args.accountant != "rdp":
                 raise acc.AccountingError(f"client level with --sample-rate accounts with rdp only, not "

@@ -7,7 +7,7 @@ clipped updates, adds ``N(0, (z C)^2)`` per coordinate once, and divides by the 
 ``q N``, a public constant (the fixed-denominator estimator). So the sensitivity to adding or
 removing one client is ``C / (q N)`` whatever happens in the round: a client that drops out, is
 late or is rejected is simply not in the sum, the round still releases, and the epsilon is the
-same (:mod:`privacy.sampled_accounting` charges every round, an empty one included, as the
+same (:mod:`privacy.accounting` charges every round, an empty one included, as the
 sampled Gaussian mechanism of rate ``q``).
 
 What holds against whom. Amplification by sampling needs the sample to be secret from the
@@ -42,7 +42,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
-from privacy.sampled_accounting import SAMPLED_CLIENT_ACCOUNTANT, adaptive_update_noise, client_sampled_epsilon
+from privacy.accounting import SAMPLED_CLIENT_ACCOUNTANT, adaptive_update_noise, client_sampled_epsilon
 
 UNIFORM_WEIGHT_KEY = "dp-weight"  # what every client reports (1.0); the sum has no weights
 
@@ -99,7 +99,7 @@ class PoissonSampledDP(Strategy):
 
     ``partition_to_node``: partition id -> node id (``discover_partitions``); ``N`` is its size.
     ``noise_multiplier``: ``z``, the accounted multiplier of one round (calibrated for the target
-    epsilon with :func:`privacy.sampled_accounting.client_sampled_noise`); with ``adaptive`` the
+    epsilon with :func:`privacy.accounting.client_sampled_noise`); with ``adaptive`` the
     update itself gets the larger ``adaptive_update_noise(z, sigma_b)``. ``sampling_rng`` and
     ``noise_rng`` default to secret generators; tests pass seeded ones.
     """

@@ -18,7 +18,7 @@ from benchmark.federation.server_app import ScreenedAggregation
 from benchmark.scenarios import HASH_NEUTRAL_DEFAULTS, Scenario, ScenarioError, get_suite
 from privacy.accounting import AccountingError, client_level_noise
 from privacy.central_sampled import AdaptiveClipping, PoissonSampledDP
-from privacy.sampled_accounting import (adaptive_update_noise, client_sampled_epsilon,
+from privacy.accounting import (adaptive_update_noise, client_sampled_epsilon,
                                         client_sampled_epsilon_dp_accounting, client_sampled_noise)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -310,7 +310,7 @@ def test_image_level_epsilon_of_the_sampled_mode_is_the_amplified_accountant_at_
     Poisson-sampled central row is the same amplified accountant at z / 2 (checked against Google's
     accountant, an independent implementation), and it is weaker than the client-level claim."""
     from privacy.accounting import image_level_epsilon
-    from privacy.sampled_accounting import client_sampled_epsilon_dp_accounting, client_sampled_noise
+    from privacy.accounting import client_sampled_epsilon_dp_accounting, client_sampled_noise
 
     z = client_sampled_noise(target_epsilon=4.0, sample_rate=0.1, rounds=5, delta=1e-5)
     img = image_level_epsilon("central-dp-sampled", epsilon=4.0, noise_multiplier=z, rounds=5, delta=1e-5,

@@ -6,7 +6,7 @@ the reply screening (``ScreenedAggregation``, minimum 0 valid replies) still run
 dropped, late or invalid client is just absent from the round's sum.
 
 The noise multiplier is calibrated here for the scenario's target epsilon after all rounds with
-the amplified accountant (:func:`privacy.sampled_accounting.client_sampled_noise`). The sample and
+the amplified accountant (:func:`privacy.accounting.client_sampled_noise`). The sample and
 the noise come from secret generators (see :mod:`privacy.central_sampled` for why the run seed must
 not choose the participants).
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 from benchmark.scenarios import Scenario
 from privacy.central_sampled import AdaptiveClipping, PoissonSampledDP
 from privacy.modes import get_dp_mode
-from privacy.sampled_accounting import (SAMPLED_CLIENT_ACCOUNTANT, adaptive_update_noise, client_sampled_noise,
+from privacy.accounting import (SAMPLED_CLIENT_ACCOUNTANT, adaptive_update_noise, client_sampled_noise,
                                         default_count_noise)
 
 
