@@ -74,21 +74,35 @@ class DPMode:
         return max_grad_norm or self.default_clip
 
 
-_DP_MODES: dict[str, DPMode] = {}
+class _Registry(dict):
+    """name -> entry; refuses a name twice and answers an unknown name in one line."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def register(self, entry):
+        if entry.name in self:
+            raise ModeError(f"{self.what} {entry.name!r} is already registered")
+        self[entry.name] = entry
+        return entry
+
+    def get_entry(self, name: str):
+        try:
+            return self[name]
+        except (KeyError, TypeError):
+            raise ModeError(f"unknown {self.what} {name!r} (known: {', '.join(self)})") from None
+
+
+_DP_MODES = _Registry("dp_mode")
 
 
 def register_dp_mode(mode: DPMode) -> DPMode:
-    if mode.name in _DP_MODES:
-        raise ModeError(f"DP mode {mode.name!r} is already registered")
-    _DP_MODES[mode.name] = mode
-    return mode
+    return _DP_MODES.register(mode)
 
 
 def get_dp_mode(name: str) -> DPMode:
-    try:
-        return _DP_MODES[name]
-    except (KeyError, TypeError):
-        raise ModeError(f"unknown dp_mode {name!r} (known: {', '.join(_DP_MODES)})") from None
+    return _DP_MODES.get_entry(name)
 
 
 def dp_mode_names() -> tuple[str, ...]:
@@ -122,21 +136,15 @@ class GradSampleMode:
     wrap: Callable[..., Any]             # (model, *, max_grad_norm) -> Opacus grad-sample module
 
 
-_GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {}
+_GRAD_SAMPLE_MODES = _Registry("grad_sample_mode")
 
 
 def register_grad_sample_mode(mode: GradSampleMode) -> GradSampleMode:
-    if mode.name in _GRAD_SAMPLE_MODES:
-        raise ModeError(f"grad_sample_mode {mode.name!r} is already registered")
-    _GRAD_SAMPLE_MODES[mode.name] = mode
-    return mode
+    return _GRAD_SAMPLE_MODES.register(mode)
 
 
 def get_grad_sample_mode(name: str) -> GradSampleMode:
-    try:
-        return _GRAD_SAMPLE_MODES[name]
-    except (KeyError, TypeError):
-        raise ModeError(f"unknown grad_sample_mode {name!r} (known: {', '.join(_GRAD_SAMPLE_MODES)})") from None
+    return _GRAD_SAMPLE_MODES.get_entry(name)
 
 
 def grad_sample_mode_names() -> tuple[str, ...]:
@@ -147,7 +155,7 @@ def grad_sample_mode_names() -> tuple[str, ...]:
 def registered(mode: DPMode | GradSampleMode) -> Iterator[DPMode | GradSampleMode]:
     """``mode`` is registered inside the block and removed after it (tests of a new mode)."""
     table = _DP_MODES if isinstance(mode, DPMode) else _GRAD_SAMPLE_MODES
-    (register_dp_mode if isinstance(mode, DPMode) else register_grad_sample_mode)(mode)
+    table.register(mode)
     try:
         yield mode
     finally:
