@@ -18,8 +18,8 @@ from benchmark.federation.server_app import ScreenedAggregation
 from benchmark.scenarios import HASH_NEUTRAL_DEFAULTS, Scenario, ScenarioError, get_suite
 from privacy.accounting import AccountingError, client_level_noise
 from privacy.central_sampled import AdaptiveClipping, PoissonSampledDP
-from privacy.accounting import (adaptive_update_noise, client_sampled_epsilon,
-                                        client_sampled_epsilon_dp_accounting, client_sampled_noise)
+from privacy.accounting import (adaptive_update_noise, client_sampled_epsilon, client_sampled_epsilon_dp_accounting,
+                                client_sampled_noise)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
