@@ -17,7 +17,7 @@ from benchmark.scenarios import Scenario
 from privacy.central_sampled import AdaptiveClipping, PoissonSampledDP
 from privacy.modes import get_dp_mode
 from privacy.accounting import (SAMPLED_CLIENT_ACCOUNTANT, adaptive_update_noise, client_sampled_noise,
-                                        default_count_noise)
+                                default_count_noise)
 
 
 def sampled_strategy(scenario: Scenario, partition_to_node: dict[int, int], **rngs) -> tuple[PoissonSampledDP, dict]:
