@@ -81,6 +81,16 @@ def _scenarios_from_args(args: argparse.Namespace):
     return load_scenario_file(args.scenario_file)
 
 
+# Where a user's leaderboards go unless asked otherwise: beside, never over, the published ones
+# (results/<suite>/, tracked). `--publish` rewrites the published tree.
+LOCAL_RESULTS = "results/local"
+PUBLISHED_RESULTS = "results"
+
+
+def _results_dir(args: argparse.Namespace) -> Path:
+    return Path(PUBLISHED_RESULTS if args.publish else (args.results or LOCAL_RESULTS))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -89,39 +99,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     scenarios = _scenarios_from_args(args)  # a bad name or file fails here, before torch or Flower load
     resolve_device(args.device)
 
-    from benchmark import leaderboard, runner
+    from benchmark import leaderboard, quiet, runner
     from benchmark.errors import EXIT_AUDIT_FAILED
 
+    bars = not args.no_progress and sys.stderr.isatty()  # a log (CI, a pipe) gets lines, no carriage returns
+
+    def report(line: str) -> None:
+        if bars:
+            tqdm.write(f"bench: {line}", file=sys.stderr)
+        else:
+            print(f"bench: {line}", file=sys.stderr, flush=True)
+
     opts = runner.RunOptions(out_dir=Path(args.out), device=args.device, data_root=args.data_root,
-                             resume=args.resume, progress=not args.no_progress,
-                             report=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+                             resume=args.resume, progress=bars, report=report)
+    results_dir = _results_dir(args)
     if args.dry_run:  # what would run and what is complete; never refuses a complete folder
         work = runner.plan(scenarios, args.seeds, dataclasses.replace(opts, resume=True))
         for s, seed, path, done in work:
             print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
         print(f"bench: dry run: {sum(w[3] for w in work)} complete, {sum(not w[3] for w in work)} to run"
-              + ("" if args.resume or not any(w[3] for w in work) else " (a real run needs --resume)"),
-              file=sys.stderr)
+              + ("" if args.resume or not any(w[3] for w in work) else " (a real run needs --resume)")
+              + f"; leaderboards to {results_dir}", file=sys.stderr)
         return 0
-    work = runner.plan(scenarios, args.seeds, opts)
-    runner.check_data(work, opts)
-    runner.check_writable(opts.out_dir)
-    runner.check_writable(Path(args.results))
-    todo = [w for w in work if not w[3]]
-    runner.check_fid_available(tuple(w[0] for w in todo))
-    for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
-            tuple({w[0] for w in todo}), opts).items():
-        print(f"bench: verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err "
-              f"{rep.modes[0].norm_rel_err:.1e}", file=sys.stderr)
-    print(f"bench: {len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}",
-          file=sys.stderr)
-    for s, seed, _path, _done in tqdm(todo, desc="runs", unit="run", disable=args.no_progress,
-                                      file=sys.stderr):
-        path = runner.run_one(s, seed, opts)
-        print(f"bench: finished {s.name} seed {seed} -> {path}", file=sys.stderr)
-    suites = sorted({s.suite for s in scenarios})
-    for path in leaderboard.summarize(opts.out_dir, Path(args.results), suites=suites):
-        print(f"bench: leaderboard {path}")
+    with quiet.hush(report):
+        work = runner.plan(scenarios, args.seeds, opts)
+        runner.check_data(work, opts)
+        runner.check_writable(opts.out_dir)
+        runner.check_writable(results_dir)
+        todo = [w for w in work if not w[3]]
+        runner.check_fid_available(tuple(w[0] for w in todo))
+        for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
+                tuple({w[0] for w in todo}), opts).items():
+            report(f"verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err {rep.modes[0].norm_rel_err:.1e}")
+        report(f"{len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}")
+        for i, (s, seed, _path, _done) in enumerate(tqdm(todo, desc="runs", unit="run", disable=not bars,
+                                                         file=sys.stderr), 1):
+            report(f"run {i}/{len(todo)}: {s.name} seed {seed}")
+            path = runner.run_one(s, seed, opts)
+            report(f"finished {s.name} seed {seed} -> {path}")
+        suites = sorted({s.suite for s in scenarios})
+        boards = leaderboard.summarize(opts.out_dir, results_dir, suites=suites)
+    if quiet.hidden():
+        print(f"bench: {quiet.hidden()} library warning(s) hidden (BENCH_VERBOSE=1 shows them)", file=sys.stderr)
+    from benchmark.report import terminal_summary
+
+    for path in boards:
+        print(terminal_summary(path, runs_dir=opts.out_dir))
     failed = runner.failed_audits(w[2] for w in work)
     for line in failed:
         print(f"bench: {line}", file=sys.stderr)
@@ -147,7 +170,7 @@ def cmd_partitions(args: argparse.Namespace) -> int:
 def cmd_summarize(args: argparse.Namespace) -> int:
     from benchmark import leaderboard
 
-    for path in leaderboard.summarize(Path(args.runs_dir), Path(args.results), suites=args.suite):
+    for path in leaderboard.summarize(Path(args.runs_dir), _results_dir(args), suites=args.suite):
         print(f"bench: leaderboard {path} (report: {path.parent / 'README.md'})")
     return 0
 
@@ -271,6 +294,14 @@ def cmd_sampler_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_args(q: argparse.ArgumentParser) -> None:
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--results", help=f"folder for leaderboards, reports and plots (default: {LOCAL_RESULTS}, "
+                   "beside the published ones)")
+    g.add_argument("--publish", action="store_true", help=f"write into {PUBLISHED_RESULTS}/<suite>/, "
+                   "replacing the published (tracked) leaderboards")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from benchmark.scenarios import SAMPLERS, SCALES
     from privacy.accounting import SAMPLE_ACCOUNTANTS
@@ -293,13 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--scale", default="cpu", choices=SCALES, help="cpu (default) or gpu: sizes the same scenarios")
     q.add_argument("--seeds", type=_seeds, help="seeds, e.g. '0,1,2' (default: the scenario's)")
     q.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
-    q.add_argument("--results", default="results", help="folder for leaderboards (default: results)")
+    _results_args(q)
     q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     q.add_argument("--data-root", help="where on-disk datasets lie (default: $FEDDP_DATA_ROOT or "
                    "~/.cache/feddp-bench/data)")
     q.add_argument("--resume", action="store_true", help="skip runs that are already complete")
     q.add_argument("--dry-run", action="store_true", help="print the runs without running them")
-    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is "
+                   "not a terminal: a log gets one line per stage, round and run)")
     q.set_defaults(fn=cmd_run)
 
     q = sub.add_parser("fid", help="FID and KID between two image folders or .npz arrays")
@@ -388,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
     q.add_argument("runs_dir", help="folder of run folders (bench run --out)")
-    q.add_argument("--results", default="results", help="folder for leaderboards (default: results)")
+    _results_args(q)
     q.add_argument("--suite", action="append", help="only this suite (repeatable)")
     q.set_defaults(fn=cmd_summarize)
 

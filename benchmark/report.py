@@ -311,3 +311,61 @@ def write_report(res, out_dir: Path) -> list[Path]:
     if (out_dir / "roc").is_dir() and not any((out_dir / "roc").iterdir()):
         (out_dir / "roc").rmdir()
     return [*written, out_dir / "README.md"]
+
+
+# The columns ``bench run`` shows in the terminal at the end (the rest is in the CSV and README).
+SUMMARY_COLUMNS = ("scenario", "dp_mode", "epsilon", "fid", "kid", "downstream_acc", "mia_auc",
+                   "epsilon_empirical_lb", "audit")
+
+
+def audit_cell(row) -> str:
+    """A row's audit in a word: ``audit_verdict`` where the leaderboard has it, else from
+    ``audit_failed`` (FAILED / passed; empty where nothing is claimed)."""
+    verdict = row.get("audit_verdict")
+    if verdict is not None and not pd.isna(verdict) and str(verdict).strip():
+        return str(verdict).strip()
+    failed = row.get("audit_failed")
+    if failed is None or pd.isna(failed) or str(failed).strip() == "":
+        return ""
+    return "FAILED" if str(failed).strip().lower() in ("true", "1") else "passed"
+
+
+def terminal_summary(leaderboard_csv: Path, runs_dir: Path | None = None) -> str:
+    """What ``bench run`` prints last: the key columns of a suite's leaderboard as a small table,
+    the audits that failed or were inconclusive by name, and where the files are."""
+    path = Path(leaderboard_csv)
+    df = pd.read_csv(path, keep_default_na=True)
+    out_dir = path.parent
+    rows = []
+    for _, r in df.iterrows():
+        cells = []
+        for col in SUMMARY_COLUMNS:
+            if col == "audit":
+                cells.append(audit_cell(r))
+            elif col in ("scenario", "dp_mode"):
+                cells.append(str(r.get(col, "")))
+            else:
+                cells.append(_fmt(r.get(col), ".4g" if col == "epsilon" else ".3g"))
+        rows.append(cells)
+    header = list(SUMMARY_COLUMNS)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    suite = str(df["suite"].iloc[0]) if len(df) and "suite" in df else out_dir.name
+    lines = [f"== {suite}: {len(df)} scenario(s)", fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)]
+    audits = {str(r["scenario"]): audit_cell(r) for _, r in df.iterrows()}
+    failed = [s for s, a in audits.items() if a.upper().startswith("FAIL")]
+    unsure = [s for s, a in audits.items() if "inconclusive" in a.lower()]
+    checked = [s for s, a in audits.items() if a]
+    if failed:
+        lines.append(f"audit FAILED ({len(failed)}): {', '.join(failed)}")
+    if unsure:
+        lines.append(f"audit inconclusive ({len(unsure)}): {', '.join(unsure)}")
+    if not failed and not unsure:
+        lines.append(f"audit: none failed ({len(checked)} DP row(s) audited)" if checked else
+                     "audit: no DP row (nothing claimed, nothing audited)")
+    plots = sorted(p.name for p in out_dir.glob("*.png"))
+    lines += [f"runs:        {runs_dir}" if runs_dir is not None else None,
+              f"leaderboard: {path}",
+              f"report:      {out_dir / 'README.md'}" if (out_dir / "README.md").exists() else None,
+              f"plots:       {out_dir}/{{{','.join(plots)}}}" if plots else None]
+    return "\n".join(ln for ln in lines if ln is not None)

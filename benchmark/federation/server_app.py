@@ -143,6 +143,7 @@ class ScreenedAggregation(Strategy):
         # (central DP). The server knows both, so a client cannot inflate its share.
         self.expected_weights = expected_weights or {}
         self.rounds: dict[int, dict] = {}
+        self.metrics: dict[int, dict] = {}  # round -> the aggregated client metrics
         self._expected: dict[int, tuple[list[int], ArrayRecord]] = {}
 
     def summary(self) -> None:
@@ -193,7 +194,9 @@ class ScreenedAggregation(Strategy):
                 f"round {server_round}: {len(valid)} valid update(s) of {len(nodes)} sampled, minimum "
                 f"{self.min_replies} (errors {stats['dropped_error']}, timeouts {stats['dropped_timeout']}, "
                 f"invalid {stats['rejected_invalid']})")
-        return self.strategy.aggregate_train(server_round, valid)
+        out = self.strategy.aggregate_train(server_round, valid)
+        self.metrics[server_round] = {k: float(v) for k, v in (out[1] or {}).items()}  # for progress lines
+        return out
 
     def _name(self, node_id: int) -> str:
         return self.node_names.get(node_id, f"node {node_id}")
@@ -304,7 +307,7 @@ def resolve_scenario(value: str, scale: str) -> Scenario:
 
 
 def run_federation(grid: Grid, run_config: dict,
-                   on_round: Callable[[int], None] | None = None) -> dict:
+                   on_round: Callable[[int, dict], None] | None = None) -> dict:
     """Train one scenario federatedly; write ``global_model.pt`` and ``history.json`` to out-dir."""
     scenario = resolve_scenario(str(run_config["scenario"]), str(run_config.get("scale", "cpu")))
     seed = int(run_config["seed"])
@@ -347,7 +350,8 @@ def run_federation(grid: Grid, run_config: dict,
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if on_round is not None and server_round > 0:
-            on_round(server_round)
+            stats = {k: v for k, v in screened.rounds.get(server_round, {}).items() if k != "problems"}
+            on_round(server_round, {**screened.metrics.get(server_round, {}), **stats})
         return None
 
     t0 = time.perf_counter()
