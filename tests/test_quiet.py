@@ -118,3 +118,55 @@ def test_round_lines_show_what_is_public():
     eps = lambda ln: float(ln.split("epsilon so far ")[1].split()[0])  # noqa: E731
     assert abs(eps(last) - 4.0) < 0.01 and 0 < eps(first) < eps(last)
     assert first.endswith("1 update(s) dropped")
+
+
+TINY_DP = """
+[[scenario]]
+name = "tiny-local"
+num_clients = 2
+clients_per_round = 2
+rounds = 2
+max_train_images = 32
+batch_size = 16
+num_train_timesteps = 100
+sample_steps = 2
+fid_n_samples = 16
+dp_mode = "local-dpsgd"
+target_epsilon = 8.0
+delta = 1e-3
+attacks = ["mia-loss"]
+
+[[scenario]]
+name = "tiny-central"
+num_clients = 2
+clients_per_round = 2
+rounds = 1
+max_train_images = 32
+batch_size = 16
+num_train_timesteps = 100
+sample_steps = 2
+fid_n_samples = 16
+dp_mode = "central-dp"
+target_epsilon = 8.0
+delta = 1e-3
+"""
+
+
+@pytest.mark.slow  # two tiny federated runs in a subprocess
+def test_a_run_prints_at_most_10_lines_that_are_not_the_tools(tmp_path):
+    import subprocess
+    import sys
+
+    scn = tmp_path / "tiny.toml"
+    scn.write_text(TINY_DP)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "BENCH_VERBOSE"}
+    res = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--scenario-file", str(scn),
+                          "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
+                         capture_output=True, text=True, timeout=1800, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [ln for ln in res.stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    foreign = [ln for ln in lines if not ln.startswith("bench: ")]
+    assert len(foreign) <= 10, "\n".join(foreign)
+    assert "\r" not in res.stderr  # not a TTY: no progress bars
+    assert any("round 2/2 done" in ln and "epsilon so far" in ln for ln in lines)
+    assert "== custom: 2 scenario(s)" in res.stdout and "leaderboard: " in res.stdout
