@@ -78,7 +78,9 @@ class _Drop(logging.Filter):
         global _hidden
         if record.levelno >= logging.ERROR or ours(record.pathname):
             return True
-        _hidden += 1
+        if not getattr(record, "_bench_hidden", False):  # one record may meet several handlers
+            record._bench_hidden = True
+            _hidden += 1
         return False
 
 
