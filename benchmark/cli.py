@@ -101,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from benchmark import leaderboard, quiet, runner
     from benchmark.errors import EXIT_AUDIT_FAILED
+    from benchmark.progress import Progress
 
     bars = not args.no_progress and sys.stderr.isatty()  # a log (CI, a pipe) gets lines, no carriage returns
 
@@ -123,14 +124,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     with quiet.hush(report):
         work = runner.plan(scenarios, args.seeds, opts)
-        runner.check_data(work, opts)
-        runner.check_writable(opts.out_dir)
-        runner.check_writable(results_dir)
-        todo = [w for w in work if not w[3]]
-        runner.check_fid_available(tuple(w[0] for w in todo))
-        for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
-                tuple({w[0] for w in todo}), opts).items():
-            report(f"verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err {rep.modes[0].norm_rel_err:.1e}")
+        # Bad input is refused in one line, so the checks print nothing unless they take 30 s.
+        checks = Progress(report, "before any training")
+        checks.stage = "checks (data files and partitions, output folders, FID network, verify-dp)"
+        try:
+            runner.check_data(work, opts)
+            runner.check_writable(opts.out_dir)
+            runner.check_writable(results_dir)
+            todo = [w for w in work if not w[3]]
+            runner.check_fid_available(tuple(w[0] for w in todo))
+            for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
+                    tuple({w[0] for w in todo}), opts).items():
+                checks.say(f"verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err {rep.modes[0].norm_rel_err:.1e}")
+        finally:
+            checks.close()
         report(f"{len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}")
         for i, (s, seed, _path, _done) in enumerate(tqdm(todo, desc="runs", unit="run", disable=not bars,
                                                          file=sys.stderr), 1):
