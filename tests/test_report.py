@@ -158,3 +158,19 @@ def test_terminal_summary_names_failed_and_inconclusive_audits(tmp_path):
     df.to_csv(board, index=False)
     text = terminal_summary(board)
     assert "audit inconclusive (1): c-central" in text and "FAILED" not in text
+
+
+def test_roc_curves_of_a_14_row_suite_all_look_different():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.lines import Line2D
+
+    from benchmark.report import _distinct
+
+    lines = [Line2D([0, 1], [0, 1]) for _ in range(20)]
+    modes = ["none", "local-dpsgd", "central-dp", "none"] * 5
+    _distinct(lines, modes)
+    looks = {(matplotlib.colors.to_hex(ln.get_color()), str(ln.get_linestyle())) for ln in lines}
+    assert len({matplotlib.colors.to_hex(ln.get_color()) for ln in lines}) == 20 and len(looks) == 20
+    assert lines[0].get_linestyle() != lines[1].get_linestyle()  # dp_mode sets the style
