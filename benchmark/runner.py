@@ -183,7 +183,9 @@ def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opt
         bar = tqdm(total=scenario.rounds, desc=f"{scenario.name} seed {seed}: rounds", unit="round",
                    leave=False, file=sys.stderr)
     sigma = None
-    if get_dp_mode(scenario.dp_mode).server_adds_noise:  # the server's plan: public, and the same as its own
+    mode = get_dp_mode(scenario.dp_mode)
+    # Fixed client sampling (Flower's wrappers): the server's plan, public and the same as its own.
+    if mode.server_adds_noise and getattr(mode, "client_sampling", "fixed") == "fixed":
         from privacy.central import calibrate_central
 
         sigma = calibrate_central(target_epsilon=scenario.target_epsilon, delta=scenario.delta,
@@ -194,7 +196,12 @@ def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opt
         if bar is not None:
             bar.update(1)
         if progress is not None:
-            progress.say(round_line(scenario, r, metrics, time.monotonic() - t0, sigma))
+            elapsed = time.monotonic() - t0
+            try:
+                line = round_line(scenario, r, metrics, elapsed, sigma)
+            except Exception:  # noqa: BLE001 - a progress line never fails a run
+                line = f"round {r}/{scenario.rounds} done ({elapsed:.0f} s)"
+            progress.say(line)
 
     run_config = {"scenario": scenario.to_json(), "seed": seed, "out-dir": str(work),
                   "device": device, "data-root": opts.data_root or ""}
