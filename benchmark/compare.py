@@ -183,7 +183,9 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, *, sigmas: float = 3.0,
         raise CompareError(f"--sigmas must be >= 0, got {sigmas}")
     gates = dict(GATED)
     for metric, (value, rel) in (margins or {}).items():
-        gates[metric] = dataclasses.replace(GATED[metric], margin=value, relative=rel)
+        g = GATED[metric]  # the noise floor is in the margin's unit: kept only where that unit is unchanged
+        gates[metric] = dataclasses.replace(g, margin=value, relative=rel,
+                                            noise_floor=g.noise_floor if rel == g.relative else None)
     for label, df in (("BASE", base), ("NEW", new)):
         dup = df[df.duplicated(list(KEY), keep=False)]
         if len(dup):
