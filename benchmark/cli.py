@@ -94,15 +94,11 @@ def _results_dir(args: argparse.Namespace) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from benchmark import quiet
     from benchmark.devices import resolve_device
 
     scenarios = _scenarios_from_args(args)  # a bad name or file fails here, before torch or Flower load
     resolve_device(args.device)
-
-    from benchmark import leaderboard, quiet, runner
-    from benchmark.errors import EXIT_AUDIT_FAILED
-    from benchmark.progress import Progress
-
     bars = not args.no_progress and sys.stderr.isatty()  # a log (CI, a pipe) gets lines, no carriage returns
 
     def report(line: str) -> None:
@@ -111,43 +107,66 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print(f"bench: {line}", file=sys.stderr, flush=True)
 
-    opts = runner.RunOptions(out_dir=Path(args.out), device=args.device, data_root=args.data_root,
+    if args.dry_run:
+        return _dry_run(args, scenarios, report)
+    with quiet.hush(report):  # from the heavy imports on
+        return _run(args, scenarios, report, bars)
+
+
+def _options(args: argparse.Namespace, report, bars: bool):
+    from benchmark import runner
+
+    return runner.RunOptions(out_dir=Path(args.out), device=args.device, data_root=args.data_root,
                              resume=args.resume, progress=bars, report=report)
+
+
+def _dry_run(args: argparse.Namespace, scenarios, report) -> int:
+    """What would run and what is complete; never refuses a complete folder."""
+    from benchmark import runner
+
+    work = runner.plan(scenarios, args.seeds, dataclasses.replace(_options(args, report, False), resume=True))
+    for s, seed, path, done in work:
+        print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
+    print(f"bench: dry run: {sum(w[3] for w in work)} complete, {sum(not w[3] for w in work)} to run"
+          + ("" if args.resume or not any(w[3] for w in work) else " (a real run needs --resume)")
+          + f"; leaderboards to {_results_dir(args)}", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
+    from tqdm import tqdm
+
+    from benchmark import leaderboard, quiet, runner
+    from benchmark.errors import EXIT_AUDIT_FAILED
+    from benchmark.progress import Progress
+
+    opts = _options(args, report, bars)
     results_dir = _results_dir(args)
-    if args.dry_run:  # what would run and what is complete; never refuses a complete folder
-        work = runner.plan(scenarios, args.seeds, dataclasses.replace(opts, resume=True))
-        for s, seed, path, done in work:
-            print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
-        print(f"bench: dry run: {sum(w[3] for w in work)} complete, {sum(not w[3] for w in work)} to run"
-              + ("" if args.resume or not any(w[3] for w in work) else " (a real run needs --resume)")
-              + f"; leaderboards to {results_dir}", file=sys.stderr)
-        return 0
-    with quiet.hush(report):
-        work = runner.plan(scenarios, args.seeds, opts)
-        # Bad input is refused in one line, so the checks print nothing unless they take 30 s.
-        checks = Progress(report, "before any training")
-        checks.stage = "checks (data files and partitions, output folders, FID network, verify-dp)"
-        try:
-            runner.check_data(work, opts)
-            runner.check_writable(opts.out_dir)
-            runner.check_writable(results_dir)
-            todo = [w for w in work if not w[3]]
-            runner.check_fid_available(tuple(w[0] for w in todo))
-            for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
-                    tuple({w[0] for w in todo}), opts).items():
-                checks.say(f"verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err {rep.modes[0].norm_rel_err:.1e}")
-        finally:
-            checks.close()
-        report(f"{len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}")
-        for i, (s, seed, _path, _done) in enumerate(tqdm(todo, desc="runs", unit="run", disable=not bars,
-                                                         file=sys.stderr), 1):
-            report(f"run {i}/{len(todo)}: {s.name} seed {seed}")
-            path = runner.run_one(s, seed, opts)
-            report(f"finished {s.name} seed {seed} -> {path}")
-        suites = sorted({s.suite for s in scenarios})
-        boards = leaderboard.summarize(opts.out_dir, results_dir, suites=suites)
+    work = runner.plan(scenarios, args.seeds, opts)
+    # Bad input is refused in one line, so the checks print nothing unless they take 30 s.
+    checks = Progress(report, "before any training")
+    checks.stage = "checks (data files and partitions, output folders, FID network, verify-dp)"
+    try:
+        runner.check_data(work, opts)
+        runner.check_writable(opts.out_dir)
+        runner.check_writable(results_dir)
+        todo = [w for w in work if not w[3]]
+        runner.check_fid_available(tuple(w[0] for w in todo))
+        for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
+                tuple({w[0] for w in todo}), opts).items():
+            checks.say(f"verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err {rep.modes[0].norm_rel_err:.1e}")
+    finally:
+        checks.close()
+    report(f"{len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}")
+    for i, (s, seed, _path, _done) in enumerate(tqdm(todo, desc="runs", unit="run", disable=not bars,
+                                                     file=sys.stderr), 1):
+        report(f"run {i}/{len(todo)}: {s.name} seed {seed}")
+        path = runner.run_one(s, seed, opts)
+        report(f"finished {s.name} seed {seed} -> {path}")
+    suites = sorted({s.suite for s in scenarios})
+    boards = leaderboard.summarize(opts.out_dir, results_dir, suites=suites)
     if quiet.hidden():
-        print(f"bench: {quiet.hidden()} library warning(s) hidden (BENCH_VERBOSE=1 shows them)", file=sys.stderr)
+        report(f"{quiet.hidden()} library warning(s) hidden (BENCH_VERBOSE=1 shows them)")
     from benchmark.report import terminal_summary
 
     for path in boards:
