@@ -92,6 +92,7 @@ def hush(say: Callable[[str], None] | None = None) -> Iterator[None]:
         yield
         return
     say = say or (lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+    _load_library_loggers()
     drop = _Drop()
     root = logging.getLogger()
     own_root = None
@@ -104,6 +105,7 @@ def hush(say: Callable[[str], None] | None = None) -> Iterator[None]:
     handlers = [h for name in LOGGERS for h in logging.getLogger(name).handlers]
     for h in handlers:
         h.addFilter(drop)
+    flwr.addFilter(drop)  # Flower logs on this logger itself: its records meet the filter here too
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         global _hidden
@@ -123,9 +125,25 @@ def hush(say: Callable[[str], None] | None = None) -> Iterator[None]:
         finally:
             for h in handlers:
                 h.removeFilter(drop)
+            flwr.removeFilter(drop)
             flwr.propagate = flwr_propagate
             if own_root is not None:
                 root.removeHandler(own_root)
+
+
+def _load_library_loggers() -> None:
+    """Create the libraries' handlers now (what importing them does), so that the filter sits on
+    them even when the block imports the libraries itself (as ``bench run`` does)."""
+    try:
+        import flwr.common.logger  # noqa: F401  (Flower's console handler)
+    except ImportError:
+        pass
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.get_verbosity()  # configures the "diffusers" logger's handler
+    except ImportError:
+        pass
 
 
 def ray_init_args() -> dict:
