@@ -1,36 +1,64 @@
-"""Empirical privacy audit: a lower bound on epsilon from what a membership attack achieved
-(Jagielski, Ullman, Oprea 2020, "Auditing Differentially Private Machine Learning").
+"""Empirical privacy audit: lower bounds on epsilon from what membership attacks achieved, each with
+the largest value its sample could certify (its *ceiling*), and bounds that stay bounds after
+aggregation over attacks, seeds and rows.
 
-If training is (epsilon, delta)-DP, then for *any* test that flags a candidate as a member, with
-false-positive rate FPR (non-members flagged) and false-negative rate FNR (members missed),
+Two tests, both one-sided at a stated confidence:
 
-    1 - FNR <= e^eps FPR + delta    and    1 - FPR <= e^eps FNR + delta,
+**Half split** (Jagielski, Ullman, Oprea 2020, "Auditing Differentially Private Machine Learning"),
+for the natural candidates (training images against held-out images). If training is
+(epsilon, delta)-DP, any test that flags members with false-positive rate FPR and false-negative
+rate FNR has ``1 - FNR <= e^eps FPR + delta`` and ``1 - FPR <= e^eps FNR + delta``, so
 
-so  eps >= max( log((1 - delta - FNR) / FPR),  log((1 - delta - FPR) / FNR) ).
+    eps >= max( log((1 - delta - FNR) / FPR),  log((1 - delta - FPR) / FNR) ).
 
-FPR and FNR are only estimated, so they are replaced by their one-sided Clopper-Pearson upper
-bounds; with each bound at confidence 1 - alpha/2, both hold together with probability >= 1 - alpha
-(alpha = 0.05: 95 %). The threshold must not be chosen on the same samples it is evaluated on
-(that would pick the luckiest threshold): the candidates are split in two halves, stratified by
-membership with a seeded permutation; the threshold is chosen on one half (maximising the same
-bound) and the bound is computed on the other. Several attacks (and canary sets) audited at once
-share the 5 % by a Bonferroni correction (``n_tests``), so the reported maximum holds at 95 %.
+FPR and FNR are replaced by one-sided Clopper-Pearson upper bounds, each at 1 - alpha/2. The
+threshold is chosen on one half of the candidates (stratified seeded split) and evaluated on the
+other. Members and non-members are a seeded random split of the same data, but one training run
+tests many candidates at once: like Jagielski et al.'s per-example bound it is a check, not a proof.
 
-What a bound means here: members and non-members are a seeded random split of the same data
-(recorded at partition time), so membership is randomised as the DP definition's neighbouring
-datasets require, but one training run audits many candidates at once; like Jagielski et al.'s
-per-example bound it is a check, not a proof (Steinke et al. 2023 give the exact one-run analysis).
-A DP row whose lower bound exceeds its claimed epsilon is a *failed audit*: the claim, the
-accounting or the implementation is wrong. Canaries (outliers planted in one client's data, see
-``attacks.canaries``) are the most vulnerable candidates and make the bound tighter.
+**One run** (Steinke, Nasr, Jagielski 2023, "Privacy Auditing with One (1) Training Run",
+NeurIPS 2023), for the canaries: m canaries, each included independently with probability 1/2.
+The attack scores all m; for a guess count k it guesses "in" for the k highest scores, "out" for
+the k lowest and abstains on the rest: r = 2k guesses, v correct. If training is (eps, delta)-DP
+with respect to each canary, their Theorem (the (eps, delta) form, Corollary 5.4 / Appendix D) gives
+
+    P[W >= v] <= f(v) + 2 m delta * max_{1 <= i <= v} (f(v - i) - f(v)) / i,
+    f(v) = P[Binomial(r, e^eps / (1 + e^eps)) >= v],
+
+and the bound is the largest eps whose p-value is below alpha (the p-value grows with eps;
+bisection to 1e-6, rounded down). This is a proof, not a check: the canaries' inclusion is the
+randomness, and one training run suffices. Guess counts are a fixed grid of fractions of m
+(:data:`GUESS_FRACTIONS`, never chosen from the data), Bonferroni-corrected.
+
+**Evidence and aggregation.** Every test keeps the counts it needs (``evidence``: the evaluation
+half's errors, or each guess count's (r, v)), so its bound can be recomputed at any alpha without
+the scores: :func:`evidence_bound`. A run's bound at level alpha is the max over its tests at
+alpha / n_tests (:func:`record_bound`). Over seeds, the max of each seed's bound at alpha / n_seeds
+is a valid (1 - alpha) lower bound for the row (a union bound: if the claim holds, the chance that
+*any* seed's bound exceeds it is at most n_seeds * alpha / n_seeds); ``bench summarize`` recomputes
+it so from attacks.json. Over a whole ``bench run`` invocation, the same union bound over every
+audited run gives the exit status its guarantee (:func:`suite_audit`).
+
+The ceiling of a test is the bound a perfect attack would get at the same counts, split, guess grid
+and correction: a row whose ceiling does not exceed its claim could not have failed, and says
+"inconclusive", not "passed" (:func:`audit_verdict`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta
+from scipy.stats import beta, binom
+
+GUESS_FRACTIONS = (0.05, 0.1, 0.25, 0.45)   # one-run guess counts k = ceil(f * m) on each side
+DEFAULT_CONFIDENCE = 0.95
+EPS_MAX = 64.0                              # the largest epsilon a bound reports
+
+
+class AuditError(ValueError):
+    """Invalid audit input (one-line message)."""
 
 
 def clopper_pearson_upper(k, n, alpha: float):
@@ -73,6 +101,23 @@ def _best_threshold(scores: np.ndarray, labels: np.ndarray, delta: float, alpha:
     return float(thresholds[int(np.argmax(b))])
 
 
+def _check(delta: float, alpha: float) -> None:
+    if not 0 <= delta < 1:
+        raise AuditError(f"delta must be in [0, 1), got {delta}")
+    if not 0 < alpha < 1:
+        raise AuditError(f"alpha must be in (0, 1), got {alpha}")
+
+
+# ------------------------------------------------------------------------------------ half split
+def half_split_bound(fp: int, n_neg: int, fn: int, n_pos: int, *, delta: float, alpha: float) -> float:
+    """The half-split bound from the evaluation half's counts, at level alpha (alpha/2 per rate)."""
+    _check(delta, alpha)
+    if n_neg == 0 or n_pos == 0:
+        return 0.0
+    return min(_bound(clopper_pearson_upper(fp, n_neg, alpha / 2), clopper_pearson_upper(fn, n_pos, alpha / 2),
+                      delta), EPS_MAX)
+
+
 @dataclass(frozen=True)
 class AuditBound:
     epsilon_lb: float
@@ -81,21 +126,22 @@ class AuditBound:
     fnr_upper: float
     n_eval: int
     confidence: float
+    evidence: dict
 
     def to_dict(self) -> dict:
         return {"epsilon_lb": self.epsilon_lb, "threshold": self.threshold, "fpr_upper": self.fpr_upper,
-                "fnr_upper": self.fnr_upper, "n_eval": self.n_eval, "confidence": self.confidence}
+                "fnr_upper": self.fnr_upper, "n_eval": self.n_eval, "confidence": self.confidence,
+                "evidence": self.evidence}
 
 
 def epsilon_lower_bound(scores: np.ndarray, labels: np.ndarray, *, delta: float, confidence: float = 0.95,
                         n_tests: int = 1, seed: int = 0) -> AuditBound:
-    """A lower bound on epsilon, holding with probability >= ``confidence`` / Bonferroni over
-    ``n_tests``, from membership scores (higher = member) and labels (1 member, 0 non-member)."""
+    """The half-split lower bound on epsilon, holding with probability >= ``confidence`` / Bonferroni
+    over ``n_tests``, from membership scores (higher = member) and labels (1 member, 0 non-member)."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
-    if not 0 <= delta < 1:
-        raise ValueError(f"delta must be in [0, 1), got {delta}")
     alpha = (1 - confidence) / n_tests
+    _check(delta, alpha)
     rng = np.random.default_rng(seed)
     sel = np.zeros(len(scores), dtype=bool)
     for cls in (True, False):                      # stratified halves
@@ -105,13 +151,164 @@ def epsilon_lower_bound(scores: np.ndarray, labels: np.ndarray, *, delta: float,
     thr = _best_threshold(scores[sel], labels[sel], delta, alpha)
     flagged = scores[ev] >= thr
     y = labels[ev]
-    fpr_hi = clopper_pearson_upper(int((flagged & ~y).sum()), int((~y).sum()), alpha / 2)
-    fnr_hi = clopper_pearson_upper(int((~flagged & y).sum()), int(y.sum()), alpha / 2)
-    return AuditBound(_bound(fpr_hi, fnr_hi, delta), thr, fpr_hi, fnr_hi, int(ev.sum()), 1 - alpha)
+    evidence = {"method": "half-split", "fp": int((flagged & ~y).sum()), "n_neg": int((~y).sum()),
+                "fn": int((~flagged & y).sum()), "n_pos": int(y.sum())}
+    fpr_hi = clopper_pearson_upper(evidence["fp"], evidence["n_neg"], alpha / 2)
+    fnr_hi = clopper_pearson_upper(evidence["fn"], evidence["n_pos"], alpha / 2)
+    lb = half_split_bound(evidence["fp"], evidence["n_neg"], evidence["fn"], evidence["n_pos"], delta=delta,
+                          alpha=alpha)
+    return AuditBound(lb, thr, fpr_hi, fnr_hi, int(ev.sum()), 1 - alpha, evidence)
 
 
-def audit_verdict(epsilon_lb: float, claimed_epsilon: float | None) -> bool | None:
-    """True = failed audit (the bound exceeds the claim); None where nothing is claimed (no DP)."""
-    if claimed_epsilon is None:
+# --------------------------------------------------------------------------------------- one run
+def one_run_pvalue(m: int, r: int, v: int, eps: float, delta: float) -> float:
+    """P[at least v of r guesses correct] for an (eps, delta)-DP mechanism, m canaries each included
+    with probability 1/2 (Steinke, Nasr, Jagielski 2023, Corollary 5.4): an upper bound on it."""
+    if not 0 <= v <= r <= m or eps < 0 or not 0 <= delta <= 1:
+        raise AuditError(f"one-run p-value needs 0 <= v <= r <= m, eps >= 0, delta in [0, 1] (m={m} r={r} v={v})")
+    q = 1.0 / (1.0 + math.exp(-eps))
+    tail = float(binom.sf(v - 1, r, q))          # f(v) = P[Bin(r, q) >= v]
+    if delta == 0 or v == 0:
+        return min(tail, 1.0)
+    below = np.cumsum(binom.pmf(np.arange(v - 1, -1, -1), r, q))   # i = 1..v: P[v - i <= Bin < v]
+    worst = float(np.max(below / np.arange(1, v + 1)))
+    return min(tail + 2 * m * delta * worst, 1.0)
+
+
+def one_run_epsilon(m: int, r: int, v: int, *, delta: float, alpha: float) -> float:
+    """The largest eps (to 1e-6, rounded down) whose one-run p-value is below alpha: a (1 - alpha)
+    lower bound on epsilon; 0 where even eps = 0 is not rejected."""
+    _check(delta, alpha)
+    if r == 0 or one_run_pvalue(m, r, v, 0.0, delta) >= alpha:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while hi < EPS_MAX and one_run_pvalue(m, r, v, hi, delta) < alpha:
+        lo, hi = hi, 2 * hi
+    if hi >= EPS_MAX and one_run_pvalue(m, r, v, EPS_MAX, delta) < alpha:
+        return EPS_MAX
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if one_run_pvalue(m, r, v, mid, delta) < alpha else (lo, mid)
+    return lo
+
+
+def guess_counts(m: int) -> list[int]:
+    """The guess counts k (each side) the one-run test tries: fixed fractions of m, never chosen
+    from the data (distinct, 1 <= k <= m // 2)."""
+    return sorted({min(max(1, math.ceil(f * m)), m // 2) for f in GUESS_FRACTIONS} - {0})
+
+
+def one_run_evidence(scores: np.ndarray, included: np.ndarray, *, seed: int = 0) -> dict:
+    """Each guess count's (r, v): the top-k scores guessed in, the bottom-k guessed out. Ties are
+    broken by a seeded permutation, never by the candidates' order."""
+    scores = np.asarray(scores, dtype=np.float64)
+    included = np.asarray(included).astype(bool)
+    m = len(scores)
+    if m < 2:
+        raise AuditError(f"one-run auditing needs at least 2 canaries, got {m}")
+    tie = np.random.default_rng(seed).permutation(m)
+    order = np.lexsort((tie, -scores))            # highest score first
+    guesses = []
+    for k in guess_counts(m):
+        v = int(included[order[:k]].sum() + (~included[order[m - k:]]).sum())
+        guesses.append([2 * k, v])
+    return {"method": "one-run", "m": m, "n_included": int(included.sum()), "guesses": guesses}
+
+
+# -------------------------------------------------------------------------------- evidence -> bound
+def _alternatives(evidence: dict) -> int:
+    return len(evidence["guesses"]) if evidence["method"] == "one-run" else 1
+
+
+def evidence_bound(evidence: dict, *, delta: float, alpha: float) -> float:
+    """One test's lower bound at level alpha (Bonferroni over its guess counts, if one-run)."""
+    if evidence["method"] == "half-split":
+        return half_split_bound(evidence["fp"], evidence["n_neg"], evidence["fn"], evidence["n_pos"], delta=delta,
+                                alpha=alpha)
+    if evidence["method"] == "one-run":
+        a = alpha / _alternatives(evidence)
+        return max((one_run_epsilon(evidence["m"], r, v, delta=delta, alpha=a) for r, v in evidence["guesses"]),
+                   default=0.0)
+    raise AuditError(f"unknown audit method {evidence['method']!r}")
+
+
+def perfect_evidence(evidence: dict) -> dict:
+    """What a perfect attack would have produced at the same counts (every guess right, no error)."""
+    if evidence["method"] == "half-split":
+        return evidence | {"fp": 0, "fn": 0}
+    n_in, n_out = evidence["n_included"], evidence["m"] - evidence["n_included"]
+    return evidence | {"guesses": [[r, min(r // 2, n_in) + min(r // 2, n_out)] for r, _ in evidence["guesses"]]}
+
+
+def evidence_ceiling(evidence: dict, *, delta: float, alpha: float) -> float:
+    """The largest bound this test could have certified: a perfect attack's, same counts and alpha."""
+    return evidence_bound(perfect_evidence(evidence), delta=delta, alpha=alpha)
+
+
+def record_bound(tests: list[dict], *, delta: float, alpha: float) -> tuple[float, float, int]:
+    """(bound, ceiling, index of the deciding test) of a run's tests at total level alpha:
+    Bonferroni over the tests, max over them. ``tests``: evidence dicts."""
+    if not tests:
+        raise AuditError("no audit tests to bound")
+    a = alpha / len(tests)
+    bounds = [evidence_bound(t, delta=delta, alpha=a) for t in tests]
+    ceiling = max(evidence_ceiling(t, delta=delta, alpha=a) for t in tests)
+    best = int(np.argmax(bounds))
+    return float(bounds[best]), float(ceiling), best
+
+
+def seeds_bound(records: list[dict], *, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float] | None:
+    """(bound, ceiling) of a row from its seeds' audit records (attacks.json ``audit``): the max over
+    seeds of each seed's bound at alpha / n_seeds, a (``confidence``) lower bound for the row by a
+    union bound. None where a seed has no evidence (a run from before the evidence was recorded)."""
+    if not records or any(not r or not r.get("tests") for r in records):
         return None
-    return bool(epsilon_lb > claimed_epsilon)
+    alpha = (1 - confidence) / len(records)
+    out = [record_bound([t["evidence"] for t in r["tests"]], delta=r["delta"], alpha=alpha)[:2] for r in records]
+    return max(b for b, _ in out), max(c for _, c in out)
+
+
+def audit_verdict(epsilon_lb: float | None, ceiling: float | None, claimed_epsilon: float | None) -> str | None:
+    """``failed`` (the bound exceeds the claim), ``passed`` (it does not, and it could have: the
+    ceiling exceeds the claim), ``inconclusive`` (the ceiling does not exceed the claim: this test
+    could not have failed); None where nothing is claimed or nothing was audited."""
+    if claimed_epsilon is None or epsilon_lb is None or ceiling is None:
+        return None
+    if epsilon_lb > claimed_epsilon:
+        return "failed"
+    return "passed" if ceiling > claimed_epsilon else "inconclusive"
+
+
+@dataclass(frozen=True)
+class SuiteAudit:
+    """The audit of one ``bench run`` invocation: every audited run at confidence 1 - alpha / n."""
+
+    n_audited: int
+    confidence: float
+    failed: list[tuple[str, float, float]]        # (label, bound, claim)
+    inconclusive: list[tuple[str, float, float]]  # (label, ceiling, claim)
+    passed: list[tuple[str, float, float, float]] = ()  # (label, bound, ceiling, claim)
+
+    @property
+    def per_run_confidence(self) -> float:
+        return 1 - (1 - self.confidence) / max(self.n_audited, 1)
+
+
+def suite_audit(runs: list[tuple[str, dict]], *, confidence: float = DEFAULT_CONFIDENCE) -> SuiteAudit:
+    """Bonferroni over every audited run of an invocation (``runs``: (label, attacks.json ``audit``)).
+    Each run's bound is taken at alpha / n (n = runs with a claim and evidence), so if every claim
+    holds, the chance that any run is listed as failed is at most alpha = 1 - ``confidence``."""
+    audited = [(label, r) for label, r in runs
+               if r and r.get("epsilon_audited") is not None and r.get("tests")]
+    alpha = (1 - confidence) / max(len(audited), 1)
+    failed, inconclusive, passed = [], [], []
+    for label, r in audited:
+        b, c, _ = record_bound([t["evidence"] for t in r["tests"]], delta=r["delta"], alpha=alpha)
+        verdict = audit_verdict(b, c, r["epsilon_audited"])
+        if verdict == "failed":
+            failed.append((label, b, r["epsilon_audited"]))
+        elif verdict == "inconclusive":
+            inconclusive.append((label, c, r["epsilon_audited"]))
+        else:
+            passed.append((label, b, c, r["epsilon_audited"]))
+    return SuiteAudit(len(audited), confidence, failed, inconclusive, passed)

@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks.audit import audit_verdict, epsilon_lower_bound
+from attacks.audit import (
+    audit_verdict,
+    epsilon_lower_bound,
+    evidence_bound,
+    evidence_ceiling,
+    one_run_evidence,
+    record_bound,
+)
 from attacks.base import (
     BUDGETS,
     CLIENT_UPDATE,
@@ -53,6 +60,7 @@ from privacy.modes import get_dp_mode
 
 AUDIT_CONFIDENCE = 0.95
 DEFAULT_AUDIT_DELTA = 1e-5   # rows without DP claim nothing; their bound is still shown at this delta
+AUDIT_UNIT = "image"         # what every membership attack's candidates are: the unit the audit tests
 CLIENT_LR = 1e-2             # the learning rate of the simulated client whose update the server sees
 
 
@@ -77,7 +85,7 @@ class Case:
 def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict, out_dir: Path, *,
                 device: str, budget: AttackBudget | None = None) -> dict:
     """Every attack the scenario lists; writes the files above into ``out_dir``; returns the
-    leaderboard columns (``mia_*``, ``inversion_*``, ``epsilon_empirical_lb``, ``audit_failed``)."""
+    leaderboard columns (``mia_*``, ``inversion_*``, ``epsilon_empirical_lb``, ``audit_*``)."""
     from benchmark.model import make_scheduler
 
     if not scenario.attacks:
@@ -110,16 +118,15 @@ def membership_candidates(members: np.ndarray, nonmembers: np.ndarray, limit: in
     return np.sort(rng.choice(members, n, replace=False)), np.sort(rng.choice(nonmembers, n, replace=False))
 
 
-def _candidates(case: Case, idx_mem: np.ndarray, idx_non: np.ndarray) -> tuple[FinalModelObservation, np.ndarray]:
-    """One candidate set as the attacks see it (final model, images, class labels) and its ground truth."""
+def _candidates(case: Case, idx: np.ndarray, truth: np.ndarray) -> tuple[FinalModelObservation, np.ndarray]:
+    """One candidate set as the attacks see it (final model, images, class labels) and its ground
+    truth (1 = member), in the order given."""
     from benchmark.model import to_model_range
 
     ds = case.fed.dataset
-    idx = np.concatenate([idx_mem, idx_non])
     x = to_model_range(ds.images[idx]).to(case.device)
     y = torch.as_tensor(ds.labels[idx], device=case.device) if case.scenario.class_conditional else None
-    truth = np.r_[np.ones(len(idx_mem), np.int64), np.zeros(len(idx_non), np.int64)]
-    return FinalModelObservation(case.model, case.scheduler, x, y), truth
+    return FinalModelObservation(case.model, case.scheduler, x, y), np.asarray(truth, np.int64)
 
 
 def _scores(attack: Attack, result: AttackResult, n: int) -> np.ndarray:
@@ -130,6 +137,57 @@ def _scores(attack: Attack, result: AttackResult, n: int) -> np.ndarray:
     return scores
 
 
+def audited_epsilon(scenario, privacy: dict) -> float | None:
+    """The epsilon that applies to what the membership audit tests (one image): the claim of a
+    sample-level row, the image-level epsilon of a client-level one (privacy.accounting); None
+    without a claim."""
+    from privacy.accounting import image_level_epsilon
+
+    claimed = privacy.get("epsilon")
+    if claimed is None:
+        return None
+    mode = get_dp_mode(scenario.dp_mode)
+    if mode.image_sensitivity is None:   # a claim its mode does not make (a planted bug): held to as printed
+        return float(claimed)
+    sigma = privacy.get("noise_multiplier")
+    if mode.image_sensitivity != 1 and sigma is None:
+        raise AttackError(f"{scenario.name}: a {scenario.dp_mode} row needs its noise multiplier to be audited")
+    return image_level_epsilon(scenario.dp_mode, epsilon=float(claimed),
+                               noise_multiplier=float(sigma) if sigma is not None else 0.0,
+                               rounds=scenario.rounds, delta=scenario.delta, num_clients=scenario.num_clients,
+                               clients_per_round=scenario.clients_per_round, sample_rate=privacy.get("sample_rate"))
+
+
+def audit_tests(tested: list[tuple[str, str, np.ndarray, np.ndarray]], *, delta: float, seed: int) -> list[dict]:
+    """One test per (attack, candidate set): the natural candidates by the half split (at the
+    run's Bonferroni level, which only picks the threshold), the canaries by one-run auditing."""
+    tests = []
+    alpha = (1 - AUDIT_CONFIDENCE) / len(tested)
+    for name, tag, scores, labels in tested:
+        if tag == "canary":
+            evidence = one_run_evidence(scores, labels, seed=derive_seed("audit-ties", name, tag, seed))
+        else:
+            evidence = epsilon_lower_bound(scores, labels, delta=delta, confidence=AUDIT_CONFIDENCE,
+                                           n_tests=len(tested),
+                                           seed=derive_seed("audit-split", name, tag, seed)).evidence
+        tests.append({"attack": name, "candidates": tag, "evidence": evidence,
+                      "epsilon_lb": evidence_bound(evidence, delta=delta, alpha=alpha),
+                      "ceiling": evidence_ceiling(evidence, delta=delta, alpha=alpha)})
+    return tests
+
+
+def audit_record(tests: list[dict], *, delta: float, claimed: float | None, audited: float | None) -> dict:
+    """attacks.json's ``audit``: the run's bound and ceiling at AUDIT_CONFIDENCE (Bonferroni over its
+    tests), the claim it is held against, the verdict and every test's evidence."""
+    lb, ceiling, i = record_bound([t["evidence"] for t in tests], delta=delta, alpha=1 - AUDIT_CONFIDENCE)
+    verdict = audit_verdict(lb, ceiling, audited)
+    return {"epsilon_empirical_lb": lb, "audit_ceiling": ceiling, "attack": tests[i]["attack"],
+            "candidates": tests[i]["candidates"], "delta": delta, "claimed_epsilon": claimed,
+            "epsilon_audited": audited, "audit_unit": AUDIT_UNIT if audited is not None else None,
+            "audit_verdict": verdict, "audit_failed": None if verdict is None else verdict == "failed",
+            "confidence": AUDIT_CONFIDENCE, "n_tests": len(tests), "tests": tests}
+
+
 def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -> dict:
     """Score the natural candidates (members not planted, held-out images) and the canaries; audit."""
     fed, seed = case.fed, case.seed
@@ -137,9 +195,11 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
     members = np.array([i for i in fed.partition.members() if i not in canary_members], dtype=np.int64)
     mem, non = membership_candidates(members, fed.partition.heldout(), case.budget.mia_max_candidates,
                                      derive_seed("mia-candidates", seed))
-    sets = {"natural": _candidates(case, mem, non)}
-    if len(fed.canary_members):
-        sets["canary"] = _candidates(case, fed.canary_members, fed.canary_nonmembers)
+    sets = {"natural": _candidates(case, np.r_[mem, non], np.r_[np.ones(len(mem)), np.zeros(len(non))])}
+    canaries = np.sort(np.r_[fed.canary_members, fed.canary_nonmembers]).astype(np.int64)
+    if len(canaries):
+        # In canary order: the candidates' order says nothing about which were included.
+        sets["canary"] = _candidates(case, canaries, np.isin(canaries, fed.canary_members))
     section = {"natural": record["mia"], "canary": record["canaries"]}
     tested = []
     for attack in attacks:
@@ -158,23 +218,18 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
                "mia_tpr_at_0_1pct_fpr": m["tpr_at_0_1pct_fpr"], "mia_min_fpr": m["min_fpr"],
                "mia_best_attack": best, "mia_n_candidates": m["n_members"] + m["n_nonmembers"]}
     # The audit: every (attack, candidate set) is one test; Bonferroni keeps the max at 95 %.
-    claimed = case.privacy.get("epsilon")  # None where the run claims no DP
     delta = case.scenario.delta if case.scenario.delta is not None else DEFAULT_AUDIT_DELTA
-    bounds = []
-    for name, tag, scores, labels in tested:
-        b = epsilon_lower_bound(scores, labels, delta=delta, confidence=AUDIT_CONFIDENCE,
-                                n_tests=len(tested), seed=derive_seed("audit-split", name, tag, seed))
-        section[tag][name]["epsilon_lb"] = b.epsilon_lb
-        section[tag][name]["audit"] = b.to_dict()
-        bounds.append((b.epsilon_lb, name, tag))
-    lb, by, tag = max(bounds)
-    failed = audit_verdict(lb, claimed)
-    record["audit"] = {"epsilon_empirical_lb": lb, "attack": by, "candidates": tag, "delta": delta,
-                       "claimed_epsilon": claimed, "audit_failed": failed, "confidence": AUDIT_CONFIDENCE,
-                       "n_tests": len(tested)}
+    tests = audit_tests(tested, delta=delta, seed=seed)
+    for t in tests:
+        section[t["candidates"]][t["attack"]]["epsilon_lb"] = t["epsilon_lb"]
+        section[t["candidates"]][t["attack"]]["audit"] = {k: t[k] for k in ("epsilon_lb", "ceiling", "evidence")}
+    record["audit"] = audit_record(tests, delta=delta, claimed=case.privacy.get("epsilon"),
+                                   audited=audited_epsilon(case.scenario, case.privacy))
     _roc_png(record, arrays, [a.name for a in attacks], case.out_dir / "roc.png",
              title=f"{case.scenario.name} seed {seed}")
-    return columns | {"epsilon_empirical_lb": lb, "audit_failed": failed}
+    a = record["audit"]
+    return columns | {k: a[k] for k in ("epsilon_empirical_lb", "audit_ceiling", "epsilon_audited", "audit_unit",
+                                        "audit_verdict", "audit_failed")}
 
 
 def _roc_png(record: dict, arrays: dict, names: list[str], path: Path, title: str) -> None:

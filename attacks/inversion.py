@@ -26,9 +26,9 @@ server knows them is a second axis of the threat model (``randomness``):
   from the run seed (``benchmark.federation.client_app.client_train_seed``). The attacker then
   solves for the images alone: L-BFGS (strong Wolfe line search) on the squared distance between
   the dummy update and the observed one (``1 - cos`` where the update was clipped, since the
-  clipping factor is unknown), from a random start. The DP noise is *not* given to this attacker:
-  the DP rows assume it is secret, which in a real deployment needs ``secret-randomness=true``
-  (otherwise a server that replays the seed can subtract it; see ``client_train_seed``).
+  clipping factor is unknown), from a random start. The DP noise is *not* given to this attacker,
+  and no one can replay it: DP noise and Poisson batches are always drawn from OS entropy, never
+  from the run seed (:mod:`privacy.noise`).
 * ``secret`` (GIDM+; the observation carries none): a SuperNode with ``secret-randomness=true``.
   The attacker optimises dummy images *and* dummy noise and (continuous) timesteps to minimise
   ``1 - cos(dummy update, observed update)`` plus a total-variation prior, with Adam from random starts. For a FedSGD

@@ -61,7 +61,8 @@ def aggregate(records: list[dict]) -> dict:
     """One leaderboard row from the runs (seeds) of one scenario definition (see :mod:`benchmark.schema`)."""
     return schema.aggregate(schema.LEADERBOARD, {"scenario": [r["scenario"] for r in records],
                                                  "metric": [r["metrics"] for r in records],
-                                                 "environment": [r["env"] for r in records]})
+                                                 "environment": [r["env"] for r in records],
+                                                 "audit": [r["attacks"].get("audit") or {} for r in records]})
 
 
 def aggregate_attacks(records: list[dict], row: dict) -> list[dict]:

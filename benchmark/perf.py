@@ -146,7 +146,7 @@ def make_train_step(model: torch.nn.Module, mode: str, *, batch: int, device: st
     else:
         dp = dpsgd.make_dp_step(model, base, grad_sample_mode=mode, max_grad_norm=max_grad_norm,
                                 noise_multiplier=noise_multiplier, expected_batch_size=batch,
-                                noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+                                noise_generator=torch.Generator(device=device).manual_seed(seed + 1), amp=amp)
         net, opt, backward, close = dp.module, dp.optimizer, dp.backward, dp.close
     net.train()
 

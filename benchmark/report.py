@@ -267,7 +267,8 @@ _CELLS = {
     "dp_mode": lambda r: "none" if r.dp_mode == NO_DP else f"{r.dp_mode} ({r.dp_level})",
     "mia_auc": lambda r: _fmt(r.mia_auc, ".3f", r.mia_auc_std)
     + (f" ({r.mia_best_attack})" if _finite(r.mia_auc) and not pd.isna(r.mia_best_attack) else ""),
-    "audit_failed": lambda r: "" if pd.isna(r.audit_failed) else ("**FAILED**" if r.audit_failed else "passed"),
+    "audit_verdict": lambda r: "" if pd.isna(r.audit_verdict) else ("**FAILED**" if r.audit_verdict == "failed"
+                                                                     else str(r.audit_verdict)),
 }
 
 

@@ -8,7 +8,8 @@ A run folder is ``<out>/<suite>/<scenario>-<hash>/seed-<n>/`` and holds
 
     scenario.json     the scenario as run (its hash names the folder)
     partition.json    every client's member (train) and held-out indices
-    history.json      per-round training loss and the partitions sampled each round
+    history.json      the partitions sampled each round, per-round training loss (none under DP)
+                      and the server's privacy accounting (central_dp / local_dp: every client's spend)
     global_model.pt   the final global model (a torch state dict)
     samples.npz       the generated images (uint8 NCHW) and their labels
     samples.png       a grid of generated samples

@@ -65,13 +65,14 @@ def privacy_metrics(scenario: Scenario, history: dict) -> dict:
         return {"epsilon": c["epsilon"], "delta": scenario.delta, "accountant": c["accountant"],
                 "noise_multiplier": c["noise_multiplier"], "max_grad_norm": c["max_grad_norm"],
                 "sample_rate": c["sample_rate"], "epsilon_target": scenario.target_epsilon}
-    rounds = history["rounds"]
+    local = history["local_dp"]
     return {
-        # The largest spend of any client (clients hold disjoint data), after its last round.
-        "epsilon": max(r["epsilon"] for r in rounds), "delta": scenario.delta,
-        "accountant": f"opacus-{scenario.accountant}", "noise_multiplier": min(r["noise_multiplier"] for r in rounds),
+        # The largest spend of any client (clients hold disjoint data), as the server computed it from
+        # each client's plan and the rounds it was sampled in (never from what a client remembers).
+        "epsilon": local["epsilon"], "delta": scenario.delta,
+        "accountant": local["accountant"], "noise_multiplier": local["noise_multiplier"],
         "max_grad_norm": mode.clip(scenario.max_grad_norm),
-        "sample_rate": max(r["sample_rate"] for r in rounds), "epsilon_target": scenario.target_epsilon,
+        "sample_rate": local["sample_rate"], "epsilon_target": scenario.target_epsilon,
         "grad_sample_mode": scenario.grad_sample_mode, "noise_multiplicity": scenario.noise_multiplicity,
     }
 
@@ -166,7 +167,7 @@ def _run_stages(work: Path, final: Path, scenario: Scenario, seed: int, opts: Ru
     metrics = {
         **utility, **attack_cols,
         "train_s": history["train_s"], "sample_s": sample_s,
-        "final_train_loss": history["rounds"][-1]["train_loss"],
+        "final_train_loss": history["rounds"][-1].get("train_loss"),  # None under DP: clients keep it
         "dp_mode": scenario.dp_mode, **privacy,
     }
     check_metrics(metrics, where=f"{scenario.name} seed {seed}: metrics.json")
@@ -278,18 +279,27 @@ def record_stage(work: Path, final: Path, metrics: dict, device: str) -> Path:
     return final
 
 
-def failed_audits(paths) -> list[str]:
-    """One loud line per completed run whose empirical epsilon lower bound exceeds its claim."""
-    lines = []
+def suite_audit(paths, confidence: float = 0.95):
+    """The audit of one invocation (:func:`attacks.audit.suite_audit`): every completed run that
+    claims an epsilon and kept its audit evidence is tested at confidence 1 - (1 - confidence) / n
+    (n such runs), so if every claim holds, the chance that any run fails is at most 1 - confidence."""
+    from attacks.audit import suite_audit as audit_runs
+
+    runs = []
     for path in paths:
-        mfile = Path(path) / "metrics.json"
-        if not mfile.exists():
-            continue
-        m = json.loads(mfile.read_text())
-        if m.get("audit_failed"):
-            lines.append(f"AUDIT FAILED: {path}: empirical epsilon lower bound {m['epsilon_empirical_lb']:.3g} "
-                         f"(95 % confidence) exceeds the claimed epsilon {m['epsilon']:.3g}")
-    return lines
+        afile = Path(path) / "attacks.json"
+        if afile.exists():
+            runs.append((str(path), json.loads(afile.read_text()).get("audit") or {}))
+    return audit_runs(runs, confidence=confidence)
+
+
+def failed_audits(paths, confidence: float = 0.95, audit=None) -> list[str]:
+    """One loud line per completed run whose empirical epsilon lower bound exceeds the epsilon it is
+    audited against, every run's bound at the invocation's Bonferroni level (:func:`suite_audit`;
+    ``audit``: its result, if already computed for these paths)."""
+    audit = audit or suite_audit(list(paths), confidence)
+    return [f"AUDIT FAILED: {path}: empirical epsilon lower bound {lb:.3g} ({audit.per_run_confidence:.4%} "
+            f"confidence) exceeds the audited epsilon {claim:.3g}" for path, lb, claim in audit.failed]
 
 
 def plan(scenarios: tuple[Scenario, ...], seeds: tuple[int, ...] | None,

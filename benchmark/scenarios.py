@@ -33,7 +33,9 @@ SAMPLERS = ("ddim", "ddpm", "dpm-solver")
 
 
 # Added in issue 8; at these values a scenario's hash is what it was before they existed.
-HASH_NEUTRAL_DEFAULTS = {"min_clients_per_round": None, "round_timeout_s": None, "canaries": 0}
+HASH_NEUTRAL_DEFAULTS = {"min_clients_per_round": None, "round_timeout_s": None, "canaries": 0,
+                         # issue 18: Poisson client sampling (central-dp-sampled)
+                         "client_sample_rate": None, "adaptive_clipping": False}
 
 
 class ScenarioError(ValueError):
@@ -51,7 +53,7 @@ class Scenario:
     local_epochs: int = 1
     model: str = "unet-tiny"
     class_conditional: bool = False
-    dp_mode: str = "none"                   # privacy.modes: none, local-dpsgd, central-dp
+    dp_mode: str = "none"                   # privacy.modes: none, local-dpsgd, central-dp, central-dp-sampled
     target_epsilon: float | None = None
     delta: float | None = None
     max_grad_norm: float | None = None      # per-sample clip (local) / per-update clip (central)
@@ -60,7 +62,7 @@ class Scenario:
     noise_multiplicity: int = 1             # local DP-SGD: noise draws per image (DPDM)
     central_clipping: str = "server"        # central DP: Flower's server- or client-side clipping
     attacks: tuple[str, ...] = ()
-    canaries: int = 0                       # audit: k outliers planted in client 0, k kept out
+    canaries: int = 0                       # audit: m outliers, each put in client 0 by a fair coin
     max_train_images: int | None = None
     heldout_fraction: float = 0.2
     batch_size: int = 32
@@ -77,10 +79,26 @@ class Scenario:
     # deliver a valid update, and Flower's 3600 s reply timeout.
     min_clients_per_round: int | None = None
     round_timeout_s: float | None = None
+    # central-dp-sampled (privacy.central_sampled): each client takes part in a round with this
+    # probability q (clients_per_round must be round(q N), the expected count), and optionally
+    # the quantile-based adaptive clipping of Andrew et al. 2021.
+    client_sample_rate: float | None = None
+    adaptive_clipping: bool = False
+
+    @property
+    def poisson_clients(self) -> bool:
+        """Clients take part independently with probability ``client_sample_rate`` (no fixed count)."""
+        try:
+            return get_dp_mode(self.dp_mode).client_sampling == "poisson"
+        except ModeError:
+            return False
 
     @property
     def min_replies(self) -> int:
-        """Valid updates a round needs; fewer and the round (and the run) fails."""
+        """Valid updates a round needs; fewer and the round (and the run) fails. Under Poisson
+        sampling none: a round with no update still releases (noise only) and is charged."""
+        if self.poisson_clients:
+            return 0
         return self.clients_per_round if self.min_clients_per_round is None else self.min_clients_per_round
 
     def __post_init__(self) -> None:
@@ -261,7 +279,11 @@ def _validate(s: Scenario) -> str | None:
             return f"dp_mode {s.dp_mode!r} needs delta in (0, 1), got {s.delta}"
         if dp.client_level and s.delta >= 1 / s.num_clients:
             return f"client-level delta={s.delta:g} must be below 1/num_clients = {1 / s.num_clients:g}"
-        if dp.server_adds_noise and s.min_replies != s.clients_per_round:
+        if dp.client_sampling == "poisson":
+            err = _validate_poisson(s)
+            if err:
+                return err
+        elif dp.server_adds_noise and s.min_replies != s.clients_per_round:
             # The noise is calibrated to clients_per_round updates; Flower's DP wrapper
             # aggregates only complete rounds (a missing client fails the round).
             return f"{s.dp_mode} needs min_clients_per_round = clients_per_round (the noise is calibrated to it)"
@@ -278,6 +300,24 @@ def _validate(s: Scenario) -> str | None:
         if s.noise_multiplicity < 1 or (s.noise_multiplicity > 1 and not gsm.supports_noise_multiplicity):
             able = [n for n in grad_sample_mode_names() if get_grad_sample_mode(n).supports_noise_multiplicity]
             return f"noise_multiplicity must be >= 1, and > 1 only with grad_sample_mode {' or '.join(map(repr, able))}"
+    if not s.poisson_clients and (s.client_sample_rate is not None or s.adaptive_clipping):
+        return f"client_sample_rate and adaptive_clipping need dp_mode 'central-dp-sampled', not {s.dp_mode!r}"
+    return None
+
+
+def _validate_poisson(s: Scenario) -> str | None:
+    """central-dp-sampled: a sample rate, its expected count as clients_per_round, server-side clipping."""
+    q = s.client_sample_rate
+    if q is None or not 0 < q <= 1:
+        return f"{s.dp_mode} needs client_sample_rate in (0, 1], got {q}"
+    expected = max(1, round(q * s.num_clients))
+    if s.clients_per_round != expected:
+        return (f"{s.dp_mode}: clients_per_round must be the expected count round(q N) = {expected} "
+                f"(q = {q:g}, N = {s.num_clients}), got {s.clients_per_round}")
+    if s.min_clients_per_round is not None:
+        return f"{s.dp_mode} takes no min_clients_per_round (a round with any number of updates releases)"
+    if s.central_clipping != "server":
+        return f"{s.dp_mode} clips on the server (central_clipping = 'server'), got {s.central_clipping!r}"
     return None
 
 
@@ -364,6 +404,29 @@ def privacy_suite(scale: Scale) -> tuple[Scenario, ...]:
             for eps in (1.0, 4.0, 10.0):
                 out.append(Scenario(name=f"privacy-{partition}-{tag}-eps{eps:g}", partition=partition,
                                     dp_mode=mode, target_epsilon=eps, **common))
+    return tuple(out)
+
+
+@register_suite("cross-device")
+def cross_device_suite(scale: Scale) -> tuple[Scenario, ...]:
+    """Hundreds of clients with tens of images each (the embedded MNIST over 200 clients: 16 training
+    images each), 20 expected per round: Poisson-sampled central DP with amplified accounting
+    (``sampled``) beside the same population with a fixed 20 clients per round accounted without
+    amplification (``fixed``, Flower's wrapper), at epsilon 1, 4, 10; plus no DP and one adaptive-
+    clipping row. Only the sampled clients train, so a round is cheap. ``gpu``: 50 rounds (not measured).
+    """
+    n, q = 200, 0.1
+    common = _base(scale, "cross-device", dataset="mnist-embedded", partition="iid", num_clients=n,
+                   clients_per_round=round(q * n), local_epochs=1, max_train_images=None, delta=1e-5,
+                   class_conditional=True, rounds=5 if scale.name == "cpu" else 50)
+    out = [Scenario(name="cross-device-iid-nodp", **common)]
+    for eps in (1.0, 4.0, 10.0):
+        out.append(Scenario(name=f"cross-device-iid-sampled-eps{eps:g}", dp_mode="central-dp-sampled",
+                            client_sample_rate=q, target_epsilon=eps, **common))
+        out.append(Scenario(name=f"cross-device-iid-fixed-eps{eps:g}", dp_mode="central-dp", target_epsilon=eps,
+                            **common))
+    out.append(Scenario(name="cross-device-iid-sampled-adaptive-eps10", dp_mode="central-dp-sampled",
+                        client_sample_rate=q, adaptive_clipping=True, target_epsilon=10.0, **common))
     return tuple(out)
 
 

@@ -110,3 +110,39 @@ def client_level_noise(*, target_epsilon: float, rounds: int, delta: float, num_
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
     return hi
+
+
+def image_level_epsilon(dp_mode: str, *, epsilon: float, noise_multiplier: float, rounds: int, delta: float,
+                        num_clients: int, clients_per_round: int = 1, sample_rate: float | None = None) -> float:
+    """The epsilon that holds for one *image* (what a membership audit tests) of a run that claims
+    ``epsilon`` for its DP mode's unit.
+
+    Where the unit is an image (``image_sensitivity`` 1: local DP-SGD) it is the claim. Where one
+    image moves what the accountant bounds by ``image_sensitivity`` times the unit's sensitivity
+    (central DP: one image can move its client's clipped update by up to 2C, the accountant charges C
+    per client), it is the same accountant at ``noise_multiplier / image_sensitivity``. The mode's
+    registry entry (:class:`privacy.modes.DPMode`) says which.
+    """
+    from privacy.modes import get_dp_mode
+
+    mode = get_dp_mode(dp_mode)
+    if not mode.private or mode.image_sensitivity is None:
+        raise AccountingError(f"dp_mode {dp_mode!r} claims no epsilon")
+    if mode.image_sensitivity == 1:
+        return float(epsilon)
+    if not mode.server_adds_noise:
+        raise AccountingError(f"dp_mode {dp_mode!r}: no image-level accountant for sensitivity "
+                              f"{mode.image_sensitivity:g}")
+    if mode.client_sampling == "poisson":
+        # Poisson-sampled clients (privacy.central_sampled): the same amplified accountant at the same
+        # client rate q. With adaptive clipping ``noise_multiplier`` is the effective z of both
+        # releases; an image flips its client's clipped-count bit by 1 where a client moves the
+        # centred sum by 1/2, so that release's sensitivity doubles too and z/2 still holds.
+        from privacy.sampled_accounting import client_sampled_epsilon
+
+        if sample_rate is None:
+            raise AccountingError(f"dp_mode {dp_mode!r}: the image-level epsilon needs the client sample rate")
+        return client_sampled_epsilon(noise_multiplier=noise_multiplier / mode.image_sensitivity,
+                                      sample_rate=sample_rate, rounds=rounds, delta=delta)
+    return client_level_epsilon(noise_multiplier=noise_multiplier / mode.image_sensitivity, rounds=rounds,
+                                delta=delta, num_clients=num_clients, clients_per_round=clients_per_round)

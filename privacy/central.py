@@ -19,23 +19,68 @@ before this wrapper because of the first two): clipping subtracts arrays without
 (a wrong-shaped update crashes the run) and turns a NaN update into NaN; unequal client weights
 raise ``ValueError`` (the whole run, not the round); with the accountant attached it skips a round
 with any failed or missing client; ``compute_clip_model_update`` divides by zero on an all-zero
-update; the noise comes from numpy's *global, unseeded* RNG (``np.random.normal``), so central-DP
-runs are not bit-reproducible, and the RNG is not cryptographically secure either.
+update; the noise comes from numpy's *global* RNG (``np.random.normal`` in
+``add_gaussian_noise_inplace``), which any code in the server process can seed or read.
+
+Our wrappers (:class:`SecretNoiseServerSideFixedClipping`, :class:`SecretNoiseClientSideFixedClipping`)
+are Flower's two classes with one method overridden, the one that adds the noise: they draw it
+from a numpy generator seeded from OS entropy (:func:`privacy.noise.secret_numpy_rng`), made per
+strategy and never written anywhere; everything else (clipping, averaging, accounting) is Flower's.
+Central-DP rows are therefore reproducible up to the DP noise. Tests may hand ``wrap_central_dp``
+a seeded ``noise_rng``; the federation never does.
 """
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp.mod import fixedclipping_mod
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_stdv
 from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
                                      DifferentialPrivacyServerSideFixedClipping, FedAvg)
 
 from privacy.accounting import client_accountant, client_level_noise
 from privacy.modes import CENTRAL_DP
+from privacy.noise import secret_numpy_rng
 
 DEFAULT_UPDATE_CLIP = CENTRAL_DP.default_clip  # one source: the central-dp entry of privacy.modes
 UNIFORM_WEIGHT_KEY = "dp-weight"  # every client reports 1.0: equal weights in the average
+
+
+NOISE_METHOD = "_add_noise_to_aggregated_arrays"  # the one method of Flower's wrappers we override
+if not all(callable(getattr(c, NOISE_METHOD, None)) for c in (DifferentialPrivacyServerSideFixedClipping,
+                                                            DifferentialPrivacyClientSideFixedClipping)):
+    raise ImportError(f"Flower's fixed-clipping DP wrappers no longer have {NOISE_METHOD}: the secret-noise "
+                      "override in privacy/central.py would be skipped; update it for this Flower version")
+
+
+class _SecretNoise:
+    """Flower's noise step (``stdv = noise_multiplier * clipping_norm / num_sampled_clients`` on
+    every aggregated array), drawn from ``self.noise_rng`` instead of numpy's global RNG."""
+
+    noise_rng: np.random.Generator
+
+    def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
+        stdv = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+        noised = {key: Array(np.asarray(arr + self.noise_rng.normal(0.0, stdv, arr.shape).astype(arr.dtype)))
+                  for key, arr in zip(aggregated_arrays.keys(), aggregated_arrays.to_numpy_ndarrays(), strict=True)}
+        return ArrayRecord(noised)
+
+
+class SecretNoiseServerSideFixedClipping(_SecretNoise, DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed-clipping DP wrapper, its noise from a secret generator."""
+
+    def __init__(self, *args, noise_rng: np.random.Generator | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.noise_rng = noise_rng or secret_numpy_rng()
+
+
+class SecretNoiseClientSideFixedClipping(_SecretNoise, DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed-clipping DP wrapper, its noise from a secret generator."""
+
+    def __init__(self, *args, noise_rng: np.random.Generator | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.noise_rng = noise_rng or secret_numpy_rng()
 
 
 def calibrate_central(*, target_epsilon: float, delta: float, rounds: int, num_clients: int) -> float:
@@ -44,19 +89,20 @@ def calibrate_central(*, target_epsilon: float, delta: float, rounds: int, num_c
 
 
 def wrap_central_dp(strategy: FedAvg, *, noise_multiplier: float, clipping_norm: float,
-                    clients_per_round: int, num_clients: int, delta: float, side: str = "server"):
+                    clients_per_round: int, num_clients: int, delta: float, side: str = "server",
+                    noise_rng: np.random.Generator | None = None):
     """Flower's fixed-clipping DP wrapper (server- or client-side clipping), with Flower's
-    accountant attached."""
+    accountant attached and its noise from ``noise_rng`` (default: a secret generator; tests only
+    pass a seeded one)."""
     if strategy.weighted_by_key != UNIFORM_WEIGHT_KEY:
         raise ValueError(f"central DP needs uniform client weights (weighted_by_key={UNIFORM_WEIGHT_KEY!r})")
-    wrappers = {"server": DifferentialPrivacyServerSideFixedClipping,
-                "client": DifferentialPrivacyClientSideFixedClipping}
+    wrappers = {"server": SecretNoiseServerSideFixedClipping, "client": SecretNoiseClientSideFixedClipping}
     if side not in wrappers:
         raise ValueError(f"central_clipping must be 'server' or 'client', got {side!r}")
     return wrappers[side](
         strategy, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
         num_sampled_clients=clients_per_round,
-        accountant=client_accountant(num_clients=num_clients, delta=delta),
+        accountant=client_accountant(num_clients=num_clients, delta=delta), noise_rng=noise_rng,
     )
 
 

@@ -3,10 +3,18 @@
 Each client trains with Opacus (through :func:`make_dp_step`): Poisson sampling at rate ``batch_size / n``,
 per-sample clipping to ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``.
 The noise is calibrated once per client so that its spend over *every round it could take part
-in* (all ``rounds``, each ``local_epochs`` epochs) stays within ``target_epsilon`` at ``delta``;
-the accountant's history lives across rounds in the client's Flower context, and the epsilon
-actually spent is reported after every round (the leaderboard shows the maximum over clients,
-whose data are disjoint).
+in* (all ``rounds``, each ``local_epochs`` epochs) stays within ``target_epsilon`` at ``delta``.
+The plan (:func:`plan_local_dp`) fixes ``steps_per_epoch`` and ``sample_rate = 1 / steps_per_epoch``;
+the Poisson sampler runs exactly that many steps at exactly that rate (not Opacus' ``int(1 / q)``,
+which float rounding makes one short for some n), and the accountant is charged exactly
+``(noise_multiplier, sample_rate, steps)`` (checked after every round). The client keeps its
+accountant's history in its Flower context and reports its spend; the server recomputes every
+client's spend from the plan and the rounds it sampled the client in, and that figure is the one
+published (``benchmark.federation.server_app``).
+
+The Poisson sampling and the Gaussian noise are secret: their generators are seeded from OS
+entropy (:mod:`privacy.noise`), never from the run seed, so published results cannot replay them.
+The run seed (``seed``) drives only the diffusion noise and timesteps.
 
 Grad-sample modes (:mod:`privacy.modes`): ``hooks`` (per-sample gradients), ``ghost`` (Opacus'
 ghost clipping: norms without materialising per-sample gradients where a norm sampler exists, then
@@ -29,6 +37,7 @@ accounting is unchanged; the averaged gradient has lower variance. Supported in 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -42,6 +51,52 @@ from privacy.mixed_ghost import dp_backward, quiet_output_hooks
 from privacy.modes import LOCAL_DPSGD, GradSampleMode, ModeError, get_grad_sample_mode, grad_sample_mode_names
 
 DEFAULT_MAX_GRAD_NORM = LOCAL_DPSGD.default_clip  # one source: the local-dpsgd entry of privacy.modes
+
+# Clip margin per norm precision: a DP step clips to C / (1 + margin), so that a per-sample norm
+# computed up to that relative error still leaves every contribution <= C. The noise std and the
+# accountant keep C (the sensitivity is then over-, never under-estimated). float32/float64: 0, so
+# CPU figures are unchanged (norms agree to ~1e-7, Opacus' +1e-6 in the factor covers the rest).
+# TF32 (CUDA convolutions by torch's default, cudnn.allow_tf32 = True; matmuls when enabled):
+# 10-bit mantissas, unit roundoff 2^-11; ghost and mixed-ghost norms off by ~1e-3 relative
+# (issue 15): 2^-7 ~ 7.8e-3 leaves a factor ~8. bf16 autocast (perf/verify --amp bf16 only, never
+# training): 8-bit mantissas, norms agree to AMP_TOL = 3e-2 of privacy.verify: 2^-5 ~ 3.1e-2.
+CLIP_MARGINS = {"float64": 0.0, "float32": 0.0, "tf32": 2.0 ** -7, "bf16": 2.0 ** -5}
+
+
+def norm_precision(device: str | torch.device, dtype: torch.dtype, *, amp: str | None = None) -> str:
+    """The arithmetic a DP step's per-sample norms come from, a key of ``CLIP_MARGINS``: ``bf16``
+    under bf16 autocast (or bf16/fp16 weights), ``tf32`` for float32 on CUDA while cuDNN's or
+    cuBLAS's TF32 flag is on (read now: a step built under them), else the weights' dtype."""
+    if amp is not None or dtype in (torch.bfloat16, torch.float16):
+        return "bf16"
+    if dtype == torch.float64:
+        return "float64"
+    if torch.device(device).type == "cuda" and (torch.backends.cudnn.allow_tf32
+                                                or torch.backends.cuda.matmul.allow_tf32):
+        return "tf32"
+    return "float32"
+
+
+def precision_margin(precision: str) -> float:
+    """The clip margin for norms computed in ``precision`` (``CLIP_MARGINS``)."""
+    try:
+        return CLIP_MARGINS[precision]
+    except KeyError:
+        raise ValueError(f"unknown norm precision {precision!r} (known: {', '.join(CLIP_MARGINS)})") from None
+
+
+def margin_clip_norm(max_grad_norm: float, margin: float) -> float:
+    """The norm a DP step clips to: ``max_grad_norm / (1 + margin)`` (exactly ``max_grad_norm`` at 0)."""
+    if margin < 0:
+        raise ValueError(f"clip margin must be >= 0, got {margin}")
+    return max_grad_norm / (1.0 + margin)
+
+
+def clip_factors(norms: torch.Tensor, max_grad_norm: float, margin: float = 0.0) -> torch.Tensor:
+    """Per-sample clip factors as Opacus computes them (``C / (norm + 1e-6)``, at most 1), at the
+    margin's clipping norm: ``factor_i * true_norm_i <= max_grad_norm`` whenever the computed norm
+    is at least ``true_norm_i / (1 + margin)``."""
+    return (margin_clip_norm(max_grad_norm, margin) / (norms + 1e-6)).clamp(max=1.0)
 
 
 @dataclass(frozen=True)
@@ -71,7 +126,7 @@ def plan_local_dp(*, n_train: int, batch_size: int, rounds: int, local_epochs: i
     if noise_multiplicity < 1:
         raise ValueError("noise_multiplicity must be >= 1")
     _check_multiplicity(mode, noise_multiplicity)
-    # Opacus samples at 1 / len(data_loader): plan with exactly that rate.
+    # The sampler runs exactly steps_per_epoch steps at exactly this rate (poisson_loader).
     steps_per_epoch = math.ceil(n_train / batch_size)
     sample_rate = 1.0 / steps_per_epoch
     max_steps = rounds * local_epochs * steps_per_epoch
@@ -79,6 +134,31 @@ def plan_local_dp(*, n_train: int, batch_size: int, rounds: int, local_epochs: i
                                delta=delta, accountant=accountant)
     return LocalDPPlan(sigma, sample_rate, max_grad_norm, steps_per_epoch, max_steps, target_epsilon, delta,
                        accountant, grad_sample_mode, noise_multiplicity)
+
+
+def expected_batch_size(plan: LocalDPPlan, n_train: int) -> int:
+    """The batch size the DP optimizer divides by (Opacus' ``int(n * q)``, computed exactly: for
+    some n, ``n * (1 / steps)`` rounds below the integer ``n / steps``)."""
+    return max(1, n_train // plan.steps_per_epoch)
+
+
+def poisson_loader(plan: LocalDPPlan, dataset: torch.utils.data.Dataset,
+                   generator: torch.Generator) -> torch.utils.data.DataLoader:
+    """Opacus' Poisson loader (``DPDataLoader``: its sampler and empty-batch collate), with the
+    plan's ``sample_rate`` and exactly ``plan.steps_per_epoch`` batches per epoch."""
+    from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+    from torch.utils.data._utils.collate import default_collate
+
+    sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=plan.sample_rate,
+                                            generator=generator, steps=plan.steps_per_epoch)
+    first = dataset[0]
+    collate = wrap_collate_with_empty(collate_fn=default_collate, batch_first=True,
+                                      sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
+                                      dtypes=[dtype_safe(x) for x in first])
+    # generator here too, as DPDataLoader does: each epoch's iterator draws its base seed from it,
+    # not from torch's global RNG.
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=generator)
 
 
 def _check_multiplicity(mode: GradSampleMode, k: int) -> None:
@@ -92,8 +172,12 @@ class DPStep:
     """One DP-SGD step's machinery around a model: Opacus' grad-sample ``module`` (forward through
     it), its DP ``optimizer``, and ``backward(per_sample_loss)`` for the mode's family."""
 
-    def __init__(self, mode: GradSampleMode, module: torch.nn.Module, optimizer):
+    def __init__(self, mode: GradSampleMode, module: torch.nn.Module, optimizer, *, precision: str = "float32",
+                 clip_margin: float = 0.0, clip_norm: float | None = None):
         self.mode, self.module, self.optimizer = mode, module, optimizer
+        self.precision, self.clip_margin = precision, clip_margin
+        # What the per-sample factors clip to (<= optimizer.max_grad_norm, the sensitivity the noise uses).
+        self.clip_norm = optimizer.max_grad_norm if clip_norm is None else clip_norm
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -130,14 +214,27 @@ class DPStep:
 
 def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, grad_sample_mode: str,
                  max_grad_norm: float, noise_multiplier: float, expected_batch_size: int,
-                 noise_generator: torch.Generator | None = None) -> DPStep:
+                 noise_generator: torch.Generator | None = None, secure_mode: bool = True,
+                 amp: str | None = None, clip_margin: float | None = None) -> DPStep:
     """The one construction path of a DP-SGD step (training, ``bench verify-dp``, ``bench perf``).
 
     What ``PrivacyEngine.make_private`` does to the module and optimizer, for every registered
     grad-sample mode: Opacus' module validation, the mode's ``wrap`` (:mod:`privacy.modes`), and
     Opacus' optimizer class for its family (``DPOptimizerFastGradientClipping`` for the ghost
     family, ``DPOptimizer`` otherwise), mean loss reduction. Noise std is
-    ``noise_multiplier * max_grad_norm / expected_batch_size``.
+    ``noise_multiplier * max_grad_norm / expected_batch_size``, drawn from ``noise_generator``
+    (training passes a secret one, :func:`privacy.noise.secret_torch_generator`) with Opacus'
+    optimizer-side ``secure_mode`` (each value the halved sum of four Gaussians, against
+    floating-point attacks; it needs no ``torchcsprng``).
+
+    Precision margin (issue 15): per-sample norms are only as exact as the arithmetic that computes
+    them, and on CUDA that is TF32 for convolutions by torch's default (``cudnn.allow_tf32``), so
+    ghost-family norms can be ~1e-3 low and a clipped contribution ~1e-3 above C. Every mode
+    therefore clips to ``max_grad_norm / (1 + margin)`` (:func:`margin_clip_norm`), the margin
+    being ``CLIP_MARGINS[norm_precision(...)]`` for the model's device and dtype, the TF32 flags
+    as they are *now* and ``amp`` (0 for float32 without TF32 and float64: CPU steps are unchanged;
+    ``clip_margin`` overrides it). The noise std and ``optimizer.noise_multiplier`` (what the
+    accountant reads) stay at ``max_grad_norm``: the sensitivity used is C, an over-estimate.
     """
     from opacus.optimizers import get_optimizer_class
     from opacus.validators import ModuleValidator
@@ -147,38 +244,63 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
     if any(p not in params for g in optimizer.param_groups for p in g["params"]):
         raise ValueError("the optimizer's parameters are not the model's")
     ModuleValidator.validate(model, strict=True)
-    module = mode.wrap(model, max_grad_norm=max_grad_norm)
-    optim_class = get_optimizer_class(clipping="flat", distributed=False,
-                                      grad_sample_mode="ghost" if mode.ghost_family else "hooks")
+    first = next(iter(params), None)
+    precision = norm_precision(first.device if first is not None else "cpu",
+                               first.dtype if first is not None else torch.float32, amp=amp)
+    margin = precision_margin(precision) if clip_margin is None else clip_margin
+    clip_norm = margin_clip_norm(max_grad_norm, margin)
+    module = mode.wrap(model, max_grad_norm=clip_norm)  # the ghost family's clip factors (get_clipping_coef)
+    optim_class = _margin_clipped(get_optimizer_class(clipping="flat", distributed=False,
+                                                      grad_sample_mode="ghost" if mode.ghost_family else "hooks"))
     dp_optimizer = optim_class(optimizer=optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                                expected_batch_size=expected_batch_size, loss_reduction="mean",
-                               generator=noise_generator, secure_mode=False)
-    return DPStep(mode, module, dp_optimizer)
+                               generator=noise_generator, secure_mode=secure_mode)
+    dp_optimizer.clip_norm = clip_norm
+    return DPStep(mode, module, dp_optimizer, precision=precision, clip_margin=margin, clip_norm=clip_norm)
+
+
+@functools.cache
+def _margin_clipped(optim_class: type) -> type:
+    """``optim_class`` whose per-sample clipping (``clip_and_accumulate``, the ``hooks`` family's)
+    uses ``clip_norm`` while its noise (``noise_multiplier * max_grad_norm``) keeps ``max_grad_norm``."""
+
+    def clip_and_accumulate(self) -> None:
+        full, self.max_grad_norm = self.max_grad_norm, self.clip_norm
+        try:
+            optim_class.clip_and_accumulate(self)
+        finally:
+            self.max_grad_norm = full
+
+    return type(optim_class.__name__, (optim_class,), {"clip_and_accumulate": clip_and_accumulate,
+                                                       "__module__": __name__, "__doc__": _margin_clipped.__doc__})
 
 
 def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: LocalDPPlan,
                     images: np.ndarray, labels: np.ndarray, *, epochs: int, num_train_timesteps: int,
                     conditional: bool, device: str | torch.device, seed: int,
-                    accountant_history: list[tuple[float, float, int]]) -> dict:
+                    accountant_history: list[tuple[float, float, int]],
+                    sampling_generator: torch.Generator | None = None,
+                    noise_generator: torch.Generator | None = None) -> dict:
     """``epochs`` of DP-SGD on one client. Returns loss, steps, the accountant's new history and
-    the epsilon spent so far (this round included)."""
+    the epsilon spent so far (this round included).
+
+    ``seed`` drives the diffusion noise and timesteps only. The Poisson sampling and the DP noise
+    come from ``sampling_generator`` and ``noise_generator``; left out (as the client app always
+    does) each is a fresh secret generator (:mod:`privacy.noise`). Tests pass seeded ones.
+    """
     from opacus.accountants import create_accountant
-    from opacus.data_loader import DPDataLoader
+
+    from privacy.noise import secret_torch_generator
 
     accountant = create_accountant(mechanism=plan.accountant)
     accountant.history = [tuple(h) for h in accountant_history]
     data = torch.utils.data.TensorDataset(torch.as_tensor(images), torch.as_tensor(labels))
-    loader = torch.utils.data.DataLoader(data, batch_size=math.ceil(len(images) * plan.sample_rate),
-                                         generator=torch.Generator().manual_seed(seed))
-    dp_loader = DPDataLoader.from_data_loader(loader, distributed=False)  # Poisson sampling at 1 / len(loader)
-    if abs(dp_loader.sample_rate - plan.sample_rate) > 1e-9:
-        raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {plan.sample_rate}")
+    dp_loader = poisson_loader(plan, data, sampling_generator or secret_torch_generator("cpu"))
     dp = make_dp_step(model, optimizer, grad_sample_mode=plan.grad_sample_mode, max_grad_norm=plan.max_grad_norm,
-                      noise_multiplier=plan.noise_multiplier,
-                      expected_batch_size=int(len(data) * dp_loader.sample_rate),  # as make_private computes it
-                      noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+                      noise_multiplier=plan.noise_multiplier, expected_batch_size=expected_batch_size(plan, len(data)),
+                      noise_generator=noise_generator or secret_torch_generator(device))
     dp.module.forbid_grad_accumulation()  # Poisson sampling: one batch per step
-    dp.optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=dp_loader.sample_rate))
+    dp.optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
     gsm = dp.module
     scheduler = make_scheduler(num_train_timesteps)
     gen = torch.Generator(device=device).manual_seed(seed + 2)
@@ -204,10 +326,29 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
             total += float(per_loss.detach().mean()) * len(xb)
             seen += len(xb)
             steps += 1
-    history = [tuple(h) for h in accountant.history]
-    epsilon = float(accountant.get_epsilon(plan.delta)) if history else 0.0
     dp.close()  # remove Opacus hooks from the (shared) model
+    history = [tuple(h) for h in accountant.history]
+    expected = charge(accountant_history, plan, epochs)
+    if steps != epochs * plan.steps_per_epoch or history != expected:
+        raise RuntimeError(f"DP-SGD ran {steps} steps with accountant history {history}, the plan charges "
+                           f"{epochs * plan.steps_per_epoch} steps: {expected}")
+    epsilon = float(accountant.get_epsilon(plan.delta)) if history else 0.0
     return {"loss": total / max(seen, 1), "steps": steps, "history": history, "epsilon": epsilon}
+
+
+def charge(history: list[tuple[float, float, int]], plan: LocalDPPlan,
+           epochs: int) -> list[tuple[float, float, int]]:
+    """``history`` after ``epochs`` more epochs of ``plan``, as Opacus' accountants record it
+    (consecutive steps with the same noise and rate merge into one entry)."""
+    out = [tuple(h) for h in history]
+    steps = epochs * plan.steps_per_epoch
+    if steps == 0:
+        return out
+    if out and out[-1][:2] == (plan.noise_multiplier, plan.sample_rate):
+        out[-1] = (plan.noise_multiplier, plan.sample_rate, out[-1][2] + steps)
+    else:
+        out.append((plan.noise_multiplier, plan.sample_rate, steps))
+    return out
 
 
 def _average_multiplicity(gsm: torch.nn.Module, batch: int, k: int) -> None:

@@ -4,9 +4,10 @@ Two registries of frozen entries, read by everything that used to re-derive a mo
 its name (scenario validation, the runner's privacy columns and verify gate, the leaderboard's
 ``dp_level``, the federation's server and client apps, the attacker's view, the CLI's ``--modes``):
 
-``DPMode``          ``none``, ``local-dpsgd``, ``central-dp``: the privacy unit (``dp_level``), who
-                    adds noise (clients through DP-SGD, or the server), which accountants apply,
-                    the default clipping norm.
+``DPMode``          ``none``, ``local-dpsgd``, ``central-dp``, ``central-dp-sampled``: the privacy
+                    unit (``dp_level``), who adds noise (clients through DP-SGD, or the server),
+                    which accountants apply, the default clipping norm, how the server samples
+                    clients (fixed or Poisson).
 ``GradSampleMode``  ``hooks``, ``ghost``, ``mixed-ghost``, ``mixed-ghost-bk``: how a DP-SGD step gets
                     its per-sample norms and clipped gradient. ``wrap`` builds the Opacus grad-sample
                     module around a model; :func:`privacy.dpsgd.make_dp_step`, the one construction
@@ -44,6 +45,15 @@ class DPMode:
     server_adds_noise: bool          # the server clips updates and noises the aggregate (Flower)
     accountants: tuple[str, ...]     # the accountants a scenario may ask for
     default_clip: float | None       # per-sample clip (local) / per-update clip (central)
+    # central DP: "fixed" (Flower's wrappers: a fixed number of clients per round, no amplification)
+    # or "poisson" (privacy.central_sampled: each client in with probability q, amplified accounting)
+    client_sampling: str = "fixed"
+    # How far one image can move what the accountant bounds, in multiples of the sensitivity the
+    # accountant charges for its unit: 1 where the unit is an image; 2 where it is a client (one
+    # image can move a client's clipped update anywhere in the ball of radius C: up to 2C apart).
+    # The image-level guarantee is the same accountant at noise multiplier / image_sensitivity
+    # (privacy.accounting.image_level_epsilon). None without DP.
+    image_sensitivity: float | None = None
 
     @property
     def private(self) -> bool:
@@ -90,10 +100,16 @@ NO_DP = register_dp_mode(DPMode(
     accountants=(), default_clip=None))
 LOCAL_DPSGD = register_dp_mode(DPMode(
     "local-dpsgd", "sample-level DP: every client trains with DP-SGD (Opacus)", dp_level="sample",
-    clients_run_dpsgd=True, server_adds_noise=False, accountants=("rdp", "prv"), default_clip=1.0))
+    clients_run_dpsgd=True, server_adds_noise=False, accountants=("rdp", "prv"), default_clip=1.0,
+    image_sensitivity=1.0))
 CENTRAL_DP = register_dp_mode(DPMode(
     "central-dp", "client-level DP: the server clips updates and noises their average (Flower)",
-    dp_level="client", clients_run_dpsgd=False, server_adds_noise=True, accountants=("rdp",), default_clip=0.5))
+    dp_level="client", clients_run_dpsgd=False, server_adds_noise=True, accountants=("rdp",), default_clip=0.5,
+    image_sensitivity=2.0))
+CENTRAL_DP_SAMPLED = register_dp_mode(DPMode(
+    "central-dp-sampled", "client-level DP: Poisson-sampled clients, clipped sum + noise over q N, amplified "
+    "accounting (privacy.central_sampled)", dp_level="client", clients_run_dpsgd=False, server_adds_noise=True,
+    accountants=("rdp",), default_clip=0.5, client_sampling="poisson", image_sensitivity=2.0))
 
 
 # --------------------------------------------------------------------------- grad-sample modes

@@ -17,6 +17,13 @@ reproduce it:
 In every mode the clip factors Opacus applied are checked against the reference: each image's
 contribution ``factor_i * g_i`` must not exceed the clipping norm. That is the property the DP
 guarantee rests on, and the one the stock Opacus Conv2d grad sampler breaks on this model.
+
+Precision (issue 15): the modes run in the arithmetic training uses, i.e. under the backend flags
+as they are (training never changes them; on CUDA torch's default keeps cuDNN's TF32 convolutions
+on), with the clip margin :func:`privacy.dpsgd.make_dp_step` applies for that precision. The
+reference is the yardstick and runs in full float32 (TF32 off). The comparisons of gradients,
+norms and sums are at the precision's tolerance (``TOLERANCES``); the contribution bound stays at
+``1 + CONTRIBUTION_TOL`` whatever the precision: the margin must absorb the norm error.
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ from privacy import dpsgd
 from privacy.modes import get_grad_sample_mode, grad_sample_mode_names
 
 AMP_TOL = 3e-2  # bf16 autocast: 8-bit mantissas, batched vs one-image rounding
+TF32_TOL = 1e-2  # TF32 (10-bit mantissas): norms ~1e-3 off the float32 reference (the clip margin is 2^-7)
+# Agreement with the reference per norm precision (privacy.dpsgd.norm_precision).
+TOLERANCES = {"float64": 1e-9, "float32": 1e-4, "tf32": TF32_TOL, "bf16": AMP_TOL}
+# max_i ||factor_i * g_i|| / C must stay below 1 + this; bf16 autocast keeps its (bf16) reference and AMP_TOL.
+CONTRIBUTION_TOL = {"float64": 1e-9, "float32": 1e-4, "tf32": 1e-4, "bf16": AMP_TOL}
 
 
 @dataclass
@@ -56,6 +68,8 @@ class VerifyReport:
     modes: list[ModeReport]
     amp: str | None = None
     compiled: bool = False
+    precision: str = "float32"          # what the modes' norms were computed in (privacy.dpsgd.norm_precision)
+    clip_margin: float = 0.0            # the modes clipped to max_grad_norm / (1 + clip_margin)
 
     @property
     def passed(self) -> bool:
@@ -67,7 +81,8 @@ class VerifyReport:
     def table(self) -> str:
         lines = [f"verify-dp {self.model} on {self.device} ({self.dtype}, batch {self.batch_size}, "
                  f"clip {self.max_grad_norm:.4g}{', bf16 autocast' if self.amp else ''}"
-                 f"{', torch.compile' if self.compiled else ''})",
+                 f"{', torch.compile' if self.compiled else ''}; norms in {self.precision}, "
+                 f"clip margin {self.clip_margin:.3g})",
                  f"{'mode':14s} {'grad rel err':>12s} {'zero tensors':>12s} {'norm rel err':>12s} "
                  f"{'clipped sum err':>15s} {'max contrib/C':>13s}  result"]
         for m in self.modes:
@@ -123,18 +138,20 @@ def _copy(model, compiled: bool):
     return m
 
 
-def _dp_step(model, inputs, clip, mode, compiled):
+def _dp_step(model, inputs, clip, mode, compiled, amp=None, clip_margin=None):
     """The mode's DP step as training builds it (no noise, learning rate 0: nothing moves)."""
     m = _copy(model, compiled)
     return dpsgd.make_dp_step(m, torch.optim.SGD(m.parameters(), lr=0.0), grad_sample_mode=mode,
-                              max_grad_norm=clip, noise_multiplier=0.0, expected_batch_size=inputs[0].shape[0])
+                              max_grad_norm=clip, noise_multiplier=0.0, expected_batch_size=inputs[0].shape[0],
+                              amp=amp, clip_margin=clip_margin)
 
 
-def _check_per_sample(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="hooks", compiled=False) -> ModeReport:
+def _check_per_sample(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="hooks", compiled=False,
+                      contrib_tol=None, amp=None, clip_margin=None) -> ModeReport:
     """A mode with per-sample gradients (``hooks``): the gradients themselves, their norms, and
     Opacus' own clipping (``DPOptimizer.clip_and_accumulate``)."""
     x0, noise, t, labels = inputs
-    dp = _dp_step(model, inputs, clip, mode, compiled)
+    dp = _dp_step(model, inputs, clip, mode, compiled, amp, clip_margin)
     dp.zero_grad()
     dp.backward(diffusion_loss(dp.module, scheduler, x0, labels, noise=noise, timesteps=t, reduction="none"))
     got = {n.removeprefix("_module."): p.grad_sample.detach().clone() for n, p in dp.module.named_parameters()
@@ -145,15 +162,17 @@ def _check_per_sample(model, scheduler, inputs, ref, ref_norms, clip, tol, mode=
     dp.optimizer.clip_and_accumulate()
     summed = {n.removeprefix("_module."): p.summed_grad.detach() for n, p in dp.module.named_parameters()
               if p.requires_grad}
-    factors = (clip / (norms + 1e-6)).clamp(max=1.0)  # what Opacus applied (its formula)
+    factors = dpsgd.clip_factors(norms, clip, dp.clip_margin)  # what Opacus applied (its formula, at the margin)
     dp.close()
-    return _finish(mode, _rel(got, ref), len(zero), worst, norms, summed, factors, ref, ref_norms, clip, tol)
+    return _finish(mode, _rel(got, ref), len(zero), worst, norms, summed, factors, ref, ref_norms, clip, tol,
+                   contrib_tol, dp.clip_norm)
 
 
-def _check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="ghost", compiled=False) -> ModeReport:
+def _check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="ghost", compiled=False,
+                 contrib_tol=None, amp=None, clip_margin=None) -> ModeReport:
     """A ghost-family mode: per-sample norms and clip factors, and the clipped sum after its backward."""
     x0, noise, t, labels = inputs
-    dp = _dp_step(model, inputs, clip, mode, compiled)
+    dp = _dp_step(model, inputs, clip, mode, compiled, amp, clip_margin)
     dp.zero_grad()
     dp.backward(diffusion_loss(dp.module, scheduler, x0, labels, noise=noise, timesteps=t, reduction="none"))
     norms = dp.module.per_sample_gradient_norms.detach()
@@ -161,12 +180,18 @@ def _check_ghost(model, scheduler, inputs, ref, ref_norms, clip, tol, mode="ghos
               if p.requires_grad}
     factors = dp.module.get_clipping_coef().detach()
     dp.close()
-    return _finish(mode, None, None, None, norms, summed, factors, ref, ref_norms, clip, tol)
+    return _finish(mode, None, None, None, norms, summed, factors, ref, ref_norms, clip, tol, contrib_tol,
+                   dp.clip_norm)
 
 
-def _finish(mode, grad_err, zero, worst, norms, summed, factors, ref, ref_norms, clip, tol) -> ModeReport:
+def _finish(mode, grad_err, zero, worst, norms, summed, factors, ref, ref_norms, clip, tol, contrib_tol=None,
+            clip_norm=None) -> ModeReport:
+    """``clip`` is the sensitivity C the contributions are held to; ``clip_norm`` (<= C, the margin's)
+    what the mode clipped to, which the reference's clipped sum uses too."""
+    contrib_tol = tol if contrib_tol is None else contrib_tol
+    clip_norm = clip if clip_norm is None else clip_norm
     norm_err = float(((norms - ref_norms).abs() / ref_norms.clamp_min(1e-30)).max())
-    want = _clipped_sum(ref, (clip / (ref_norms + 1e-6)).clamp(max=1.0))
+    want = _clipped_sum(ref, (clip_norm / (ref_norms + 1e-6)).clamp(max=1.0))
     sum_err = _rel(summed, want)
     contrib = float((factors.to(ref_norms.dtype) * ref_norms).max() / clip)
     rep = ModeReport(mode, grad_err, zero, worst, norm_err, sum_err, contrib)
@@ -178,7 +203,7 @@ def _finish(mode, grad_err, zero, worst, norms, summed, factors, ref, ref_norms,
         rep.problems.append(f"per-sample norms off by {norm_err:.2e}")
     if sum_err > tol:
         rep.problems.append(f"clipped gradient sum off by {sum_err:.2e}")
-    if contrib > 1 + tol:
+    if contrib > 1 + contrib_tol:
         rep.problems.append(f"a clipped contribution is {contrib:.4f}x the clipping norm")
     rep.passed = not rep.problems
     return rep
@@ -187,9 +212,17 @@ def _finish(mode, grad_err, zero, worst, norms, summed, factors, ref, ref_norms,
 def verify_dp(model_name: str, *, device: str = "cpu", batch_size: int = 4, num_classes: int | None = 10,
               modes: tuple[str, ...] | None = None, dtype: torch.dtype = torch.float32,
               seed: int = 0, tol: float | None = None, in_channels: int | None = None,
-              resolution: int | None = None, amp: str | None = None, compiled: bool = False) -> VerifyReport:
+              resolution: int | None = None, amp: str | None = None, compiled: bool = False,
+              tf32: bool | None = None, clip_margin: float | None = None) -> VerifyReport:
     """Compare every requested mode (default: every registered one) with the per-sample loop on
     ``model_name``'s real UNet.
+
+    The modes run under the TF32 flags training runs under: as they are (``tf32=None``; torch's
+    CUDA default is TF32 convolutions on, matmuls off), or both set to ``tf32``; the reference
+    runs with TF32 off. ``tol`` overrides the precision's agreement tolerance (``TOLERANCES``);
+    the contribution bound is ``1 + CONTRIBUTION_TOL[precision]`` (or ``tol``, if smaller).
+    ``clip_margin`` overrides the margin :func:`privacy.dpsgd.make_dp_step` would pick (``0.0``
+    shows what the margin protects against).
 
     ``amp="bf16"`` runs the forward of the reference and of every mode under bf16 autocast (as
     ``bench perf --amp bf16`` trains) and compares at ``AMP_TOL``: the batched and the one-image
@@ -206,35 +239,41 @@ def verify_dp(model_name: str, *, device: str = "cpu", batch_size: int = 4, num_
         raise ValueError("verify-dp needs a batch of at least 2 images")
     if amp not in (None, "bf16"):
         raise ValueError(f"unknown amp {amp!r} (bf16)")
-    tol = tol if tol is not None else (AMP_TOL if amp else 1e-4 if dtype == torch.float32 else 1e-9)
-    # TF32 convolutions/matmuls (cuDNN's default on Ampere+) round to 10-bit mantissas, which
-    # differ between the batched and the per-sample path by ~1e-3: that is arithmetic, not the
-    # algorithm under test, so verification runs in full float32.
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    training_flags = saved if tf32 is None else (tf32, tf32)
     try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = training_flags
+        precision = dpsgd.norm_precision(device, dtype, amp=amp)
+        contrib_tol = CONTRIBUTION_TOL[precision] if tol is None else min(tol, CONTRIBUTION_TOL[precision])
+        tol = TOLERANCES[precision] if tol is None else tol
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp is not None):
             rep = _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol, in_channels,
-                          resolution, compiled)
-        rep.amp, rep.compiled = amp, compiled
+                          resolution, compiled, contrib_tol, amp, clip_margin, training_flags)
+        rep.amp, rep.compiled, rep.precision = amp, compiled, precision
+        rep.clip_margin = dpsgd.precision_margin(precision) if clip_margin is None else clip_margin
         return rep
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol, in_channels,
-            resolution, compiled) -> VerifyReport:
+            resolution, compiled, contrib_tol, amp, clip_margin, training_flags) -> VerifyReport:
     c, r = MODEL_INPUTS[model_name]
     c, r = in_channels or c, resolution or r
     model = build_unet(model_name, in_channels=c, resolution=r, num_classes=num_classes, seed=seed)
     model.to(device, dtype).train()
     scheduler = make_scheduler()
     inputs = _inputs(c, r, batch_size, num_classes, device, dtype, seed)
+    # The yardstick in full float32: TF32 off for the reference only (10-bit mantissas would make
+    # it as inexact as what it measures).
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     ref = reference_per_sample_grads(model, scheduler, *inputs)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = training_flags
     ref_norms = _norms(ref)
     clip = float(ref_norms.median())  # half the images get clipped
     reports = []
     for mode in modes:
         check = _check_ghost if get_grad_sample_mode(mode).ghost_family else _check_per_sample
-        reports.append(check(model, scheduler, inputs, ref, ref_norms, clip, tol, mode, compiled))
+        reports.append(check(model, scheduler, inputs, ref, ref_norms, clip, tol, mode, compiled, contrib_tol,
+                             amp, clip_margin))
     return VerifyReport(model_name, str(device), str(dtype).removeprefix("torch."), batch_size, clip, reports)

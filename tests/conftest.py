@@ -66,10 +66,25 @@ def write_fake_run(root, scenario, seed, *, fid=10.0, metrics=None, attacks=None
               "mia_tpr_at_0_1pct_fpr": mia[best]["tpr_at_0_1pct_fpr"], "mia_best_attack": best,
               "inversion_psnr": 12.0 + seed, "inversion_ssim": 0.3, "epsilon_empirical_lb": mia[best]["epsilon_lb"],
               "audit_failed": None if scenario.dp_mode == "none" else False}
+        audit = {"epsilon_empirical_lb": m["epsilon_empirical_lb"], "attack": best, "audit_failed": m["audit_failed"]}
+        if not {"epsilon_empirical_lb", "audit_failed"} & set(metrics or {}):  # else: a record without evidence
+            from attacks.audit import audit_verdict, epsilon_lower_bound, record_bound
+
+            delta = scenario.delta or 1e-5
+            tests = [{"attack": a, "candidates": "natural", "evidence": epsilon_lower_bound(
+                arrays[f"{a.replace('-', '_')}_scores"], arrays[f"{a.replace('-', '_')}_labels"], delta=delta,
+                n_tests=len(mia)).evidence} for a in mia]
+            lb, ceiling, _ = record_bound([t["evidence"] for t in tests], delta=delta, alpha=0.05)
+            claim = m["epsilon"]
+            verdict = audit_verdict(lb, ceiling, claim)
+            m |= {"epsilon_empirical_lb": lb, "audit_ceiling": ceiling, "epsilon_audited": claim,
+                  "audit_unit": None if claim is None else "image", "audit_verdict": verdict,
+                  "audit_failed": None if verdict is None else verdict == "failed"}
+            audit = {k: m[k] for k in ("epsilon_empirical_lb", "audit_ceiling", "epsilon_audited", "audit_unit",
+                                       "audit_verdict", "audit_failed")} | {"attack": best, "delta": delta,
+                                                                            "tests": tests}
         (path / "attacks.json").write_text(json.dumps({
-            "mia": mia, "inversion": {"psnr": m["inversion_psnr"], "ssim": 0.3},
-            "audit": {"epsilon_empirical_lb": m["epsilon_empirical_lb"], "attack": best,
-                      "audit_failed": m["audit_failed"]}}))
+            "mia": mia, "inversion": {"psnr": m["inversion_psnr"], "ssim": 0.3}, "audit": audit}))
         np.savez(path / "attack_scores.npz", **arrays)
         for f in ("roc.png", "inversion.png"):
             (path / f).write_bytes((path / "samples.png").read_bytes())

@@ -78,21 +78,84 @@ def test_exit_code_rule(exc, code):
     assert errors.exit_code(exc) == code
 
 
-def test_failed_audit_is_3_after_the_suite(monkeypatch, capsys, tmp_path, fake_run):
-    from benchmark import runner
-    from benchmark.scenarios import get_scenario
+def _audited_run(root, scenario, seed, fake_run, *, claimed: float, sigma: float, shift: float, m: int = 256):
+    """A run folder whose audit is the referee's own (attacks.evaluate) on fabricated scores: 64 + 64
+    natural candidates at chance, and m one-run canaries (fair coins) whose member scores are shifted
+    by ``shift`` (a large shift: what a memorising, sigma = 0 model gives)."""
+    import json
 
-    def fake(scenario, seed, opts):
-        failed = scenario.dp_mode != "none"
-        return fake_run(opts.out_dir, scenario, seed, metrics={
-            "audit_failed": failed if failed else None, "epsilon_empirical_lb": 9.0 if failed else 0.0})
+    import numpy as np
+
+    from attacks.evaluate import audit_record, audit_tests, audited_epsilon
+
+    rng = np.random.default_rng(seed)
+    included = rng.random(m) < 0.5
+    tested = [("mia-loss", "natural", rng.normal(size=128), np.r_[np.ones(64, int), np.zeros(64, int)]),
+              ("mia-loss", "canary", included * shift + rng.normal(size=m), included.astype(int))]
+    tests = audit_tests(tested, delta=scenario.delta, seed=seed)
+    privacy = {"epsilon": claimed, "noise_multiplier": sigma}
+    rec = audit_record(tests, delta=scenario.delta, claimed=claimed, audited=audited_epsilon(scenario, privacy))
+    keys = ("epsilon_empirical_lb", "audit_ceiling", "epsilon_audited", "audit_unit", "audit_verdict", "audit_failed")
+    path = fake_run(root, scenario, seed, attacks={"mia-loss": 0.0},
+                    metrics={k: rec[k] for k in keys} | {"epsilon": claimed, "noise_multiplier": sigma})
+    record = json.loads((path / "attacks.json").read_text())
+    (path / "attacks.json").write_text(json.dumps(record | {"audit": rec}, default=float))
+    return path
+
+
+def _run_suite(monkeypatch, tmp_path, scenario_name, fake):
+    from benchmark import runner
 
     monkeypatch.setattr(runner, "run_one", fake)
     monkeypatch.setattr(runner, "check_fid_available", lambda *a, **k: None)
     monkeypatch.setattr(runner, "verify_before_dp", lambda *a, **k: {})
-    code = main(["run", "--scenario", "privacy-iid-local-eps4", "--out", str(tmp_path / "o"),
-                 "--results", str(tmp_path / "r"), "--no-progress"])
+    return main(["run", "--scenario", scenario_name, "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r"),
+                 "--no-progress"])
+
+
+def test_a_planted_mis_accounted_run_fails_the_audit_with_3(monkeypatch, capsys, tmp_path, fake_run):
+    """Claimed epsilon 0.5 with sigma = 0: the one-run canaries are perfectly separated, the bound
+    exceeds the claim at the invocation's Bonferroni level, bench run exits 3 and says so."""
+    import pandas as pd
+
+    from benchmark.scenarios import get_scenario
+
+    def fake(scenario, seed, opts):
+        return _audited_run(opts.out_dir, scenario, seed, fake_run, claimed=0.5, sigma=0.0, shift=50.0)
+
+    code = _run_suite(monkeypatch, tmp_path, "privacy-iid-local-eps1", fake)
     assert code == errors.EXIT_AUDIT_FAILED == 3
     err = capsys.readouterr().err
-    assert "AUDIT FAILED" in err and (tmp_path / "r" / "privacy" / "leaderboard.csv").exists()
-    assert get_scenario("privacy-iid-local-eps4").dp_mode == "local-dpsgd"
+    assert "AUDIT FAILED" in err and "exceeds the audited epsilon 0.5" in err and "INCONCLUSIVE" not in err
+    row = pd.read_csv(tmp_path / "r" / "privacy" / "leaderboard.csv").iloc[0]
+    assert row.audit_verdict == "failed" and bool(row.audit_failed) and row.epsilon_empirical_lb > 2.5
+    assert row.epsilon_audited == 0.5 and row.audit_unit == "image" and row.audit_ceiling >= row.epsilon_empirical_lb
+    assert get_scenario("privacy-iid-local-eps1").dp_mode == "local-dpsgd"
+
+
+def test_a_correct_run_passes_and_an_untestable_claim_is_inconclusive_not_an_error(monkeypatch, capsys, tmp_path,
+                                                                                   fake_run):
+    """Chance-level scores: no failure. A central-DP row claiming epsilon 4 is audited at its image-level
+    epsilon (8.98 at the published sigma), which 256 canaries cannot reach: INCONCLUSIVE, exit 0."""
+    import pandas as pd
+
+    def fake(scenario, seed, opts):
+        return _audited_run(opts.out_dir, scenario, seed, fake_run, claimed=3.998204827, sigma=1.637695312,
+                            shift=0.0)
+
+    assert _run_suite(monkeypatch, tmp_path, "privacy-iid-central-eps4", fake) == 0
+    err = capsys.readouterr().err
+    assert "INCONCLUSIVE audit" in err and "8.98" in err and "AUDIT FAILED" not in err
+    row = pd.read_csv(tmp_path / "r" / "privacy" / "leaderboard.csv").iloc[0]
+    assert row.audit_verdict == "inconclusive" and not bool(row.audit_failed)
+    assert row.epsilon_audited == pytest.approx(8.98, abs=0.01) and row.audit_ceiling < 8.98
+
+
+def test_a_correct_testable_claim_passes_with_its_ceiling_printed(monkeypatch, capsys, tmp_path, fake_run):
+    def fake(scenario, seed, opts):
+        return _audited_run(opts.out_dir, scenario, seed, fake_run, claimed=0.9963923627, sigma=4.53125, shift=0.0)
+
+    assert _run_suite(monkeypatch, tmp_path, "privacy-iid-local-eps1", fake) == 0
+    line = next(ln for ln in capsys.readouterr().err.splitlines() if "audit passed" in ln)
+    ceiling = float(line.split("< ceiling ")[1].split()[0])
+    assert "audited epsilon 0.996" in line and ceiling > 3.0   # 256 one-run canaries at 95 %

@@ -6,6 +6,7 @@ no reply at all (Flower's ``send_and_receive(timeout=...)`` returns what came in
 """
 
 import dataclasses
+import types
 
 import pytest
 import torch
@@ -31,22 +32,22 @@ class FakeGrid:
         return list(NODES.values())
 
 
-def screened(min_replies=2, central=False):
+def screened(min_replies=2, central=False, side="server", clip=1.0, sigma=1e-6):
     from privacy.central import UNIFORM_WEIGHT_KEY, wrap_central_dp
 
     key = UNIFORM_WEIGHT_KEY if central else "num-examples"
     inner = base = SeededFedAvg(partition_to_node=NODES, clients_per_round=3, seed=0, min_train_nodes=3,
                                 weighted_by_key=key)
     if central:
-        inner = wrap_central_dp(base, noise_multiplier=1e-6, clipping_norm=1.0, clients_per_round=3,
-                                num_clients=3, delta=1e-3)
+        inner = wrap_central_dp(base, noise_multiplier=sigma, clipping_norm=clip, clients_per_round=3,
+                                num_clients=3, delta=1e-3, side=side)
     return ScreenedAggregation(inner, min_replies=min_replies, weight_key=key,
                                expected_weights={n: 1.0 if central else 10.0 for n in NODES.values()},
                                node_names={n: f"partition {p}" for p, n in NODES.items()})
 
 
-def start_round(strategy):
-    msgs = list(strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord(), FakeGrid()))
+def start_round(strategy, arrays=None):
+    msgs = list(strategy.configure_train(1, ArrayRecord(arrays or GLOBAL), ConfigRecord(), FakeGrid()))
     return {m.metadata.dst_node_id: m for m in msgs}
 
 
@@ -146,6 +147,99 @@ def test_central_dp_screens_before_clipping():
     msgs = start_round(s)
     agg, _ = s.aggregate_train(1, [honest(msgs[n], 0.1) for n in (101, 202, 303)])
     assert agg is not None and s.rounds[1]["aggregated"] == 3
+
+
+# ------------------------------------------------------------------ clipping that cannot be dodged
+# Two arrays of one shape far apart: a reply holding the global model's own values with the keys
+# swapped "changes nothing" by name, but Flower's wrapper pairs arrays by position.
+TWIN = {"a": torch.zeros(3), "b": torch.full((3,), 100.0)}
+
+
+def twin_replies(msgs, last):
+    small = {k: v + 1e-3 for k, v in TWIN.items()}  # honest: a small change (an all-zero one crashes Flower)
+    return [reply(msgs[101], small), reply(msgs[202], small), reply(msgs[303], last)]
+
+
+def moved(agg):
+    return float(torch.cat([torch.from_numpy(agg[k].numpy()) - TWIN[k] for k in TWIN]).norm())
+
+
+def test_permuted_keys_dodge_flowers_clipping_unless_screened():
+    """The attack: the same keys in another order escape the server-side clip (Flower pairs by
+    position, FedAvg averages by name), so the aggregate moves by ~100 * sqrt(3) / 3, not <= C / m.
+    Screening rejects the reply, naming the order."""
+    clip, m = 1.0, 3
+    permuted = {"b": TWIN["b"].clone(), "a": TWIN["a"].clone()}
+    unscreened = screened(central=True, clip=clip).strategy  # Flower's DP wrapper, no screening
+    agg, _ = unscreened.aggregate_train(1, twin_replies(start_round(unscreened, TWIN), permuted))
+    assert moved(agg) > 50 * clip / m  # far beyond the promised C / m
+
+    for side in ("server", "client"):
+        s = screened(min_replies=3, central=True, side=side, clip=clip)
+        msgs = start_round(s, TWIN)
+        with pytest.raises(RoundFailedError, match="invalid 1"):  # central DP: Flower needs every sampled client
+            s.aggregate_train(1, twin_replies(msgs, permuted))
+        assert "another order" in s.rounds[1]["problems"]["partition 2"]
+    s = screened()  # plain FedAvg refuses it too
+    msgs = start_round(s, TWIN)
+    s.aggregate_train(1, twin_replies(msgs, permuted))
+    assert s.rounds[1]["rejected_invalid"] == 1 and "position 0: 'b', expected 'a'" in s.rounds[1]["problems"][
+        "partition 2"]
+
+
+def test_client_side_clipping_rejects_an_update_over_the_norm():
+    clip = 1.0
+    s = screened(min_replies=3, central=True, side="client", clip=clip)
+    assert s.max_update_norm == clip
+    # Found inside another wrapper too (a strategy of ours around Flower's).
+    outer = ScreenedAggregation(types.SimpleNamespace(strategy=s.strategy), min_replies=3, weight_key="dp-weight")
+    assert outer.max_update_norm == clip
+    msgs = start_round(s, TWIN)
+    over = {k: v + 1.01 * clip / 6 ** 0.5 for k, v in TWIN.items()}  # norm 1.01 C, never clipped by the client
+    with pytest.raises(RoundFailedError, match="invalid 1"):
+        s.aggregate_train(1, twin_replies(msgs, over))
+    assert "exceeds the clipping norm 1" in s.rounds[1]["problems"]["partition 2"]
+    # Server-side clipping clips the same reply itself: nothing to reject.
+    s = screened(min_replies=3, central=True, side="server", clip=clip)
+    assert s.max_update_norm is None
+    s.aggregate_train(1, twin_replies(start_round(s, TWIN), over))
+    assert s.rounds[1]["aggregated"] == 3
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e8])
+def test_client_side_clipping_accepts_updates_clipped_by_flowers_mod(scale):
+    """A client at the norm (Flower's fixedclipping_mod on float32 weights of norm ~300) is accepted,
+    so the tolerance covers an honest client's rounding; the tolerance itself stays ~1e-4 C."""
+    from benchmark.federation.server_app import update_norm, update_norm_tolerance
+    from privacy.central import central_clipping_mod
+
+    clip = 0.5
+    gen = torch.Generator().manual_seed(int(scale))
+    weights = {"w": torch.randn(200, 300, generator=gen), "b": torch.randn(300, generator=gen)}
+    s = screened(min_replies=3, central=True, side="client", clip=clip)
+    msgs = start_round(s, weights)
+    replies = []
+    for node, msg in msgs.items():
+        sent = {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in weights.items()}
+        replies.append(central_clipping_mod(msg, None, lambda m, c, sent=sent: reply(m, sent)))
+    norms = [update_norm(r.content["arrays"], ArrayRecord(weights)) for r in replies]
+    assert max(abs(n - clip) for n in norms) < 1e-4 * clip  # at the norm, up to float32 rounding
+    assert update_norm_tolerance(clip, ArrayRecord(weights)) < 1e-4 * clip
+    agg, _ = s.aggregate_train(1, replies)
+    assert agg is not None and s.rounds[1]["aggregated"] == 3
+
+
+def test_server_side_clipping_bounds_an_over_norm_client_by_clip_over_m():
+    """Through the screening: a client whose update is 1e6 C moves the aggregate (two honest clients
+    sending back the global model) by at most C / m plus the (tiny) noise."""
+    clip, m, sigma = 1.0, 3, 1e-6
+    s = screened(min_replies=3, central=True, side="server", clip=clip, sigma=sigma)
+    msgs = start_round(s, TWIN)
+    idle = {k: v + 1e-7 for k, v in TWIN.items()}
+    attack = {k: v + 1e6 for k, v in TWIN.items()}
+    agg, _ = s.aggregate_train(1, [reply(msgs[101], idle), reply(msgs[202], idle), reply(msgs[303], attack)])
+    noise = 6 * sigma * clip / m * 6 ** 0.5
+    assert clip / m * 0.99 <= moved(agg) <= clip / m + noise + 1e-5
 
 
 def test_scenario_fields_for_faulty_clients():

@@ -71,12 +71,12 @@ def assert_only_updates_and_scalars(reply: Message, arrays: ArrayRecord, images:
                 assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
 
 
-@pytest.mark.parametrize("dp_mode", ["none", "local-dpsgd"])
+@pytest.mark.parametrize("dp_mode", ["none", "local-dpsgd", "central-dp"])
 def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode, parts):
     import dataclasses
 
     scenario = SCENARIO if dp_mode == "none" else dataclasses.replace(
-        SCENARIO, dp_mode="local-dpsgd", target_epsilon=8.0, delta=1e-5)
+        SCENARIO, dp_mode=dp_mode, target_epsilon=8.0, delta=1e-5 if dp_mode == "local-dpsgd" else 0.1)
     arrays = initial_arrays()
     ctx = fresh_context(parts)
     fed = task.load_federated_data(SCENARIO, 0, None)
@@ -92,10 +92,12 @@ def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode, part
     assert_only_updates_and_scalars(reply, arrays, images)
     content = reply.content
     assert set(content.keys()) == {"arrays", "metrics"}
-    expected = {"num-examples", "train_loss", "steps", "dp-weight"}
+    # Under DP only public metadata leaves with the update (issue 15, defect 9): no raw loss.
+    expected = {"num-examples", "steps", "dp-weight"} | ({"train_loss"} if dp_mode == "none" else set())
     if dp_mode == "local-dpsgd":
         expected |= {"epsilon", "noise_multiplier", "sample_rate"}
     assert dict(content["metrics"]).keys() == expected
+    assert dp_mode == "none" or not any("loss" in key for key in content["metrics"])
     assert content["metrics"]["num-examples"] == len(split.train_idx)
     # The update changed the model.
     new = content["arrays"].to_torch_state_dict()
@@ -103,26 +105,28 @@ def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode, part
     assert any(not torch.equal(new[k], old[k]) for k in old)
 
 
-def test_secret_randomness_keeps_local_dp_noise_from_the_server(parts):
-    """By default a client's DP-SGD run is a function of the run seed (reproducible, and so
-    replayable by the server); with secret-randomness the same message gives a different update."""
+def test_local_dp_noise_is_secret_by_default_and_non_dp_training_is_bit_identical(parts):
+    """The same message (run seed, round, model) twice: under local DP the updates differ (the DP
+    noise and Poisson batches come from OS entropy, not the run seed); without DP they are
+    bit-identical; secret-randomness=true makes even the non-DP update unrepeatable."""
     import dataclasses
 
-    scenario = dataclasses.replace(SCENARIO, dp_mode="local-dpsgd", target_epsilon=8.0, delta=1e-5)
+    dp = dataclasses.replace(SCENARIO, dp_mode="local-dpsgd", target_epsilon=8.0, delta=1e-5)
     arrays = initial_arrays()
 
-    def update(node_config):
+    def update(scenario, node_config=None):
         msg = train_message(arrays)
         msg.content["config"]["scenario"] = scenario.to_json()
         ctx = fresh_context(parts)
-        ctx.node_config.update(node_config)
+        ctx.node_config.update(node_config or {})
         return client_app.train(msg, ctx).content["arrays"].to_torch_state_dict()
 
-    a, b = update({}), update({})
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    c, d = update({"secret-randomness": "true"}), update({"secret-randomness": "true"})
-    assert any(not torch.equal(c[k], d[k]) for k in c)
-    assert any(not torch.equal(a[k], c[k]) for k in a)
+    a, b = update(dp), update(dp)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    c, d = update(SCENARIO), update(SCENARIO)
+    assert all(torch.equal(c[k], d[k]) for k in c)
+    e = update(SCENARIO, {"secret-randomness": "true"})
+    assert any(not torch.equal(c[k], e[k]) for k in c)
 
 
 def test_optimizer_state_lives_in_context_across_rounds(parts):
@@ -243,8 +247,9 @@ def test_one_malicious_client_moves_the_aggregate_by_at_most_clip_over_m(side, a
     def aggregate(last):
         base = SeededFedAvg(partition_to_node=nodes, clients_per_round=m, seed=0, min_train_nodes=m,
                             weighted_by_key=UNIFORM_WEIGHT_KEY)
+        # The same noise draw twice (the federation's noise is secret; a test may seed it).
         strat = wrap_central_dp(base, noise_multiplier=sigma, clipping_norm=clip, clients_per_round=m,
-                                num_clients=m, delta=1e-3, side=side)
+                                num_clients=m, delta=1e-3, side=side, noise_rng=np.random.default_rng(1234))
         msgs = list(strat.configure_train(1, ArrayRecord(current), ConfigRecord(), Grid4()))
         replies = []
         for msg, upd in zip(msgs, honest + [last]):
@@ -252,7 +257,6 @@ def test_one_malicious_client_moves_the_aggregate_by_at_most_clip_over_m(side, a
                 return Message(RecordDict({"arrays": ArrayRecord(upd),
                                            "metrics": MetricRecord({UNIFORM_WEIGHT_KEY: 1.0})}), reply_to=msg_in)
             replies.append(central_clipping_mod(msg, fresh_context(), client))
-        np.random.seed(1234)  # Flower draws the noise from numpy's global RNG: the same draw twice
         agg, _ = strat.aggregate_train(1, replies)
         return np.concatenate([agg[k].numpy().ravel() for k in sorted(shapes)])
 
@@ -310,7 +314,7 @@ def test_partition_files_hold_each_partys_training_images_in_order(tmp_path):
         np.testing.assert_array_equal(got.labels, fed.dataset.labels[split.train_idx])
         assert got.image_shape == (1, 28, 28) and got.num_classes == 10
     plain = task.load_federated_data(SCENARIO, 3, None)
-    assert manifest.num_images == (len(plain.partition.clients[0].train_idx) + 2,
+    assert manifest.num_images == (len(plain.partition.clients[0].train_idx) + len(fed.canary_members),
                                    len(plain.partition.clients[1].train_idx))
     assert read_manifest(tmp_path, scenario, 3) == manifest
     text = (tmp_path / "manifest.json").read_text()

@@ -17,9 +17,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 # ------------------------------------------------------------------------------------ registry
 def test_registry_holds_the_published_modes():
-    assert modes.dp_mode_names() == ("none", "local-dpsgd", "central-dp")
+    assert modes.dp_mode_names() == ("none", "local-dpsgd", "central-dp", "central-dp-sampled")
     assert grad_sample_mode_names() == ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
-    none, local, central = (get_dp_mode(n) for n in modes.dp_mode_names())
+    none, local, central, sampled = (get_dp_mode(n) for n in modes.dp_mode_names())
+    assert sampled.client_level and sampled.server_adds_noise and sampled.client_sampling == "poisson"
+    assert central.client_sampling == "fixed"
     assert (none.dp_level, local.dp_level, central.dp_level) == ("", "sample", "client")
     assert not none.private and local.private and central.private
     assert local.clients_run_dpsgd and not local.server_adds_noise
@@ -50,7 +52,7 @@ def test_registry_refuses_duplicates():
 
 
 @pytest.mark.parametrize("lookup, name, known", [
-    (get_dp_mode, "local", "none, local-dpsgd, central-dp"),
+    (get_dp_mode, "local", "none, local-dpsgd, central-dp, central-dp-sampled"),
     (get_grad_sample_mode, "fast", "hooks, ghost, mixed-ghost, mixed-ghost-bk"),
 ])
 def test_unknown_mode_is_a_one_line_error_listing_the_known_names(lookup, name, known):
@@ -88,7 +90,7 @@ def test_scenario_validation_reads_the_registry():
 def test_leaderboard_dp_level_comes_from_the_registry():
     from benchmark.leaderboard import DP_LEVEL
 
-    assert DP_LEVEL == {"none": "", "local-dpsgd": "sample", "central-dp": "client"}
+    assert DP_LEVEL == {"none": "", "local-dpsgd": "sample", "central-dp": "client", "central-dp-sampled": "client"}
 
 
 def test_a_new_dp_mode_can_be_registered_and_removed():
@@ -222,8 +224,10 @@ def test_runner_privacy_columns_follow_the_dp_mode():
                                          "max_grad_norm": None, "sample_rate": None}
     rounds = [{"epsilon": 1.5, "noise_multiplier": 2.0, "sample_rate": 0.1},
               {"epsilon": 3.5, "noise_multiplier": 1.5, "sample_rate": 0.2}]
-    cols = privacy_metrics(local, {"rounds": rounds})
-    assert (cols["epsilon"], cols["noise_multiplier"], cols["sample_rate"]) == (3.5, 1.5, 0.2)  # max spend, min noise
+    # The server's figures (history.json's local_dp), not the clients' reports in the rounds.
+    local_dp = {"epsilon": 2.5, "noise_multiplier": 1.75, "sample_rate": 0.15, "accountant": "opacus-rdp"}
+    cols = privacy_metrics(local, {"rounds": rounds, "local_dp": local_dp})
+    assert (cols["epsilon"], cols["noise_multiplier"], cols["sample_rate"]) == (2.5, 1.75, 0.15)
     assert cols["max_grad_norm"] == 1.0 and cols["accountant"] == "opacus-rdp" and cols["grad_sample_mode"] == "hooks"
     central_dp = {"epsilon": 3.9, "accountant": "flwr-rdp-no-amplification", "noise_multiplier": 7.0,
                   "max_grad_norm": 0.25, "sample_rate": 0.5}
@@ -256,7 +260,8 @@ def test_an_empty_poisson_batch_is_a_charged_noise_only_step(mode, monkeypatch):
     images = np.random.default_rng(0).integers(0, 256, (2, 1, 8, 8), dtype=np.uint8)
     stats = dpsgd.dp_train_epochs(model, torch.optim.SGD(model.parameters(), lr=0.1), plan, images,
                                   np.zeros(2, np.int64), epochs=1, num_train_timesteps=100, conditional=False,
-                                  device="cpu", seed=2, accountant_history=[])  # seed 2: one of two batches is empty
+                                  device="cpu", seed=2, accountant_history=[],
+                                  sampling_generator=torch.Generator().manual_seed(2))  # one of two batches is empty
     assert empty == [mode] and stats["steps"] == 2
     assert stats["history"] == [(1.0, 0.5, 2)]  # the empty step is charged like any other
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -129,3 +129,39 @@ def test_summarize_and_compare_modules_import_neither_torch_nor_flwr():
             "bad = {'torch', 'flwr'} & set(sys.modules); assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _derive(name: str, sources: dict):
+    return next(c for c in schema.LEADERBOARD if c.name == name).derive(sources)
+
+
+def _one_run_record(r: int, v: int, *, claim: float | None, m: int = 100) -> dict:
+    """An audit record with one one-run test and one guess count (r guesses, v right), delta 0."""
+    ev = {"method": "one-run", "m": m, "n_included": m // 2, "guesses": [[r, v]]}
+    return {"delta": 0.0, "epsilon_audited": claim, "tests": [{"evidence": ev}]}
+
+
+def test_the_row_bound_is_a_bound_over_seeds_not_a_mean():
+    """With r guesses all right and delta 0, the one-run p-value is q^r (q = e^eps / (1 + e^eps)), so the
+    bound at level a is logit(a^(1/r)) in closed form. Two seeds: the row takes each at 0.05 / 2 and the
+    max, not the mean of the seeds' 95 % bounds; its ceiling is the perfect attack's at the same counts."""
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    seeds = [_one_run_record(20, 20, claim=1.0), _one_run_record(40, 30, claim=1.0)]
+    metrics = [{"epsilon_audited": 1.0, "epsilon_empirical_lb": 9.0}, {"epsilon_audited": 1.0}]
+    sources = {"metric": metrics, "audit": seeds}
+    lb = _derive("epsilon_empirical_lb", sources)
+    assert lb == pytest.approx(logit(0.025 ** (1 / 20)), abs=1e-5)        # the 20-of-20 seed decides
+    assert lb < logit(0.05 ** (1 / 20))                                    # stricter than one seed at 95 %
+    assert _derive("audit_ceiling", sources) == pytest.approx(logit(0.025 ** (1 / 40)), abs=1e-5)
+    assert _derive("audit_verdict", sources) == "failed" and _derive("audit_failed", sources) is True
+    # claim between bound and ceiling: passed; above the ceiling: inconclusive (the test could not fail)
+    for claim, verdict in ((2.0, "passed"), (3.0, "inconclusive")):
+        s = {"metric": [{"epsilon_audited": claim}] * 2,
+             "audit": [_one_run_record(20, 20, claim=claim), _one_run_record(40, 30, claim=claim)]}
+        assert logit(0.025 ** (1 / 20)) < claim and (claim < logit(0.025 ** (1 / 40))) == (verdict == "passed")
+        assert _derive("audit_verdict", s) == verdict and _derive("audit_failed", s) is False
+    # without a claim (no DP): the bound is shown, no verdict
+    s = {"metric": [{}, {}], "audit": [_one_run_record(20, 20, claim=None)] * 2}
+    assert _derive("audit_verdict", s) is None and _derive("audit_failed", s) is None
+    # several seeds recorded without evidence: no valid row bound can be made
+    assert _derive("epsilon_empirical_lb", {"metric": metrics, "audit": [{}, {}]}) is None

@@ -1,9 +1,13 @@
 """The Flower ClientApp: one hospital (party) training the shared DDPM on its own images.
 
-What leaves the client: the updated model arrays and scalar metrics (its example count and mean
-training loss). Never images, labels or indices. The optimizer state lives across rounds in the
-node's Flower ``context.state`` (no module globals), so the same app works in simulation and in
-deployment.
+What leaves the client: the updated model arrays and scalar metrics. Never images, labels or
+indices. Without DP the metrics are its example count, steps and mean training loss; under any DP
+mode (``DPMode.private``) only public metadata (example count, steps, the equal ``dp-weight``; under
+local DP also the plan's noise multiplier and sample rate and the client's own epsilon report,
+which the server checks against its own figure): the loss is the client's raw, unnoised,
+data-dependent value, and under central DP the update itself reaches the server before its noise.
+The optimizer state lives across rounds in the node's Flower ``context.state`` (no module
+globals), so the same app works in simulation and in deployment.
 
 Node config (deployment: ``flower-supernode --node-config 'partition-id=0
 partition-file="/data/partition-0.npz"'``, TOML values; simulation sets ``partition-id``):
@@ -13,14 +17,14 @@ never from the dataset:
 the ``partition-dir`` of the server's train config (simulation only: ``simulate`` exports each
 simulated party's file into the run's work folder). Files are written by ``bench partitions``
 (:mod:`benchmark.federation.partition_files`); one exported for another split, seed or
-partition id is refused in one line. ``secret-randomness=true`` (optional) keeps the local
-training randomness, DP noise included, from the server (see :func:`client_train_seed`).
+partition id is refused in one line. The DP noise and Poisson sampling of local DP-SGD are always
+secret (:mod:`privacy.noise`); ``secret-randomness=true`` (optional) makes the rest of the local
+training randomness secret too (see :func:`client_train_seed`).
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 from logging import DEBUG, INFO
 from pathlib import Path
 
@@ -35,6 +39,7 @@ from benchmark.scenarios import Scenario
 from benchmark.seeding import derive_seed
 from privacy.central import central_clipping_mod
 from privacy.modes import get_dp_mode
+from privacy.noise import secret_seed
 
 app = ClientApp()
 
@@ -43,18 +48,21 @@ ACCOUNTANT_STATE_KEY = "dp-accountant"
 
 
 def client_train_seed(context: Context, seed: int, pid: int, server_round: int) -> int:
-    """The seed of this round's local training randomness: Poisson batches, DP-SGD noise,
-    diffusion noise and timesteps.
+    """The seed of this round's local training randomness *other than DP*: the diffusion noise and
+    timesteps (and, without DP, the batch order).
 
-    By default it derives from the run seed, which the server knows: runs are reproducible, but
-    a curious server can replay the client's DP noise and batch sampling, so local DP then holds
-    against everyone *except* the server. A party that needs the guarantee against the server
-    starts its SuperNode with ``--node-config "secret-randomness=true ..."``: the seed is then
-    drawn from the OS's CSPRNG (``secrets``) every round and never leaves the node (the generators
-    it seeds are torch's, not a CSPRNG; the secret is the seed).
+    The DP-SGD noise and Poisson batches never derive from it: they are always drawn from
+    generators seeded from OS entropy (:mod:`privacy.noise`), so local DP holds against anyone
+    who reads the published run seed, the server included. By default this seed derives from the
+    run seed, which keeps runs reproducible up to the DP noise and lets a curious server replay
+    the diffusion noise and timesteps (the ``known``-randomness inversion attacker of
+    :mod:`attacks.inversion`). A party that wants those secret too starts its SuperNode with
+    ``--node-config "secret-randomness=true ..."``: the seed is then drawn from the OS's CSPRNG
+    every round and never leaves the node (that defeats the known-randomness attacker; the run
+    is then not reproducible).
     """
     if str(context.node_config.get("secret-randomness", "false")).lower() in ("1", "true", "yes"):
-        return secrets.randbits(63)
+        return secret_seed()
     return derive_seed("client-train", seed, pid, server_round)
 
 
@@ -110,13 +118,15 @@ def train(msg: Message, context: Context) -> Message:
         task.load_optimizer_state(optimizer, {k: v.to(device) for k, v in flat.items()})
 
     train_seed = client_train_seed(context, seed, pid, server_round)
+    mode = get_dp_mode(scenario.dp_mode)
     extra = {}
-    if get_dp_mode(scenario.dp_mode).clients_run_dpsgd:
+    if mode.clients_run_dpsgd:
         from privacy.dpsgd import dp_train_epochs
 
         plan = task.local_dp_plan(scenario, len(images))
         saved = context.state.get(ACCOUNTANT_STATE_KEY)
         history = json.loads(str(saved["history"])) if saved is not None else []
+        # The Poisson sampling and DP noise come from secret generators (dp_train_epochs' default).
         stats = dp_train_epochs(model, optimizer, plan, images, labels, epochs=scenario.local_epochs,
                                 num_train_timesteps=scenario.num_train_timesteps,
                                 conditional=scenario.class_conditional, device=device, seed=train_seed,
@@ -128,11 +138,12 @@ def train(msg: Message, context: Context) -> Message:
         stats = task.local_train(scenario, model, optimizer, images, labels, device=device, seed=train_seed)
 
     context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(task.optimizer_state_to_tensors(optimizer))
+    # Under DP only public metadata leaves with the update: the loss is raw and data-dependent.
+    loss = {} if mode.private else {"train_loss": float(stats["loss"])}
     content = RecordDict({
         "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
         "metrics": MetricRecord({
-            "num-examples": len(images), "train_loss": float(stats["loss"]),
-            "steps": int(stats["steps"]), "dp-weight": 1.0, **extra,
+            "num-examples": len(images), **loss, "steps": int(stats["steps"]), "dp-weight": 1.0, **extra,
         }),
     })
     return Message(content=content, reply_to=msg)

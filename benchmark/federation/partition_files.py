@@ -75,7 +75,7 @@ class FederatedData:
     def partition_record(self) -> dict:
         """What partition.json holds: every client's indices, and the canaries if any."""
         d = self.partition.to_dict()
-        if len(self.canary_members):
+        if len(self.canary_members) + len(self.canary_nonmembers):
             d["canaries"] = {"members": self.canary_members.tolist(),
                              "nonmembers": self.canary_nonmembers.tolist(), "client": 0}
         return d
@@ -88,8 +88,8 @@ def load_federated_data(scenario: Scenario, seed: int, data_root: str | None,
     Only the benchmark operator calls this (the runner, the partition export, attacks): parties
     read their own file (:func:`read_partition`), the server a manifest.
     ``dataset``: the scenario's training split, already loaded (to partition many scenarios).
-    With ``scenario.canaries = k``, 2k canary images are appended to the dataset and k of them
-    are added to client 0's training data (see :mod:`attacks.canaries`).
+    With ``scenario.canaries = m``, m canary images are appended to the dataset and each is added
+    to client 0's training data by an independent fair coin (see :mod:`attacks.canaries`).
     """
     ds = dataset if dataset is not None else load_dataset(scenario.dataset, data_root=data_root or None,
                                                           split="train")
@@ -100,13 +100,13 @@ def load_federated_data(scenario: Scenario, seed: int, data_root: str | None,
     )
     if not scenario.canaries:
         return FederatedData(ds, part)
-    from attacks.canaries import make_canaries, split_canaries
+    from attacks.canaries import include_canaries, make_canaries
 
-    k = scenario.canaries
+    m = scenario.canaries
     _, c, r, _ = ds.images.shape
-    imgs, labels = make_canaries(2 * k, channels=c, resolution=r, num_classes=ds.num_classes,
+    imgs, labels = make_canaries(m, channels=c, resolution=r, num_classes=ds.num_classes,
                                  seed=derive_seed("canary-images", seed))
-    inserted, kept_out = split_canaries(k, seed=derive_seed("canary-split", seed))
+    inserted, kept_out = include_canaries(m, seed=derive_seed("canary-split", seed))
     base = len(ds.labels)
     ds = ImageDataset(ds.name, np.concatenate([ds.images, imgs]), np.concatenate([ds.labels, labels]),
                       ds.num_classes)

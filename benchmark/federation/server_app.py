@@ -15,13 +15,26 @@ always trains the same clients in the same rounds, in simulation and in deployme
 Faulty and malicious clients: :class:`ScreenedAggregation` wraps the whole strategy (central DP
 wrapper included) and screens every round's replies before anything is clipped or averaged. A
 sampled client that raised, did not reply within ``round_timeout_s`` (Flower's ``timeout`` of
-``send_and_receive``), or sent arrays with other keys, shapes or dtypes than the global model, or
-any non-finite value (arrays or metrics), is dropped for that round, logged, and counted in
+``send_and_receive``), or sent arrays with other keys, another key order, shapes or dtypes than the
+global model, or any non-finite value (arrays or metrics), or (client-side central clipping) an
+update whose L2 norm exceeds the clipping norm, is dropped for that round, logged, and counted in
 ``history.json`` (``dropped_error``, ``dropped_timeout``, ``rejected_invalid``). A client must
 also report the weight the server expects (its partition's image count; 1 under central DP). When fewer than
 ``min_clients_per_round`` valid updates remain, the round fails with :class:`RoundFailedError`
 and the run with it (one line, nothing published). Screening comes *before* the DP wrapper
 because Flower 1.42's clipping crashes on a wrong shape and turns NaN into NaN.
+
+Local DP: :class:`LocalDPLedger` (inside the screening) computes every client's epsilon on the
+server from its image count and the rounds it was sampled in, checks each client's own report
+against it and records it in ``history.json`` (``local_dp``); that figure is the published one.
+
+Key order matters because Flower pairs arrays by *position*: the server-side wrapper computes a
+reply's update as ``reply[i] - global[i]`` and clips that, then FedAvg averages by *key*; a reply
+with the global model's keys in another order is clipped against the wrong arrays and moves the
+aggregate by far more than ``C / clients_per_round``. Requiring the global model's exact key order
+makes position and name pair alike. Under ``central_clipping = "client"`` the server clips
+nothing, so it checks each update's norm itself (:func:`update_norm`, tolerance
+:func:`update_norm_tolerance`).
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log as flwr_log
@@ -91,11 +104,42 @@ class SeededFedAvg(FedAvg):
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
 
-def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str) -> str | None:
+# Client-side clipping: what an honest client's update (Flower's fixedclipping_mod, float32) may exceed
+# the clipping norm by. Relative part: the client's float32 norm (BLAS dot, pairwise sums; measured
+# ~1e-7 on 1e6 entries) and its float32 rescaling. Absolute part: the client sends global + update
+# rounded to the dtype, so the update the server recovers is off by up to half an ulp of each
+# weight: at most eps * (||global|| + C) in L2, eps the dtype's machine epsilon (twice that bound).
+UPDATE_NORM_RTOL = 1e-5
+
+
+def update_norm(arrays: ArrayRecord, reference: ArrayRecord) -> float:
+    """L2 norm of ``arrays - reference`` over all arrays, paired by name, in float64 (the update
+    Flower's ``fixedclipping_mod`` clips: the reply's arrays minus the global model's)."""
+    total = 0.0
+    for key, ref in reference.items():
+        diff = arrays[key].numpy().astype(np.float64) - ref.numpy().astype(np.float64)
+        total += float(np.dot(diff.ravel(), diff.ravel()))
+    return math.sqrt(total)
+
+
+def update_norm_tolerance(clip: float, reference: ArrayRecord) -> float:
+    """How far above ``clip`` an honestly clipped update's norm may come out from rounding:
+    ``UPDATE_NORM_RTOL * clip + eps * (||global|| + clip)`` (see ``UPDATE_NORM_RTOL``)."""
+    eps = max((float(np.finfo(a.numpy().dtype).eps) for a in reference.values()
+               if a.numpy().dtype.kind == "f"), default=0.0)
+    ref_norm = math.sqrt(sum(float(np.square(a.numpy().astype(np.float64)).sum()) for a in reference.values()))
+    return UPDATE_NORM_RTOL * clip + eps * (ref_norm + clip)
+
+
+def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str, *,
+                  max_update_norm: float | None = None) -> str | None:
     """Why a client's train reply must not be aggregated, or None when it is fine.
 
-    The reply must carry exactly one ArrayRecord with the global model's keys, shapes and dtypes,
-    all values finite, and one MetricRecord of finite numbers including a positive ``weight_key``.
+    The reply must carry exactly one ArrayRecord with the global model's keys *in the global
+    model's order* (Flower's DP wrapper pairs arrays by position), shapes and dtypes, all values
+    finite, and one MetricRecord of finite numbers including a positive ``weight_key``. With
+    ``max_update_norm`` (client-side clipping) the update's L2 norm (:func:`update_norm`) must not
+    exceed it by more than :func:`update_norm_tolerance`.
     """
     content = reply.content
     if len(content.array_records) != 1 or len(content.metric_records) != 1:
@@ -105,6 +149,9 @@ def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str) -> st
     if set(arrays.keys()) != set(reference.keys()):
         extra, missing = sorted(set(arrays) - set(reference)), sorted(set(reference) - set(arrays))
         return f"array keys differ from the global model's (extra {extra[:3]}, missing {missing[:3]})"
+    if list(arrays.keys()) != list(reference.keys()):
+        i, (got, want) = next((i, kw) for i, kw in enumerate(zip(arrays.keys(), reference.keys())) if kw[0] != kw[1])
+        return f"array keys are in another order than the global model's (position {i}: {got!r}, expected {want!r})"
     for key, ref in reference.items():
         arr = arrays[key]
         if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
@@ -120,6 +167,23 @@ def reply_problem(reply: Message, reference: ArrayRecord, weight_key: str) -> st
     weight = metrics.get(weight_key)
     if weight is None or not weight > 0:
         return f"metric {weight_key!r} must be a positive number, got {weight!r}"
+    if max_update_norm is not None:
+        norm, tol = update_norm(arrays, reference), update_norm_tolerance(max_update_norm, reference)
+        if norm > max_update_norm + tol:
+            return (f"update norm {norm:.6g} exceeds the clipping norm {max_update_norm:g} (client-side clipping, "
+                    f"tolerance {tol:.2g})")
+    return None
+
+
+def _client_side_clipping_norm(strategy: Strategy) -> float | None:
+    """The clipping norm of Flower's client-side clipping wrapper in ``strategy`` or in the
+    strategies it wraps (``.strategy``), else None."""
+    seen = set()
+    while strategy is not None and id(strategy) not in seen:
+        seen.add(id(strategy))
+        if isinstance(strategy, DifferentialPrivacyClientSideFixedClipping):
+            return float(strategy.clipping_norm)
+        strategy = getattr(strategy, "strategy", None)
     return None
 
 
@@ -128,14 +192,20 @@ class ScreenedAggregation(Strategy):
     wrapped strategy (FedAvg or Flower's DP wrapper around it) sees them.
 
     ``min_replies``: the round fails (:class:`RoundFailedError`) with fewer valid updates.
+    ``max_update_norm``: reject updates whose norm exceeds it (plus rounding); by default the
+    clipping norm when ``strategy`` is Flower's client-side clipping wrapper (the clients clip, so
+    nothing else would check), else None (the server-side wrapper clips every update itself).
     ``rounds[r]`` holds the round's counts: ``sampled``, ``aggregated``, ``dropped_error``,
     ``dropped_timeout``, ``rejected_invalid`` and the ``problems`` seen (node id: reason).
     """
 
     def __init__(self, strategy: Strategy, *, min_replies: int, weight_key: str,
                  expected_weights: dict[int, float] | None = None,
-                 node_names: dict[int, str] | None = None) -> None:
+                 node_names: dict[int, str] | None = None, max_update_norm: float | None = None) -> None:
         self.strategy = strategy
+        if max_update_norm is None:
+            max_update_norm = _client_side_clipping_norm(strategy)
+        self.max_update_norm = max_update_norm
         self.node_names = node_names or {}  # node id -> what history.json calls it
         self.min_replies = min_replies
         self.weight_key = weight_key
@@ -147,7 +217,8 @@ class ScreenedAggregation(Strategy):
         self._expected: dict[int, tuple[list[int], ArrayRecord]] = {}
 
     def summary(self) -> None:
-        flwr_log(logging.INFO, "\t├──> Reply screening: minimum %s valid updates per round", self.min_replies)
+        flwr_log(logging.INFO, "\t├──> Reply screening: minimum %s valid updates per round%s", self.min_replies,
+                 "" if self.max_update_norm is None else f", update norm <= {self.max_update_norm:g}")
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -172,7 +243,7 @@ class ScreenedAggregation(Strategy):
                 stats["dropped_error"] += 1
                 stats["problems"][self._name(src)] = f"client error: {reply.error.reason}".splitlines()[0][:300]
                 continue
-            problem = reply_problem(reply, reference, self.weight_key)
+            problem = reply_problem(reply, reference, self.weight_key, max_update_norm=self.max_update_norm)
             if problem is None and src in self.expected_weights:
                 weight = next(iter(reply.content.metric_records.values()))[self.weight_key]
                 if weight != self.expected_weights[src]:
@@ -195,7 +266,9 @@ class ScreenedAggregation(Strategy):
                 f"{self.min_replies} (errors {stats['dropped_error']}, timeouts {stats['dropped_timeout']}, "
                 f"invalid {stats['rejected_invalid']})")
         out = self.strategy.aggregate_train(server_round, valid)
-        self.metrics[server_round] = {k: float(v) for k, v in (out[1] or {}).items()}  # for progress lines
+        metrics = out[1] if isinstance(out, tuple) and len(out) > 1 and out[1] is not None else {}
+        self.metrics[server_round] = {k: float(v) for k, v in metrics.items()  # for progress lines
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return out
 
     def _name(self, node_id: int) -> str:
@@ -217,6 +290,107 @@ def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> 
         if vals:
             out[key] = pick(vals)
     return out
+
+
+EPSILON_RTOL = 1e-6  # a client's epsilon report must match the server's figure to this relative tolerance
+
+
+class LocalDPLedger(Strategy):
+    """Local DP-SGD bookkeeping on the server: every client's privacy spend, computed from what the
+    server knows (the client's image count, hence its plan, :func:`task.local_dp_plan`, and the
+    rounds it was sampled in), never from what the client remembers.
+
+    A client is charged ``local_epochs * steps_per_epoch`` steps of its plan for every round it is
+    sampled in, whether or not its reply is aggregated (it may have trained and sent it). Each
+    aggregated reply's own report (``epsilon``, and the plan's ``noise_multiplier``, ``sample_rate``
+    and ``steps``) must agree with the server's figures (``EPSILON_RTOL``); a disagreement (a
+    restarted node that lost its accountant history, a context carried over from another run, a
+    client that ran another plan) fails the run with one :class:`FederationError` line. The
+    published epsilon is the server's (:meth:`record`), the maximum over clients.
+    """
+
+    def __init__(self, strategy: Strategy, *, scenario: Scenario, num_images: dict[int, int],
+                 partition_to_node: dict[int, int]) -> None:
+        self.strategy = strategy
+        self.scenario = scenario
+        self.num_images = num_images
+        self.node_to_partition = {n: p for p, n in partition_to_node.items()}
+        by_size = {n: task.local_dp_plan(scenario, n) for n in sorted(set(num_images.values()))}  # one calibration each
+        self.plans = {p: by_size[n] for p, n in num_images.items()}
+        self.participation: dict[int, list[int]] = {p: [] for p in num_images}  # partition -> rounds sampled
+        self._epsilons: dict[tuple[int, int], float] = {}
+
+    def steps_per_round(self, partition: int) -> int:
+        return self.scenario.local_epochs * self.plans[partition].steps_per_epoch
+
+    def epsilon(self, partition: int, rounds: int) -> float:
+        """The client's epsilon after taking part in ``rounds`` rounds (0 for none)."""
+        if rounds == 0:
+            return 0.0
+        if (partition, rounds) not in self._epsilons:
+            from privacy.accounting import sample_level_epsilon
+
+            plan = self.plans[partition]
+            self._epsilons[partition, rounds] = sample_level_epsilon(
+                noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                steps=rounds * self.steps_per_round(partition), delta=plan.delta, accountant=plan.accountant)
+        return self._epsilons[partition, rounds]
+
+    def summary(self) -> None:
+        flwr_log(logging.INFO, "\t├──> Local DP: the server accounts every client's spend")
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        for msg in msgs:
+            self.participation[self.node_to_partition[msg.metadata.dst_node_id]].append(server_round)
+        return msgs
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        for reply in replies:
+            pid = self.node_to_partition[reply.metadata.src_node_id]
+            problem = self.report_problem(pid, server_round, next(iter(reply.content.metric_records.values())))
+            if problem:
+                raise FederationError(f"round {server_round}: partition {pid} {problem}")
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def report_problem(self, pid: int, server_round: int, metrics) -> str | None:
+        """Why a client's privacy report disagrees with the server's figures, or None."""
+        plan = self.plans[pid]
+        taken = sum(1 for r in self.participation[pid] if r <= server_round)
+        expected = {"epsilon": self.epsilon(pid, taken), "noise_multiplier": plan.noise_multiplier,
+                    "sample_rate": plan.sample_rate, "steps": self.steps_per_round(pid)}
+        for key, want in expected.items():
+            got = metrics.get(key)
+            if got is None or not math.isclose(float(got), want, rel_tol=EPSILON_RTOL, abs_tol=0.0):
+                why = (" (a restarted node that lost its accountant history, or a context carried over from "
+                       "another run)" if key == "epsilon" else "")
+                return (f"reports {key} {got!r}, the server's figure after {taken} round(s) of its plan is "
+                        f"{want:.9g}{why}")
+        return None
+
+    def record(self) -> dict:
+        """``history.json``'s ``local_dp``: every client's spend and the published maximum."""
+        clients = [{"partition": p, "n_train": self.num_images[p],
+                    "noise_multiplier": self.plans[p].noise_multiplier, "sample_rate": self.plans[p].sample_rate,
+                    "steps_per_round": self.steps_per_round(p), "rounds": list(self.participation[p]),
+                    "steps": len(self.participation[p]) * self.steps_per_round(p),
+                    "epsilon": self.epsilon(p, len(self.participation[p]))}
+                   for p in sorted(self.plans)]
+        taken = [c for c in clients if c["rounds"]] or clients
+        return {"accountant": f"opacus-{self.scenario.accountant}", "delta": self.scenario.delta,
+                "epsilon": max(c["epsilon"] for c in clients),
+                "noise_multiplier": min(c["noise_multiplier"] for c in taken),
+                "sample_rate": max(c["sample_rate"] for c in taken), "clients": clients}
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def discover_partitions(grid: Grid, num_clients: int, timeout_s: float = FLOWER_DEFAULT_TIMEOUT_S, *,
@@ -307,7 +481,8 @@ def resolve_scenario(value: str, scale: str) -> Scenario:
 
 
 def run_federation(grid: Grid, run_config: dict,
-                   on_round: Callable[[int, dict], None] | None = None) -> dict:
+                   on_round: Callable[[int], None] | None = None,
+                   on_round_metrics: Callable[[int, dict], None] | None = None) -> dict:
     """Train one scenario federatedly; write ``global_model.pt`` and ``history.json`` to out-dir."""
     scenario = resolve_scenario(str(run_config["scenario"]), str(run_config.get("scale", "cpu")))
     seed = int(run_config["seed"])
@@ -319,7 +494,8 @@ def run_federation(grid: Grid, run_config: dict,
     model = task.build_model(scenario, manifest, seed=derive_seed("init", seed))
     partition_to_node = discover_partitions(
         grid, scenario.num_clients, max(scenario.round_timeout_s or FLOWER_DEFAULT_TIMEOUT_S, MIN_DISCOVERY_WAIT_S))
-    central = get_dp_mode(scenario.dp_mode).server_adds_noise
+    mode = get_dp_mode(scenario.dp_mode)
+    central = mode.server_adds_noise
     if central:
         from privacy.central import (DEFAULT_UPDATE_CLIP, UNIFORM_WEIGHT_KEY, calibrate_central,
                                      wrap_central_dp)
@@ -328,7 +504,12 @@ def run_federation(grid: Grid, run_config: dict,
         min_train_nodes=scenario.clients_per_round, train_metrics_aggr_fn=aggregate_train_metrics,
         weighted_by_key=UNIFORM_WEIGHT_KEY if central else "num-examples")
     privacy_info: dict = {}
-    if central:
+    if scenario.poisson_clients:  # central-dp-sampled: Poisson participation, amplified accounting
+        from benchmark.federation.sampled import sampled_strategy
+
+        strategy, privacy_info = sampled_strategy(scenario, partition_to_node)
+        fedavg = strategy  # its sampled partitions and weight key, as SeededFedAvg's
+    elif central:
         clip = scenario.max_grad_norm or DEFAULT_UPDATE_CLIP
         sigma = calibrate_central(target_epsilon=scenario.target_epsilon, delta=scenario.delta,
                                   rounds=scenario.rounds, num_clients=scenario.num_clients)
@@ -338,6 +519,10 @@ def run_federation(grid: Grid, run_config: dict,
                                    side=scenario.central_clipping)
         privacy_info = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
                         "accountant": "flwr-rdp-no-amplification", "clipping": scenario.central_clipping}
+    ledger = None
+    if mode.clients_run_dpsgd:
+        strategy = ledger = LocalDPLedger(strategy, scenario=scenario, partition_to_node=partition_to_node,
+                                          num_images=dict(enumerate(manifest.num_images)))
     screened = ScreenedAggregation(
         strategy, min_replies=scenario.min_replies, weight_key=fedavg.weighted_by_key,
         node_names={n: f"partition {p}" for p, n in partition_to_node.items()},
@@ -350,8 +535,10 @@ def run_federation(grid: Grid, run_config: dict,
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if on_round is not None and server_round > 0:
+            on_round(server_round)
+        if on_round_metrics is not None and server_round > 0:  # the round's aggregate and screening counts
             stats = {k: v for k, v in screened.rounds.get(server_round, {}).items() if k != "problems"}
-            on_round(server_round, {**screened.metrics.get(server_round, {}), **stats})
+            on_round_metrics(server_round, {**screened.metrics.get(server_round, {}), **stats})
         return None
 
     t0 = time.perf_counter()
@@ -372,6 +559,7 @@ def run_federation(grid: Grid, run_config: dict,
     history = {
         "train_s": train_s,
         "central_dp": privacy_info,
+        **({"local_dp": ledger.record()} if ledger is not None else {}),
         "rounds": [
             {"round": r, "sampled_partitions": fedavg.sampled.get(r, []),
              **{k: v for k, v in screened.rounds.get(r, {}).items() if k != "problems"},

@@ -69,7 +69,7 @@ def _simulate(run_config: dict, *, num_clients: int, num_cpus: int | None, gpu_f
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         try:
-            box["history"] = run_federation(grid, run_config, on_round=on_round)
+            box["history"] = run_federation(grid, run_config, on_round_metrics=on_round)
         except Exception as e:  # noqa: BLE001 - Flower would log it and return; we re-raise it below
             box["error"] = e
             raise

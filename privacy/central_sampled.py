@@ -1,0 +1,208 @@
+"""Central DP with Poisson client sampling (DP-FedAvg, McMahan et al. 2018), a Flower Strategy.
+
+Each round every client takes part independently with probability ``q`` (``configure_train``
+draws the set over partition ids and sends to their nodes through the grid). ``aggregate_train``
+clips each reply's update (reply minus the global model, L2 over all arrays) to ``C``, SUMS the
+clipped updates, adds ``N(0, (z C)^2)`` per coordinate once, and divides by the expected count
+``q N``, a public constant (the fixed-denominator estimator). So the sensitivity to adding or
+removing one client is ``C / (q N)`` whatever happens in the round: a client that drops out, is
+late or is rejected is simply not in the sum, the round still releases, and the epsilon is the
+same (:mod:`privacy.sampled_accounting` charges every round, an empty one included, as the
+sampled Gaussian mechanism of rate ``q``).
+
+What holds against whom. Amplification by sampling needs the sample to be secret from the
+adversary: the participants of a round must not be predictable from anything it sees. So the
+sample is drawn from a generator seeded by the OS's CSPRNG (``secrets``), never from the run seed,
+and the noise likewise (the generators are numpy's PCG64; the secret is the 128-bit seed). The
+guarantee (client-level, add/remove one client) covers the sequence of released global models and
+everything computed from them (samples, FID, attacks on the model). It does not hold against the
+server, which sees every raw update (central DP trusts it), nor against a reader of the server's
+own log (``history.json`` names each round's sampled partitions and dropped clients): that log is
+the operator's, not part of the release. Runs in this mode are not bit-reproducible (by design).
+
+Adaptive clipping (Andrew et al. 2021, geometric update): the server also sums the centred bits
+``b_i - 1/2`` (``b_i = 1`` when the update's norm is within ``C``), adds ``N(0, sigma_b^2)``, and
+estimates the unclipped fraction ``b = sum / (q N) + 1/2``; then ``C <- C exp(-eta (b - gamma))``.
+The update's noise multiplier becomes ``(z^-2 - (2 sigma_b)^-2)^-1/2`` so both releases compose to
+``z``, which is what the accountant charges.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.supercore import log
+
+from privacy.sampled_accounting import SAMPLED_CLIENT_ACCOUNTANT, adaptive_update_noise, client_sampled_epsilon
+
+UNIFORM_WEIGHT_KEY = "dp-weight"  # what every client reports (1.0); the sum has no weights
+
+
+def secret_generator() -> np.random.Generator:
+    """A numpy generator whose seed (128 bits) comes from the OS's CSPRNG and is never recorded."""
+    return np.random.default_rng(secrets.randbits(128))
+
+
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """Andrew et al. 2021: target quantile ``gamma`` of the update norms, learning rate ``eta`` of
+    the geometric update, noise ``sigma_b`` of the clipped-count release."""
+
+    count_noise: float
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_quantile < 1:
+            raise ValueError(f"target quantile must be in (0, 1), got {self.target_quantile}")
+        if not (self.learning_rate > 0 and self.count_noise > 0):
+            raise ValueError("adaptive clipping needs a positive learning rate and count noise")
+
+    def next_clip(self, clip: float, centred_bit_sum: float, expected_clients: float,
+                  rng: np.random.Generator) -> tuple[float, float]:
+        """(the next clipping norm, the noised unclipped-fraction estimate) from this round's bits."""
+        fraction = (centred_bit_sum + rng.normal(0.0, self.count_noise)) / expected_clients + 0.5
+        return clip * math.exp(-self.learning_rate * (fraction - self.target_quantile)), fraction
+
+
+@dataclass(frozen=True)
+class SampledPrivacySpent:
+    epsilon: float
+    delta: float
+    num_releases: int
+    accounting_method: str = SAMPLED_CLIENT_ACCOUNTANT
+
+
+@dataclass
+class RoundRelease:
+    """What the server did in one round (its own log)."""
+
+    sampled: list[int]
+    aggregated: int = 0
+    clip: float = 0.0
+    noise_std: float = 0.0          # of the released aggregate, per coordinate: z_update C / (q N)
+    unclipped_fraction: float | None = None
+    norms: list[float] = field(default_factory=list)
+
+
+class PoissonSampledDP(Strategy):
+    """DP-FedAvg with Poisson client sampling, fixed-denominator sum and Gaussian noise.
+
+    ``partition_to_node``: partition id -> node id (``discover_partitions``); ``N`` is its size.
+    ``noise_multiplier``: ``z``, the accounted multiplier of one round (calibrated for the target
+    epsilon with :func:`privacy.sampled_accounting.client_sampled_noise`); with ``adaptive`` the
+    update itself gets the larger ``adaptive_update_noise(z, sigma_b)``. ``sampling_rng`` and
+    ``noise_rng`` default to secret generators; tests pass seeded ones.
+    """
+
+    def __init__(self, *, partition_to_node: dict[int, int], sample_rate: float, noise_multiplier: float,
+                 clipping_norm: float, delta: float, adaptive: AdaptiveClipping | None = None,
+                 sampling_rng: np.random.Generator | None = None, noise_rng: np.random.Generator | None = None,
+                 weighted_by_key: str = UNIFORM_WEIGHT_KEY) -> None:
+        super().__init__()
+        if not partition_to_node:
+            raise ValueError("no clients to sample")
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"client sample rate must be in (0, 1], got {sample_rate}")
+        if noise_multiplier < 0 or clipping_norm <= 0:
+            raise ValueError("noise multiplier must be >= 0 and clipping norm > 0")
+        self.partition_to_node = dict(sorted(partition_to_node.items()))
+        self.sample_rate = sample_rate
+        self.noise_multiplier = noise_multiplier
+        self.update_noise = (adaptive_update_noise(noise_multiplier, adaptive.count_noise)
+                             if adaptive is not None and noise_multiplier > 0 else noise_multiplier)
+        self.clip = clipping_norm
+        self.initial_clip = clipping_norm
+        self.delta = delta
+        self.adaptive = adaptive
+        self.sampling_rng = sampling_rng if sampling_rng is not None else secret_generator()
+        self.noise_rng = noise_rng if noise_rng is not None else secret_generator()
+        self.weighted_by_key = weighted_by_key
+        self.expected_clients = sample_rate * len(self.partition_to_node)  # q N, the public denominator
+        self.releases: dict[int, RoundRelease] = {}
+        self.sampled: dict[int, list[int]] = {}  # round -> partitions (the server's log)
+        self._current: dict[int, ArrayRecord] = {}
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> Poisson-sampled central DP: q = %g of %d clients, z = %g (update z = %g), C = %g%s",
+            self.sample_rate, len(self.partition_to_node), self.noise_multiplier, self.update_noise, self.clip,
+            ", adaptive clipping" if self.adaptive else "")
+
+    # -- train -------------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        parts = list(self.partition_to_node)
+        mask = self.sampling_rng.random(len(parts)) < self.sample_rate
+        chosen = [p for p, m in zip(parts, mask) if m]
+        self.sampled[server_round] = chosen
+        self._current[server_round] = arrays
+        config["server-round"] = server_round
+        record = RecordDict({"arrays": arrays, "config": config})
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.partition_to_node[p])
+                for p in chosen]
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Clip, sum, noise once, divide by ``q N``: always a release, whoever replied."""
+        current = self._current.pop(server_round)
+        names = list(current.keys())
+        base = {k: current[k].numpy() for k in names}
+        floats = [k for k in names if base[k].dtype.kind == "f"]  # integer buffers are kept as they are
+        total = {k: np.zeros(base[k].shape, dtype=np.float64) for k in floats}
+        replies = list(replies)
+        rel = RoundRelease(sampled=self.sampled.get(server_round, []), aggregated=len(replies), clip=self.clip)
+        centred_bits = 0.0
+        for reply in replies:
+            arrays = next(iter(reply.content.array_records.values()))
+            update = {k: arrays[k].numpy().astype(np.float64) - base[k] for k in floats}
+            norm = math.sqrt(sum(float(np.sum(u * u)) for u in update.values()))
+            scale = min(1.0, self.clip / norm) if norm > 0 else 1.0
+            for k in floats:
+                total[k] += update[k] * scale
+            centred_bits += (1.0 if norm <= self.clip else 0.0) - 0.5
+            rel.norms.append(norm)
+        std = self.update_noise * self.clip
+        out = {}
+        for k in names:
+            if k in total:
+                noised = total[k] + (self.noise_rng.normal(0.0, std, size=total[k].shape) if std > 0 else 0.0)
+                out[k] = Array(np.asarray(base[k] + noised / self.expected_clients, dtype=base[k].dtype))
+            else:
+                out[k] = Array(base[k])
+        rel.noise_std = std / self.expected_clients
+        if self.adaptive is not None:
+            self.clip, rel.unclipped_fraction = self.adaptive.next_clip(self.clip, centred_bits,
+                                                                        self.expected_clients, self.noise_rng)
+        self.releases[server_round] = rel
+        metrics = aggregate_metricrecords([r.content for r in replies], self.weighted_by_key) if replies \
+            else MetricRecord()
+        metrics["clip_norm"] = rel.clip
+        metrics["noise_std"] = rel.noise_std
+        if rel.unclipped_fraction is not None:
+            metrics["unclipped_fraction"] = rel.unclipped_fraction
+        return ArrayRecord(out), metrics
+
+    # -- evaluate: none (the runner evaluates the released model) -----------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    # -- accounting ----------------------------------------------------------------------------
+    def privacy_spent(self) -> SampledPrivacySpent:
+        """Epsilon after every release so far (each round one sampled Gaussian of multiplier z)."""
+        n = len(self.releases)
+        eps = client_sampled_epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, rounds=n,
+                                     delta=self.delta) if n else 0.0
+        return SampledPrivacySpent(epsilon=eps, delta=self.delta, num_releases=n)
