@@ -287,7 +287,6 @@ def _reconstructions(attack: Attack, result: AttackResult, shape: tuple[int, ...
 def _inversion(case: Case, attacks: list[Attack], record: dict, arrays: dict) -> dict:
     """Client 0's update on a few of its images, as the server sees it: each update kind, each attacker."""
     from benchmark.model import to_model_range
-    from benchmark.rundir import sample_grid_png
 
     ds, budget, seed = case.fed.dataset, case.budget, case.seed
     split = case.fed.partition.clients[0]
@@ -300,7 +299,7 @@ def _inversion(case: Case, attacks: list[Attack], record: dict, arrays: dict) ->
                                  local_steps=budget.inversion_local_steps,
                                  generator=case.generator("inversion-client", kind))
                for kind in budget.inversion_kinds}
-    rows = [truth]
+    rows = [("true images", truth)]
     for attack in attacks:
         out: dict = {"victims": victims.tolist(), "client": 0, "observed": observed_dp(case.scenario, case.privacy),
                      "lr": CLIENT_LR}
@@ -314,15 +313,55 @@ def _inversion(case: Case, attacks: list[Attack], record: dict, arrays: dict) ->
                 out[kind if i == 0 else f"{kind}-{randomness}"] = match_scores(truth, recon) | {
                     "batch_size": len(victims), "update_cosine": result.stats.get("update_cosine"),
                     "local_steps": update.local_steps, "randomness": randomness}
-                rows.append(recon)
+                m = out[kind if i == 0 else f"{kind}-{randomness}"]
+                rows.append((f"{attack.name}\n{kind}, {randomness} randomness\nPSNR {m['psnr']:.1f} dB, "
+                             f"SSIM {m['ssim']:.2f}", recon))
         record[attack.name] = out
-    sample_grid_png(np.concatenate(rows), case.out_dir / "inversion.png", ncol=len(victims))
+    inversion_png(rows, [f"image {v}" for v in victims], case.out_dir / "inversion.png",
+                  title=f"{case.scenario.name} seed {seed}: gradient inversion of client 0's update "
+                        f"as the server sees it (dp {case.scenario.dp_mode})")
     first = budget.inversion_kinds[0]
     inv = record[best_attack({a.name: record[a.name][first]["psnr"] for a in attacks})]
     return {"inversion_psnr": inv.get("gradient", {}).get("psnr"),
             "inversion_ssim": inv.get("gradient", {}).get("ssim"),
             "inversion_fedavg_psnr": inv.get("fedavg", {}).get("psnr"),
             "inversion_fedavg_ssim": inv.get("fedavg", {}).get("ssim")}
+
+
+def inversion_png(rows: list[tuple[str, np.ndarray]], columns: list[str], path: Path, title: str = "") -> None:
+    """The true images (top row) against each attacker's reconstructions, one labelled row each,
+    upscaled without smoothing (nearest neighbour) so that 28-pixel images are legible."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmark.rundir import write_atomic
+
+    ncol = max(len(r[1]) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.3 * ncol + 2.4, 1.35 * len(rows) + 0.5), squeeze=False)
+    for i, (label, images) in enumerate(rows):
+        for j in range(ncol):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(images):
+                img = images[j].transpose(1, 2, 0)
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255,
+                          interpolation="nearest")
+            else:
+                ax.axis("off")
+            if i == 0 and j < len(columns):
+                ax.set_title(columns[j], fontsize=8)
+        axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7, labelpad=6)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
 
 
 # One referee per observation kind (attacks.base.OBSERVATION_KINDS), run in this order.

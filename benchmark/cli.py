@@ -81,47 +81,92 @@ def _scenarios_from_args(args: argparse.Namespace):
     return load_scenario_file(args.scenario_file)
 
 
+# Where a user's leaderboards go unless asked otherwise: beside, never over, the published ones
+# (results/<suite>/, tracked). `--publish` rewrites the published tree.
+LOCAL_RESULTS = "results/local"
+PUBLISHED_RESULTS = "results"
+
+
+def _results_dir(args: argparse.Namespace) -> Path:
+    return Path(PUBLISHED_RESULTS if args.publish else (args.results or LOCAL_RESULTS))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from benchmark import quiet
     from benchmark.devices import resolve_device
 
     scenarios = _scenarios_from_args(args)  # a bad name or file fails here, before torch or Flower load
     resolve_device(args.device)
+    bars = not args.no_progress and sys.stderr.isatty()  # a log (CI, a pipe) gets lines, no carriage returns
 
-    from benchmark import leaderboard, runner
+    def report(line: str) -> None:
+        if bars:
+            tqdm.write(f"bench: {line}", file=sys.stderr)
+        else:
+            print(f"bench: {line}", file=sys.stderr, flush=True)
+
+    if args.dry_run:
+        return _dry_run(args, scenarios, report)
+    with quiet.hush(report):  # from the heavy imports on
+        return _run(args, scenarios, report, bars)
+
+
+def _options(args: argparse.Namespace, report, bars: bool):
+    from benchmark import runner
+
+    return runner.RunOptions(out_dir=Path(args.out), device=args.device, data_root=args.data_root,
+                             resume=args.resume, progress=bars, report=report)
+
+
+def _dry_run(args: argparse.Namespace, scenarios, report) -> int:
+    """What would run and what is complete; never refuses a complete folder."""
+    from benchmark import runner
+
+    work = runner.plan(scenarios, args.seeds, dataclasses.replace(_options(args, report, False), resume=True))
+    for s, seed, path, done in work:
+        print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
+    print(f"bench: dry run: {sum(w[3] for w in work)} complete, {sum(not w[3] for w in work)} to run"
+          + ("" if args.resume or not any(w[3] for w in work) else " (a real run needs --resume)")
+          + f"; leaderboards to {_results_dir(args)}", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
+    from tqdm import tqdm
+
+    from benchmark import leaderboard, quiet, runner
     from benchmark.errors import EXIT_AUDIT_FAILED
+    from benchmark.progress import Progress
 
-    opts = runner.RunOptions(out_dir=Path(args.out), device=args.device, data_root=args.data_root,
-                             resume=args.resume, progress=not args.no_progress,
-                             report=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
-    if args.dry_run:  # what would run and what is complete; never refuses a complete folder
-        work = runner.plan(scenarios, args.seeds, dataclasses.replace(opts, resume=True))
-        for s, seed, path, done in work:
-            print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
-        print(f"bench: dry run: {sum(w[3] for w in work)} complete, {sum(not w[3] for w in work)} to run"
-              + ("" if args.resume or not any(w[3] for w in work) else " (a real run needs --resume)"),
-              file=sys.stderr)
-        return 0
+    opts = _options(args, report, bars)
+    results_dir = _results_dir(args)
     work = runner.plan(scenarios, args.seeds, opts)
-    runner.check_data(work, opts)
-    runner.check_writable(opts.out_dir)
-    runner.check_writable(Path(args.results))
-    todo = [w for w in work if not w[3]]
-    runner.check_fid_available(tuple(w[0] for w in todo))
-    for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
-            tuple({w[0] for w in todo}), opts).items():
-        print(f"bench: verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err "
-              f"{rep.modes[0].norm_rel_err:.1e}", file=sys.stderr)
-    print(f"bench: {len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}",
-          file=sys.stderr)
-    for s, seed, _path, _done in tqdm(todo, desc="runs", unit="run", disable=args.no_progress,
-                                      file=sys.stderr):
+    # Bad input is refused in one line, so the checks print nothing unless they take 30 s.
+    checks = Progress(report, "before any training")
+    checks.stage = "checks (data files and partitions, output folders, FID network, verify-dp)"
+    try:
+        runner.check_data(work, opts)
+        runner.check_writable(opts.out_dir)
+        runner.check_writable(results_dir)
+        todo = [w for w in work if not w[3]]
+        runner.check_fid_available(tuple(w[0] for w in todo))
+        for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
+                tuple({w[0] for w in todo}), opts).items():
+            checks.say(f"verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err {rep.modes[0].norm_rel_err:.1e}")
+    finally:
+        checks.close()
+    report(f"{len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}")
+    for i, (s, seed, _path, _done) in enumerate(tqdm(todo, desc="runs", unit="run", disable=not bars,
+                                                     file=sys.stderr), 1):
+        report(f"run {i}/{len(todo)}: {s.name} seed {seed}")
         path = runner.run_one(s, seed, opts)
-        print(f"bench: finished {s.name} seed {seed} -> {path}", file=sys.stderr)
+        report(f"finished {s.name} seed {seed} -> {path}")
     suites = sorted({s.suite for s in scenarios})
-    for path in leaderboard.summarize(opts.out_dir, Path(args.results), suites=suites):
-        print(f"bench: leaderboard {path}")
+    boards = leaderboard.summarize(opts.out_dir, results_dir, suites=suites)
+    if quiet.hidden():
+        report(f"{quiet.hidden()} library warning(s) hidden (BENCH_VERBOSE=1 shows them)")
     # Bonferroni over every audited run of this invocation: if every claim holds, exit 3 has
     # probability at most 5 %.
     audit = runner.suite_audit([w[2] for w in work])
@@ -131,6 +176,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for path, ceiling, claim in audit.inconclusive:
         print(f"bench: INCONCLUSIVE audit: {path}: the largest bound its candidates could certify, {ceiling:.3g}, "
               f"does not exceed the audited epsilon {claim:.3g}", file=sys.stderr)
+    from benchmark.report import terminal_summary
+
+    for path in boards:
+        print(terminal_summary(path, runs_dir=opts.out_dir))
     failed = runner.failed_audits([w[2] for w in work], audit=audit)
     for line in failed:
         print(f"bench: {line}", file=sys.stderr)
@@ -156,7 +205,7 @@ def cmd_partitions(args: argparse.Namespace) -> int:
 def cmd_summarize(args: argparse.Namespace) -> int:
     from benchmark import leaderboard
 
-    for path in leaderboard.summarize(Path(args.runs_dir), Path(args.results), suites=args.suite):
+    for path in leaderboard.summarize(Path(args.runs_dir), _results_dir(args), suites=args.suite):
         print(f"bench: leaderboard {path} (report: {path.parent / 'README.md'})")
     return 0
 
@@ -293,6 +342,14 @@ def cmd_sampler_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_args(q: argparse.ArgumentParser) -> None:
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--results", help=f"folder for leaderboards, reports and plots (default: {LOCAL_RESULTS}, "
+                   "beside the published ones)")
+    g.add_argument("--publish", action="store_true", help=f"write into {PUBLISHED_RESULTS}/<suite>/, "
+                   "replacing the published (tracked) leaderboards")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from benchmark.scenarios import SAMPLERS, SCALES
     from privacy.accounting import SAMPLE_ACCOUNTANTS
@@ -315,13 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--scale", default="cpu", choices=SCALES, help="cpu (default) or gpu: sizes the same scenarios")
     q.add_argument("--seeds", type=_seeds, help="seeds, e.g. '0,1,2' (default: the scenario's)")
     q.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
-    q.add_argument("--results", default="results", help="folder for leaderboards (default: results)")
+    _results_args(q)
     q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     q.add_argument("--data-root", help="where on-disk datasets lie (default: $FEDDP_DATA_ROOT or "
                    "~/.cache/feddp-bench/data)")
     q.add_argument("--resume", action="store_true", help="skip runs that are already complete")
     q.add_argument("--dry-run", action="store_true", help="print the runs without running them")
-    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is "
+                   "not a terminal: a log gets one line per stage, round and run)")
     q.set_defaults(fn=cmd_run)
 
     q = sub.add_parser("fid", help="FID and KID between two image folders or .npz arrays")
@@ -411,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
     q.add_argument("runs_dir", help="folder of run folders (bench run --out)")
-    q.add_argument("--results", default="results", help="folder for leaderboards (default: results)")
+    _results_args(q)
     q.add_argument("--suite", action="append", help="only this suite (repeatable)")
     q.set_defaults(fn=cmd_summarize)
 
@@ -428,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"{SETTINGS_RTOL:g},\n    or accountant, fid_impl or fid_n_samples changed;\n"
         "  a gated metric got worse by more than its band, where\n"
         "    band = max(SIGMAS * sqrt(std_base^2/n_base + std_new^2/n_new), margin)\n"
-        "    (seeds' spread; only the margin when either side has one seed);\n"
+        "    (seeds' spread; only the margin when either side has one seed; a DP row with one seed on a\n"
+        "    side: never less than the metric's noise floor, as its noise differs between runs by design);\n"
         "  a metric BASE has is empty in NEW; audit_failed is true in NEW; a BASE row is missing in NEW.\n"
         "Gated metrics and default margins (override with --margin METRIC=VALUE, VALUE absolute or N%):\n"
         + "".join(f"  {m:24s} {g.describe()}\n" for m, g in GATED.items())

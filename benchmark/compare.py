@@ -16,6 +16,13 @@ Rows are matched by (suite, scenario, scale). For every matched row:
   (the standard error of the difference of the two means, from the seeds' spread, with a set
   margin as the floor; only the margin where either side has a single seed). A change beyond
   the band in the worse direction fails; beyond it in the better direction is reported as better;
+* a DP row whose noise no run replays (:func:`secret_noise`: central DP's noise comes from
+  Flower's wrapper, numpy's unseeded global RNG, and DP noise is secret by design) differs between
+  two runs of the same commit by that noise alone. Where either side has one seed there is no
+  spread to set a band from, so the band is never less than the gate's ``noise_floor`` (declared
+  in :mod:`benchmark.schema`, sized to the spread of the published CPU central-DP rows): such a
+  row is gated on its settings, definition, audit and missing values, and on its metrics only
+  beyond that floor. More seeds give it a real band;
 * a metric present in BASE but empty in NEW fails (it stopped being measured);
 * ``audit_failed`` true in NEW fails, whatever BASE says;
 * a BASE row missing from NEW fails; a NEW row missing from BASE is reported, not failed
@@ -27,6 +34,7 @@ seeds' noise and larger than the margin to count.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +58,18 @@ SETTINGS_RTOL = 1e-4
 FID_METRICS = ("fid", "kid")
 
 FAILING = ("WORSE", "CHANGED", "MISSING", "AUDIT FAILED")
+
+
+def secret_noise(dp_mode) -> bool:
+    """Whether two runs of the same commit draw different noise for a row of this ``dp_mode`` (the
+    gates' ``noise_floor`` applies): every DP mode of :mod:`privacy.modes`, whose noise is secret by
+    design (central DP: Flower's wrapper draws it from numpy's unseeded global RNG)."""
+    from privacy.modes import ModeError, get_dp_mode  # torch-free
+
+    try:
+        return get_dp_mode(str(dp_mode)).private
+    except ModeError:
+        return False
 
 
 class CompareError(ValueError):
@@ -97,9 +117,12 @@ def parse_margin(text: str) -> tuple[str, float, bool]:
 
 
 def _band(gate: Gate, b: pd.Series, n: pd.Series, metric: str, sigmas: float) -> float:
-    margin = gate.margin * abs(float(b[metric])) if gate.relative else gate.margin
+    scale = abs(float(b[metric])) if gate.relative else 1.0
+    margin = gate.margin * scale
     sb, sn = b.get(f"{metric}_std"), n.get(f"{metric}_std")
     if _na(sb) or _na(sn):
+        if gate.noise_floor is not None and secret_noise(n.get("dp_mode", "")):
+            return max(margin, gate.noise_floor * scale)
         return margin
     se = math.sqrt(float(sb) ** 2 / int(b["n_seeds"]) + float(sn) ** 2 / int(n["n_seeds"]))
     return max(sigmas * se, margin)
@@ -160,7 +183,9 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, *, sigmas: float = 3.0,
         raise CompareError(f"--sigmas must be >= 0, got {sigmas}")
     gates = dict(GATED)
     for metric, (value, rel) in (margins or {}).items():
-        gates[metric] = Gate(GATED[metric].lower_is_better, value, rel)
+        g = GATED[metric]  # the noise floor is in the margin's unit: kept only where that unit is unchanged
+        gates[metric] = dataclasses.replace(g, margin=value, relative=rel,
+                                            noise_floor=g.noise_floor if rel == g.relative else None)
     for label, df in (("BASE", base), ("NEW", new)):
         dup = df[df.duplicated(list(KEY), keep=False)]
         if len(dup):

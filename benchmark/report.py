@@ -65,7 +65,8 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: float | None = None) -> bool:
+def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: float | None = None,
+           legend: bool = True) -> bool:
     """One line per (dp_mode, partition) over epsilon; rows without DP as a dashed level per partition."""
     drew = False
     dp = df[(df["dp_mode"] != NO_DP) & df["epsilon"].notna() & df[y].notna()]
@@ -77,7 +78,11 @@ def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: 
         drew = True
     nodp = df[(df["dp_mode"] == NO_DP) & df[y].notna()]
     for i, (part, g) in enumerate(nodp.groupby("partition", sort=True)):
-        ax.axhline(float(g[y].mean()), ls="--", color=f"C{7 + i % 3}", label=f"no DP, {part}")
+        level, color = float(g[y].mean()), f"C{7 + i % 3}"
+        ax.axhline(level, ls="--", color=color, label=f"no DP, {part}")
+        spread = float(g[ystd].mean()) if ystd and g[ystd].notna().any() else None
+        if spread:  # the seeds' spread of the level, as the DP points' error bars
+            ax.axhspan(level - spread, level + spread, color=color, alpha=0.15, lw=0)
         drew = True
     if chance is not None:
         ax.axhline(chance, ls=":", color="k", lw=1, label="chance")
@@ -90,8 +95,8 @@ def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: 
     ax.set_xlabel("epsilon (claimed, at delta)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    if drew:
-        ax.legend(fontsize=7)
+    if drew and legend:  # beside the axes, never over the points
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return drew
 
 
@@ -105,20 +110,25 @@ def plot_frontier(df: pd.DataFrame, path: Path) -> Path | None:
     """FID vs epsilon (the utility-privacy frontier); error bars are the seeds' std."""
     if not df["fid"].notna().any() or not (df["dp_mode"] != NO_DP).any():
         return None
-    plt, fig, ax = _figure(figsize=(6.4, 4.2))
+    plt, fig, ax = _figure(figsize=(8.4, 4.4))
     _lines(df, ax, "fid", "fid_std", "FID (lower is better)")
+    # TODO(issue 17): mark the floor, the FID of real vs real images at the same n (what a perfect
+    # generator scores at this n); it needs a second real sample scored at run time, as no run has it.
     impl = ";".join(sorted(set(df["fid_impl"].dropna())))
     n = ";".join(sorted({str(int(x)) for x in df["fid_n_samples"].dropna()}))
     ax.set_title(f"{df['suite'].iloc[0]}: utility vs privacy\n{_subtitle(df)}; FID at n = {n}", fontsize=9)
-    fig.text(0.01, -0.02, f"fid_impl: {impl}", fontsize=6)
+    one_seed = bool((df["n_seeds"].dropna() <= 1).all())
+    fig.text(0.01, -0.02, f"fid_impl: {impl}\n" + (
+        "one seed per point: no error bars, the spread between runs is unknown (more seeds draw it)" if one_seed
+        else "error bars and shaded bands: std over seeds"), fontsize=7)
     return _save(plt, fig, path)
 
 
 def plot_attack_vs_epsilon(df: pd.DataFrame, path: Path) -> Path | None:
     if not df["mia_auc"].notna().any():
         return None
-    plt, fig, (a, b) = _figure(ncols=2, figsize=(10, 4))
-    _lines(df, a, "mia_auc", "mia_auc_std", "best MIA AUC (lower is better)", chance=0.5)
+    plt, fig, (a, b) = _figure(ncols=2, figsize=(12, 4.2))
+    _lines(df, a, "mia_auc", "mia_auc_std", "best MIA AUC (lower is better)", chance=0.5, legend=False)
     _lines(df, b, "mia_tpr_at_1pct_fpr", "mia_tpr_at_1pct_fpr_std", "TPR at 1% FPR (lower is better)",
            chance=0.01)
     fig.suptitle(f"{df['suite'].iloc[0]}: membership inference vs epsilon ({_subtitle(df)})", fontsize=9)
@@ -182,13 +192,40 @@ def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
         ax.set_title(f"{row['scenario']} ({eps}, {seed})", fontsize=8)
         written.append(_save(plt, fig, out_dir / "roc" / f"{row['scenario']}-{row['scenario_hash']}.png"))
     if best:
-        plt, fig, ax = _figure(figsize=(6, 5))
-        draw_roc(ax, [(f"{scenario} ({eps}): {name.replace('_', '-')}, AUC {best_auc:.3f}", fpr, tpr)
+        plt, fig, ax = _figure(figsize=(9.6, 5.2))
+        suite = str(df["suite"].iloc[0])
+        draw_roc(ax, [(f"{_short(scenario, suite)} ({eps}): {name.replace('_', '-')}, AUC {best_auc:.3f}", fpr, tpr)
                       for scenario, eps, _n, (best_auc, name, fpr, tpr) in best], max(b[2] for b in best))
-        ax.legend(fontsize=6, loc="lower right")
-        ax.set_title(f"{df['suite'].iloc[0]}: best membership-inference attack per scenario", fontsize=9)
+        modes = {str(r["scenario"]): str(r["dp_mode"]) for _, r in df.iterrows()}
+        _distinct(ax.get_lines()[:len(best)], [modes.get(b[0], "") for b in best])
+        # The legend beside the axes, never over the curves; one entry per scenario.
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                  title="scenario (claimed epsilon): best attack", title_fontsize=7)
+        ax.set_title(f"{suite}: best membership-inference attack per scenario\n(line style: dp_mode; "
+                     f"log-log, the lower left is the low-FPR regime)", fontsize=9)
         written.append(_save(plt, fig, out_dir / "roc.png"))
     return written
+
+
+# Line styles by dp_mode (the registry's modes in order) and 10 colours of tab10 x 2 of tab20's
+# lighter shades: up to 20 curves of which no two look alike.
+_STYLES = ("-", "--", "-.", (0, (1, 1)))
+
+
+def _short(scenario: str, suite: str) -> str:
+    """A scenario's name without its suite's prefix (the plot's title names the suite)."""
+    return scenario[len(suite) + 1:] if scenario.startswith(suite + "-") else scenario
+
+
+def _distinct(lines, modes: list[str]) -> None:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    names = dp_mode_names()
+    for i, (line, mode) in enumerate(zip(lines, modes)):
+        line.set_color(cmap((2 * i) % 20 + (i // 10) % 2))
+        line.set_linestyle(_STYLES[names.index(mode) % len(_STYLES)] if mode in names else "-")
+        line.set_linewidth(1.6)
 
 
 def plot_samples(df: pd.DataFrame, runs: dict, path: Path) -> Path | None:
@@ -312,3 +349,61 @@ def write_report(res, out_dir: Path) -> list[Path]:
     if (out_dir / "roc").is_dir() and not any((out_dir / "roc").iterdir()):
         (out_dir / "roc").rmdir()
     return [*written, out_dir / "README.md"]
+
+
+# The columns ``bench run`` shows in the terminal at the end (the rest is in the CSV and README).
+SUMMARY_COLUMNS = ("scenario", "dp_mode", "epsilon", "fid", "kid", "downstream_acc", "mia_auc",
+                   "epsilon_empirical_lb", "audit")
+
+
+def audit_cell(row) -> str:
+    """A row's audit in a word: ``audit_verdict`` where the leaderboard has it, else from
+    ``audit_failed`` (FAILED / passed; empty where nothing is claimed)."""
+    verdict = row.get("audit_verdict")
+    if verdict is not None and not pd.isna(verdict) and str(verdict).strip():
+        return str(verdict).strip()
+    failed = row.get("audit_failed")
+    if failed is None or pd.isna(failed) or str(failed).strip() == "":
+        return ""
+    return "FAILED" if str(failed).strip().lower() in ("true", "1") else "passed"
+
+
+def terminal_summary(leaderboard_csv: Path, runs_dir: Path | None = None) -> str:
+    """What ``bench run`` prints last: the key columns of a suite's leaderboard as a small table,
+    the audits that failed or were inconclusive by name, and where the files are."""
+    path = Path(leaderboard_csv)
+    df = pd.read_csv(path, keep_default_na=True)
+    out_dir = path.parent
+    rows = []
+    for _, r in df.iterrows():
+        cells = []
+        for col in SUMMARY_COLUMNS:
+            if col == "audit":
+                cells.append(audit_cell(r))
+            elif col in ("scenario", "dp_mode"):
+                cells.append(str(r.get(col, "")))
+            else:
+                cells.append(_fmt(r.get(col), ".4g" if col == "epsilon" else ".3g"))
+        rows.append(cells)
+    header = list(SUMMARY_COLUMNS)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    suite = str(df["suite"].iloc[0]) if len(df) and "suite" in df else out_dir.name
+    lines = [f"== {suite}: {len(df)} scenario(s)", fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)]
+    audits = {str(r["scenario"]): audit_cell(r) for _, r in df.iterrows()}
+    failed = [s for s, a in audits.items() if a.upper().startswith("FAIL")]
+    unsure = [s for s, a in audits.items() if "inconclusive" in a.lower()]
+    checked = [s for s, a in audits.items() if a]
+    if failed:
+        lines.append(f"audit FAILED ({len(failed)}): {', '.join(failed)}")
+    if unsure:
+        lines.append(f"audit inconclusive ({len(unsure)}): {', '.join(unsure)}")
+    if not failed and not unsure:
+        lines.append(f"audit: none failed ({len(checked)} DP row(s) audited)" if checked else
+                     "audit: no DP row (nothing claimed, nothing audited)")
+    plots = sorted(p.name for p in out_dir.glob("*.png"))
+    lines += [f"runs:        {runs_dir}" if runs_dir is not None else None,
+              f"leaderboard: {path}",
+              f"report:      {out_dir / 'README.md'}" if (out_dir / "README.md").exists() else None,
+              f"plots:       {out_dir}/{{{','.join(plots)}}}" if plots else None]
+    return "\n".join(ln for ln in lines if ln is not None)

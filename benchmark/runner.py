@@ -27,6 +27,7 @@ from benchmark.errors import VerificationError
 from benchmark.federation import task
 from benchmark.federation.simulation import simulate
 from benchmark.model import make_scheduler, sample
+from benchmark.progress import Progress, round_line
 from benchmark.rundir import (environment, is_complete, run_dir, sample_grid_png, write_atomic, write_json,
                               write_npz)
 from benchmark.scenarios import Scenario
@@ -49,7 +50,7 @@ class RunOptions:
     device: str = "cpu"
     data_root: str | None = None
     resume: bool = False
-    progress: bool = True                          # tqdm bars (rounds)
+    progress: bool = True                          # tqdm bars (rounds; bench run: on a TTY only)
     report: Callable[[str], None] | None = None    # one line as each stage of a run starts
 
 
@@ -132,14 +133,18 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
 # starts, so a long run is never silent (a CI log shows the current stage of every run).
 STAGES = ("train", "sample", "score", "attack", "record")
 
-
 def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOptions) -> Path:
-    device = resolve_device(opts.device)
-    t_start = time.perf_counter()
+    progress = Progress(opts.report, f"{scenario.name} seed {seed}")
+    try:
+        return _run_stages(work, final, scenario, seed, opts, progress)
+    finally:
+        progress.close()
 
-    def stage(name: str, what: str) -> None:
-        if opts.report is not None:
-            opts.report(f"{scenario.name} seed {seed}: {name} ({what}) [{time.perf_counter() - t_start:.0f} s]")
+
+def _run_stages(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOptions,
+                progress: Progress) -> Path:
+    device = resolve_device(opts.device)
+    stage = progress.enter
 
     fed = task.load_federated_data(scenario, seed, opts.data_root)
     write_json(work / "scenario.json", scenario.to_dict() | {"hash": scenario.hash, "seed": seed})
@@ -147,7 +152,7 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
 
     stage("train", f"{scenario.rounds} round(s), {scenario.clients_per_round} of {scenario.num_clients} clients, "
                    f"dp {scenario.dp_mode}")
-    history = train_stage(scenario, seed, work, fed, device, opts)
+    history = train_stage(scenario, seed, work, fed, device, opts, progress)
     stage("sample", f"{scenario.fid_n_samples} images, {scenario.sampler}-{scenario.sample_steps}")
     model, fake, fake_labels, sample_s = sample_stage(scenario, seed, work, fed, device)
     stage("score", f"FID/KID at n = {scenario.fid_n_samples}"
@@ -169,19 +174,42 @@ def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOpt
     return record_stage(work, final, metrics, device)
 
 
-def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opts: RunOptions) -> dict:
-    """Federated training in Flower's simulation engine; writes global_model.pt and history.json."""
+def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opts: RunOptions,
+                progress: Progress | None = None) -> dict:
+    """Federated training in Flower's simulation engine; writes global_model.pt and history.json.
+    A line per finished round (``round_line``), and a tqdm bar where ``opts.progress`` (a TTY)."""
     bar = None
     if opts.progress:
         from tqdm import tqdm
         bar = tqdm(total=scenario.rounds, desc=f"{scenario.name} seed {seed}: rounds", unit="round",
                    leave=False, file=sys.stderr)
+    sigma = None
+    mode = get_dp_mode(scenario.dp_mode)
+    # Fixed client sampling (Flower's wrappers): the server's plan, public and the same as its own.
+    if mode.server_adds_noise and getattr(mode, "client_sampling", "fixed") == "fixed":
+        from privacy.central import calibrate_central
+
+        sigma = calibrate_central(target_epsilon=scenario.target_epsilon, delta=scenario.delta,
+                                  rounds=scenario.rounds, num_clients=scenario.num_clients)
+    t0 = time.monotonic()
+
+    def on_round(r: int, metrics: dict) -> None:
+        if bar is not None:
+            bar.update(1)
+        if progress is not None:
+            elapsed = time.monotonic() - t0
+            try:
+                line = round_line(scenario, r, metrics, elapsed, sigma)
+            except Exception:  # noqa: BLE001 - a progress line never fails a run
+                line = f"round {r}/{scenario.rounds} done ({elapsed:.0f} s)"
+            progress.say(line)
+
     run_config = {"scenario": scenario.to_json(), "seed": seed, "out-dir": str(work),
                   "device": device, "data-root": opts.data_root or ""}
     try:
         return simulate(run_config, num_clients=scenario.num_clients,
                         gpu_fraction=(1.0 / scenario.clients_per_round) if device.startswith("cuda") else 0.0,
-                        on_round=(lambda r: bar.update(1)) if bar else None, fed=fed)
+                        on_round=on_round, fed=fed)
     finally:
         if bar:
             bar.close()

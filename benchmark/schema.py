@@ -60,11 +60,18 @@ class Gate:
 
     lower_is_better: bool
     margin: float
-    relative: bool  # margin as a fraction of the baseline value
+    relative: bool  # margin (and noise_floor) as a fraction of the baseline value
+    # The least band of a DP row whose noise no run replays (benchmark.compare.SECRET_NOISE_MODES)
+    # where either side has one seed: no spread to set a band from, and two runs of the same
+    # commit differ by that noise. Sized to the spread of the published CPU central-DP rows.
+    noise_floor: float | None = None
+
+    def _fmt(self, v: float) -> str:
+        return f"{v:.0%} of base" if self.relative else f"{v:g}"
 
     def describe(self) -> str:
-        return f"{'lower' if self.lower_is_better else 'higher'} is better, margin " + (
-            f"{self.margin:.0%} of base" if self.relative else f"{self.margin:g}")
+        return (f"{'lower' if self.lower_is_better else 'higher'} is better, margin {self._fmt(self.margin)}"
+                + (f", noise floor {self._fmt(self.noise_floor)}" if self.noise_floor is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -170,30 +177,36 @@ LEADERBOARD: list[Column] = [
     _metric("noise_multiplier", "float", "mean", "Gaussian noise std / clipping norm", **_NO_DP),
     _metric("max_grad_norm", "float", "mean", "clipping norm (per sample: local; per update: central)", **_NO_DP),
     _metric("sample_rate", "float", "mean", "Poisson rate q (local) or clients sampled / N (central)", **_NO_DP),
-    _metric("fid", "float", "mean_std", "Frechet Inception distance", better="lower", gate=Gate(True, 0.10, True),
+    _metric("fid", "float", "mean_std", "Frechet Inception distance", better="lower",
+            gate=Gate(True, 0.10, True, noise_floor=0.50),
             report=Shown("FID ↓", fmt=".1f", std=True, always=True)),
     _metric("fid_impl", "str", "joined",
             "extractor, mode and resize; FIDs with different `fid_impl` are never comparable"),
     _metric("fid_n_samples", "int", "min", "generated images (= real reference images) per FID"),
     _metric("kid", "float", "mean_std", "kernel Inception distance (clean-fid), same features as FID", better="lower",
-            gate=Gate(True, 0.10, True), report=Shown("KID ↓", fmt=".3f", std=True)),
+            gate=Gate(True, 0.10, True, noise_floor=0.60), report=Shown("KID ↓", fmt=".3f", std=True)),
     _metric("downstream_acc", "float", "mean_std", "accuracy on the real test split of a small CNN trained on "
             "generated images (class-conditional scenarios)", unit="fraction", better="higher",
-            gate=Gate(False, 0.02, False), report=Shown("downstream acc ↑", fmt=".3f", std=True), **_OPTIONAL),
+            gate=Gate(False, 0.02, False, noise_floor=0.05),
+            report=Shown("downstream acc ↑", fmt=".3f", std=True), **_OPTIONAL),
     _metric("mia_auc", "float", "mean_std", "best membership-inference attack's ROC AUC (best = highest AUC per run)",
-            better="lower (0.5 = chance)", gate=Gate(True, 0.02, False),
+            better="lower (0.5 = chance)", gate=Gate(True, 0.02, False, noise_floor=0.08),
             report=Shown("MIA AUC ↓", fmt=".3f", std=True), **_OPTIONAL),
     _metric("mia_best_attack", "str", "joined", "the attack(s) with the highest AUC", **_OPTIONAL),
     _metric("mia_tpr_at_1pct_fpr", "float", "mean_std", "best attack's TPR at 1% FPR", unit="fraction",
-            better="lower (0.01 = chance)", gate=Gate(True, 0.02, False), report=Shown("TPR@1%FPR ↓", fmt=".3f"),
+            better="lower (0.01 = chance)", gate=Gate(True, 0.02, False, noise_floor=0.05),
+            report=Shown("TPR@1%FPR ↓", fmt=".3f"),
             **_OPTIONAL),
     _metric("mia_tpr_at_0_1pct_fpr", "float", "mean_std", "best attack's TPR at 0.1% FPR", unit="fraction",
-            better="lower (0.001 = chance)", gate=Gate(True, 0.01, False), report=Shown("TPR@0.1%FPR ↓", fmt=".3f"),
+            better="lower (0.001 = chance)", gate=Gate(True, 0.01, False, noise_floor=0.05),
+            report=Shown("TPR@0.1%FPR ↓", fmt=".3f"),
             **_OPTIONAL),
     _metric("inversion_psnr", "float", "mean_std", "gradient inversion reconstruction PSNR", unit="dB", better="lower",
-            gate=Gate(True, 1.0, False), report=Shown("inversion PSNR (dB) ↓", fmt=".1f"), **_OPTIONAL),
+            gate=Gate(True, 1.0, False, noise_floor=10.0), report=Shown("inversion PSNR (dB) ↓", fmt=".1f"),
+            **_OPTIONAL),
     _metric("inversion_ssim", "float", "mean_std", "gradient inversion reconstruction SSIM (0-1)", better="lower",
-            gate=Gate(True, 0.05, False), report=Shown("inversion SSIM ↓", fmt=".3f"), **_OPTIONAL),
+            gate=Gate(True, 0.05, False, noise_floor=0.7), report=Shown("inversion SSIM ↓", fmt=".3f"),
+            **_OPTIONAL),
     _metric("epsilon_audited", "float", "max", "the epsilon the audit holds the row to: the claim for the unit the "
             "attacks test (`audit_unit`); a client-level claim is turned into its image-level epsilon "
             "(`privacy.accounting.image_level_epsilon`); empty without DP", **_OPTIONAL),
@@ -487,9 +500,17 @@ def gate_table() -> str:
             return f"{g.margin:.0%} of the baseline value"
         return f"{g.margin:g}" + (f" {c.unit}" if c.unit and c.unit != "fraction" else "")
 
-    rows = [[f"`{c.name}`", "higher" if c.gate.lower_is_better else "lower", margin(c)]
+    def floor(c: Column) -> str:
+        g = c.gate
+        if g.noise_floor is None:
+            return ""
+        return f"{g.noise_floor:.0%}" if g.relative else f"{g.noise_floor:g}" + (
+            f" {c.unit}" if c.unit and c.unit != "fraction" else "")
+
+    rows = [[f"`{c.name}`", "higher" if c.gate.lower_is_better else "lower", margin(c), floor(c)]
             for c in LEADERBOARD if c.gate]
-    return _table(["gated metric", "worse when", "default margin (`--margin METRIC=VALUE`, absolute or `N%`)"], rows)
+    return _table(["gated metric", "worse when", "default margin (`--margin METRIC=VALUE`, absolute or `N%`)",
+                   "noise floor (one-seed DP rows)"], rows)
 
 
 def metrics_table() -> str:

@@ -1,6 +1,7 @@
 """bench compare: the regression gate between two leaderboards (fake run folders, no training)."""
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -97,11 +98,16 @@ def test_band_from_the_seeds_spread(board):
     n2["fid"] = b["fid"] + 50.0
     (f,) = [f for f in cmp.compare_rows(b2, n2, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")]
     assert f.status == "WORSE" and f.band == "±49"
-    # One seed on a side: the margin alone.
+    # One seed on a side: the margin alone (a row without DP noise) ...
     b3, n3 = b2.copy(), n2.copy()
     n3["fid_std"], n3["n_seeds"], n3["fid"] = float("nan"), 1, b["fid"] * 1.11
+    b3["dp_mode"] = n3["dp_mode"] = "none"
     (f,) = [f for f in cmp.compare_rows(b3, n3, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")]
     assert f.status == "WORSE" and f.band == f"±{0.1 * b['fid']:.3g}"
+    # ... and the noise floor (50% for FID) for a DP row, whose noise no run replays.
+    b3["dp_mode"] = n3["dp_mode"] = "central-dp"
+    (f,) = [f for f in cmp.compare_rows(b3, n3, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")]
+    assert f.status == "ok" and f.band == f"±{0.5 * b['fid']:.3g}"
 
 
 def test_stronger_attack_failed_audit_missing_metric_and_row(board, tmp_path, capsys):
@@ -172,3 +178,43 @@ def test_margin_override(board, tmp_path):
     assert not [f for f in cmp.compare_files(board, new) if f.failing]
     found = cmp.compare_files(board, new, margins={"fid": (0.01, True)})
     assert [(f.scenario, f.status) for f in found if f.failing] == [("privacy-iid-local-eps4", "WORSE")]
+
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "privacy" / "leaderboard.csv"
+NOISY = ("fid", "kid", "downstream_acc", "mia_auc", "mia_tpr_at_1pct_fpr", "mia_tpr_at_0_1pct_fpr",
+         "inversion_psnr", "inversion_ssim", "epsilon_empirical_lb", "mia_best_attack")
+
+
+@pytest.mark.parametrize("shift", [1, 2])
+def test_central_dp_noise_of_the_published_size_passes(tmp_path, capsys, shift):
+    """A fresh run of the same commit differs on central-DP rows by the server's secret noise (one
+    seed, no spread): give each central row the metrics of another epsilon of the same partition,
+    the published leaderboard's own spread, and the gate stays quiet."""
+    df = pd.read_csv(PUBLISHED, dtype=str, keep_default_na=False)
+    for part in sorted(set(df["partition"])):
+        idx = df.index[(df["partition"] == part) & (df["dp_mode"] == "central-dp")].tolist()
+        assert len(idx) == 3 and all(df.loc[i, "n_seeds"] == "1" for i in idx)
+        rotated = idx[shift:] + idx[:shift]
+        df.loc[idx, list(NOISY)] = df.loc[rotated, list(NOISY)].to_numpy()
+    new = tmp_path / "fresh.csv"
+    new.write_text(df.to_csv(index=False, lineterminator="\n"))
+    assert not read_leaderboard(new).equals(read_leaderboard(PUBLISHED))
+    code, out, err = run_cli(capsys, PUBLISHED, new)
+    assert code == 0, out + err
+    assert "no regression in 14 scenario(s)" in out
+
+
+def test_noise_floor_hides_no_real_regression(tmp_path):
+    """The floor is for secret noise only: the same FID change fails a one-seed no-DP row, and a
+    central row still fails beyond its floor."""
+    df = pd.read_csv(PUBLISHED, dtype=str, keep_default_na=False)
+    nodp = df.index[df["scenario"] == "privacy-iid-nodp"][0]
+    central = df.index[df["scenario"] == "privacy-iid-central-eps4"][0]
+    df.loc[nodp, "fid"] = repr(float(df.loc[nodp, "fid"]) * 1.3)
+    df.loc[central, "fid"] = repr(float(df.loc[central, "fid"]) * 1.6)
+    df.loc[central, "inversion_psnr"] = repr(float(df.loc[central, "inversion_psnr"]) + 5)  # inside 10 dB
+    new = tmp_path / "new.csv"
+    new.write_text(df.to_csv(index=False, lineterminator="\n"))
+    bad = {(f.scenario, f.check.split()[0]) for f in cmp.compare_files(PUBLISHED, new) if f.failing}
+    assert bad == {("privacy-iid-nodp", "fid"), ("privacy-iid-central-eps4", "fid")}
+    assert cmp.secret_noise("central-dp") and not cmp.secret_noise("none")

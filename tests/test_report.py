@@ -131,3 +131,46 @@ def test_unreadable_run_files_are_one_line_errors(tmp_path, capsys):
     assert main(["summarize", str(runs), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "samples.png: unreadable" in err[0]
+
+
+def test_terminal_summary_names_failed_and_inconclusive_audits(tmp_path):
+    import pandas as pd
+
+    from benchmark.report import SUMMARY_COLUMNS, terminal_summary
+
+    board = tmp_path / "privacy" / "leaderboard.csv"
+    board.parent.mkdir()
+    df = pd.DataFrame({"suite": ["privacy"] * 3, "scenario": ["a-nodp", "b-local", "c-central"],
+                       "dp_mode": ["none", "local-dpsgd", "central-dp"], "epsilon": [None, 3.9971, 4.0],
+                       "fid": [410.2, 407.0, 461.1], "kid": [0.5, 0.52, 0.6], "mia_auc": [0.56, 0.54, 0.54],
+                       "epsilon_empirical_lb": [0.0, 5.2, 0.0], "audit_failed": [None, True, False]})
+    df.to_csv(board, index=False)
+    (board.parent / "frontier.png").write_bytes(b"")
+    text = terminal_summary(board, runs_dir=tmp_path / "runs")
+    lines = text.splitlines()
+    assert lines[0] == "== privacy: 3 scenario(s)" and lines[1].split() == list(SUMMARY_COLUMNS)
+    row = {ln.split()[0]: ln.split() for ln in lines[3:6]}
+    assert row["b-local"][-1] == "FAILED" and row["c-central"][-1] == "passed" and row["a-nodp"][-1] == "0"
+    assert "audit FAILED (1): b-local" in text and "leaderboard: " + str(board) in text
+    assert "frontier.png" in text and str(tmp_path / "runs") in text
+    # An audit_verdict column, where the leaderboard has one, is read instead.
+    df["audit_verdict"] = ["", "passed", "inconclusive"]
+    df.to_csv(board, index=False)
+    text = terminal_summary(board)
+    assert "audit inconclusive (1): c-central" in text and "FAILED" not in text
+
+
+def test_roc_curves_of_a_14_row_suite_all_look_different():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.lines import Line2D
+
+    from benchmark.report import _distinct
+
+    lines = [Line2D([0, 1], [0, 1]) for _ in range(20)]
+    modes = ["none", "local-dpsgd", "central-dp", "none"] * 5
+    _distinct(lines, modes)
+    looks = {(matplotlib.colors.to_hex(ln.get_color()), str(ln.get_linestyle())) for ln in lines}
+    assert len({matplotlib.colors.to_hex(ln.get_color()) for ln in lines}) == 20 and len(looks) == 20
+    assert lines[0].get_linestyle() != lines[1].get_linestyle()  # dp_mode sets the style

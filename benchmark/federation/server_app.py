@@ -213,6 +213,7 @@ class ScreenedAggregation(Strategy):
         # (central DP). The server knows both, so a client cannot inflate its share.
         self.expected_weights = expected_weights or {}
         self.rounds: dict[int, dict] = {}
+        self.metrics: dict[int, dict] = {}  # round -> the aggregated client metrics
         self._expected: dict[int, tuple[list[int], ArrayRecord]] = {}
 
     def summary(self) -> None:
@@ -264,7 +265,11 @@ class ScreenedAggregation(Strategy):
                 f"round {server_round}: {len(valid)} valid update(s) of {len(nodes)} sampled, minimum "
                 f"{self.min_replies} (errors {stats['dropped_error']}, timeouts {stats['dropped_timeout']}, "
                 f"invalid {stats['rejected_invalid']})")
-        return self.strategy.aggregate_train(server_round, valid)
+        out = self.strategy.aggregate_train(server_round, valid)
+        metrics = out[1] if isinstance(out, tuple) and len(out) > 1 and out[1] is not None else {}
+        self.metrics[server_round] = {k: float(v) for k, v in metrics.items()  # for progress lines
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return out
 
     def _name(self, node_id: int) -> str:
         return self.node_names.get(node_id, f"node {node_id}")
@@ -476,7 +481,8 @@ def resolve_scenario(value: str, scale: str) -> Scenario:
 
 
 def run_federation(grid: Grid, run_config: dict,
-                   on_round: Callable[[int], None] | None = None) -> dict:
+                   on_round: Callable[[int], None] | None = None,
+                   on_round_metrics: Callable[[int, dict], None] | None = None) -> dict:
     """Train one scenario federatedly; write ``global_model.pt`` and ``history.json`` to out-dir."""
     scenario = resolve_scenario(str(run_config["scenario"]), str(run_config.get("scale", "cpu")))
     seed = int(run_config["seed"])
@@ -530,6 +536,9 @@ def run_federation(grid: Grid, run_config: dict,
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if on_round is not None and server_round > 0:
             on_round(server_round)
+        if on_round_metrics is not None and server_round > 0:  # the round's aggregate and screening counts
+            stats = {k: v for k, v in screened.rounds.get(server_round, {}).items() if k != "problems"}
+            on_round_metrics(server_round, {**screened.metrics.get(server_round, {}), **stats})
         return None
 
     t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from benchmark import quiet
 from benchmark.federation.client_app import app as default_client_app
 from benchmark.federation.partition_files import FederatedData, export_partitions
 from benchmark.federation.server_app import resolve_scenario, run_federation
@@ -32,12 +33,16 @@ class SimulationError(RuntimeError):
 
 
 def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
-             gpu_fraction: float = 0.0, on_round: Callable[[int], None] | None = None,
+             gpu_fraction: float = 0.0, on_round: Callable[[int, dict], None] | None = None,
              client_app: ClientApp = default_client_app, fed: FederatedData | None = None) -> dict:
     """Run one federated training in simulation; return the round history.
 
     ``client_app`` is ours unless a test swaps in a faulty one. ``fed``: the run's split, already
-    loaded (else it is loaded from ``data-root`` to export the parties' files).
+    loaded (else it is loaded from ``data-root`` to export the parties' files). ``on_round(r, metrics)``
+    after each round: the round's aggregated client metrics and screening counts.
+
+    The simulated clients' output stays out of the terminal unless ``BENCH_VERBOSE=1``
+    (:mod:`benchmark.quiet`); a client's failure still reaches the server as an error reply.
     """
     run_config = dict(run_config)
     exported = None
@@ -56,7 +61,7 @@ def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
 
 
 def _simulate(run_config: dict, *, num_clients: int, num_cpus: int | None, gpu_fraction: float,
-              on_round: Callable[[int], None] | None, client_app: ClientApp) -> dict:
+              on_round: Callable[[int, dict], None] | None, client_app: ClientApp) -> dict:
     box: dict = {}
 
     server_app = ServerApp()
@@ -64,12 +69,12 @@ def _simulate(run_config: dict, *, num_clients: int, num_cpus: int | None, gpu_f
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         try:
-            box["history"] = run_federation(grid, run_config, on_round=on_round)
+            box["history"] = run_federation(grid, run_config, on_round_metrics=on_round)
         except Exception as e:  # noqa: BLE001 - Flower would log it and return; we re-raise it below
             box["error"] = e
             raise
 
-    init_args = {"num_cpus": num_cpus} if num_cpus else {}
+    init_args = ({"num_cpus": num_cpus} if num_cpus else {}) | quiet.ray_init_args()
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": gpu_fraction},
         "init_args": init_args | {"include_dashboard": False},

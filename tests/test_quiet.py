@@ -1,0 +1,172 @@
+"""benchmark.quiet: library noise is hidden and counted, our own lines and warnings pass, a warning
+that matters becomes our own line; and the runner's progress lines (rounds, heartbeat)."""
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from benchmark import quiet
+from benchmark.scenarios import get_scenario
+
+LIB = "/usr/lib/python3.11/site-packages/somelib/mod.py"
+OURS = str(Path(quiet.__file__))
+
+
+@pytest.fixture(autouse=True)
+def not_verbose(monkeypatch):
+    monkeypatch.delenv("BENCH_VERBOSE", raising=False)
+    quiet._said.clear()
+
+
+def test_classify():
+    assert quiet.classify_warning("Optimal order is the largest alpha", LIB) == ""
+    assert quiet.classify_warning("something of ours", OURS) is None
+    assert quiet.classify_warning("Secure RNG turned off. This is fine", LIB) == \
+        "DP noise: seeded from OS entropy (see README 'Determinism')"
+    assert not quiet.ours(str(quiet.ROOT / ".venv" / "lib" / "x.py")) and not quiet.ours(None)
+
+
+def _warn(msg, filename):
+    warnings.warn_explicit(msg, UserWarning, filename, 1, module="m", registry={})
+
+
+def test_hush_hides_counts_and_translates(capsys):
+    said = []
+    lib_logger = logging.getLogger("flwr")
+    handler = logging.StreamHandler()  # stderr, as Flower's console handler
+    lib_logger.addHandler(handler)
+    try:
+        before = quiet.hidden()
+        with warnings.catch_warnings(record=True) as shown, quiet.hush(said.append):
+            warnings.simplefilter("always")
+            _warn("Optimal order is the largest alpha", LIB)
+            _warn("fraction_evaluate is set to 0.0", LIB)
+            _warn("our own warning", OURS)
+            _warn("Secure RNG turned off.", LIB)
+            _warn("Secure RNG turned off.", LIB)
+            lib_logger.warning("DEPRECATED FEATURE: run_simulation")  # logged from this test file: ours
+            logging.getLogger("flwr").handle(logging.makeLogRecord(
+                {"name": "flwr", "levelno": logging.WARNING, "levelname": "WARNING", "pathname": LIB,
+                 "msg": "fraction_evaluate is set to 0.0"}))
+            logging.getLogger("flwr").handle(logging.makeLogRecord(
+                {"name": "flwr", "levelno": logging.ERROR, "levelname": "ERROR", "pathname": LIB,
+                 "msg": "a real error"}))
+        err = capsys.readouterr().err
+        assert quiet.hidden() - before == 5  # 2 warnings, 2 secure-RNG, 1 log record
+        assert said == ["DP noise: seeded from OS entropy (see README 'Determinism')"]  # once
+        assert [str(w.message) for w in shown] == ["our own warning"]
+        assert "a real error" in err and "run_simulation" in err
+        assert "Optimal order" not in err and "fraction_evaluate" not in err and "Secure RNG" not in err
+        # Outside the block nothing is touched.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _warn("Optimal order is the largest alpha", LIB)
+        assert len(caught) == 1 and not handler.filters
+    finally:
+        lib_logger.removeHandler(handler)
+
+
+def test_verbose_shows_everything(monkeypatch, capsys):
+    monkeypatch.setenv("BENCH_VERBOSE", "1")
+    before = quiet.hidden()
+    with warnings.catch_warnings(record=True) as shown, quiet.hush(lambda line: None):
+        warnings.simplefilter("always")
+        _warn("Optimal order is the largest alpha", LIB)
+    assert quiet.hidden() == before and len(shown) == 1
+    assert quiet.ray_init_args() == {}
+    monkeypatch.delenv("BENCH_VERBOSE")
+    assert quiet.ray_init_args() == {"log_to_driver": False}
+
+
+def test_heartbeat_only_when_quiet():
+    from benchmark.progress import Progress
+
+    lines = []
+    p = Progress(lines.append, "s seed 0", every=0.3)
+    try:
+        p.enter("score", "FID")
+        time.sleep(0.8)
+        p.say("a line of its own")
+        n = len(lines)
+        time.sleep(0.15)
+        assert len(lines) == n  # a line just printed: no heartbeat yet
+    finally:
+        p.close()
+    beats = [ln for ln in lines if "still in score" in ln]
+    assert lines[0].startswith("s seed 0: score (FID)") and 1 <= len(beats) <= 3
+    assert all(ln.startswith("s seed 0: ") for ln in lines)
+
+
+def test_round_lines_show_what_is_public():
+    from benchmark.progress import round_line
+
+    nodp = get_scenario("privacy-iid-nodp")
+    assert round_line(nodp, 2, {"train_loss": 0.1234567}, 12.4) == "round 2/2 done (12 s), loss 0.1235"
+    local = get_scenario("privacy-iid-local-eps4")
+    line = round_line(local, 1, {"train_loss": 0.5, "epsilon": 2.91}, 3.0)
+    assert "epsilon so far 2.91 of 4" in line and "loss" not in line
+    central = get_scenario("privacy-iid-central-eps4")
+    from privacy.central import calibrate_central
+
+    sigma = calibrate_central(target_epsilon=4.0, delta=central.delta, rounds=central.rounds,
+                              num_clients=central.num_clients)
+    last = round_line(central, central.rounds, {}, 1.0, sigma)
+    first = round_line(central, 1, {"dropped_error": 1}, 1.0, sigma)
+    eps = lambda ln: float(ln.split("epsilon so far ")[1].split()[0])  # noqa: E731
+    assert abs(eps(last) - 4.0) < 0.01 and 0 < eps(first) < eps(last)
+    assert first.endswith("1 update(s) dropped")
+
+
+TINY_DP = """
+[[scenario]]
+name = "tiny-local"
+num_clients = 2
+clients_per_round = 2
+rounds = 2
+max_train_images = 32
+batch_size = 16
+num_train_timesteps = 100
+sample_steps = 2
+fid_n_samples = 16
+dp_mode = "local-dpsgd"
+target_epsilon = 8.0
+delta = 1e-3
+attacks = ["mia-loss"]
+
+[[scenario]]
+name = "tiny-central"
+num_clients = 2
+clients_per_round = 2
+rounds = 1
+max_train_images = 32
+batch_size = 16
+num_train_timesteps = 100
+sample_steps = 2
+fid_n_samples = 16
+dp_mode = "central-dp"
+target_epsilon = 8.0
+delta = 1e-3
+"""
+
+
+@pytest.mark.slow  # two tiny federated runs in a subprocess
+def test_a_run_prints_at_most_10_lines_that_are_not_the_tools(tmp_path):
+    import subprocess
+    import sys
+
+    scn = tmp_path / "tiny.toml"
+    scn.write_text(TINY_DP)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "BENCH_VERBOSE"}
+    res = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--scenario-file", str(scn),
+                          "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
+                         capture_output=True, text=True, timeout=1800, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [ln for ln in res.stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    foreign = [ln for ln in lines if not ln.startswith("bench: ")]
+    assert len(foreign) <= 10, "\n".join(foreign)
+    assert "\r" not in res.stderr  # not a TTY: no progress bars
+    assert any("round 2/2 done" in ln and "epsilon so far" in ln for ln in lines)
+    assert "== custom: 2 scenario(s)" in res.stdout and "leaderboard: " in res.stdout
