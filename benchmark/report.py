@@ -112,8 +112,11 @@ def plot_frontier(df: pd.DataFrame, path: Path) -> Path | None:
         return None
     plt, fig, ax = _figure(figsize=(8.4, 4.4))
     _lines(df, ax, "fid", "fid_std", "FID (lower is better)")
-    # TODO(issue 17): mark the floor, the FID of real vs real images at the same n (what a perfect
-    # generator scores at this n); it needs a second real sample scored at run time, as no run has it.
+    floors = df["fid_floor"].dropna() if "fid_floor" in df else pd.Series(dtype=float)
+    if len(floors):  # what real images score at the same n: a perfect generator's FID, not 0
+        ax.axhline(float(floors.mean()), ls="-.", color="k", lw=1,
+                   label=f"floor: real vs real at this n ({float(floors.mean()):.1f})")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     impl = ";".join(sorted(set(df["fid_impl"].dropna())))
     n = ";".join(sorted({str(int(x)) for x in df["fid_n_samples"].dropna()}))
     ax.set_title(f"{df['suite'].iloc[0]}: utility vs privacy\n{_subtitle(df)}; FID at n = {n}", fontsize=9)

@@ -237,7 +237,7 @@ def sample_stage(scenario: Scenario, seed: int, work: Path, fed, device: str):
 def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np.ndarray, device: str,
                 opts: RunOptions) -> dict:
     """Utility: FID and KID against the test split's fixed reference, downstream accuracy."""
-    from benchmark.utility import compute_fid, fid_reference
+    from benchmark.utility import compute_fid, fid_floor, fid_reference
 
     test = load_dataset(scenario.dataset, data_root=opts.data_root, split="test")
     real, real_key = fid_reference(test, scenario.fid_n_samples)
@@ -248,6 +248,10 @@ def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np
         raise RunFailedError(f"{scenario.name} seed {seed}: FID is not finite ({fid.fid})")
     out = {"fid": fid.fid, "kid": fid.kid, "fid_impl": fid.fid_impl, "fid_n_samples": fid.n_fake,
            "fid_n_real": fid.n_real, "fid_reference": real_key, "fid_s": fid_s}
+    train = load_dataset(scenario.dataset, data_root=opts.data_root, split="train")
+    if scenario.fid_n_samples <= len(train.labels):  # real training images against the same reference
+        floor = fid_floor(train, test, scenario.fid_n_samples, device=device, extractor=scenario.fid_impl)
+        out |= {"fid_floor": floor.fid, "kid_floor": floor.kid}
     if scenario.class_conditional:
         from benchmark.utility import downstream_accuracy
 

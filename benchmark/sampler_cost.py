@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_SPECS = "ddpm:1000,ddim:100,ddim:50,ddim:20,ddim:10,dpm-solver:25,dpm-solver:10"
-REAL_FLOOR_SEED = 1  # which training images form the "real" row (fixed: the same for every model)
 
 
 class SamplerCostError(ValueError):
@@ -139,7 +138,7 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
     from benchmark.rundir import package_version as _version
     from benchmark.rundir import write_atomic
     from benchmark.seeding import derive_seed
-    from benchmark.utility import EXTRACTORS, compute_fid, fid_reference
+    from benchmark.utility import EXTRACTORS, FID_FLOOR_SEED, compute_fid, fid_reference
 
     say = progress or (lambda _m: None)
     run = Path(run)
@@ -185,7 +184,7 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
     if score:
         if n > len(train.labels):
             raise SamplerCostError(f"n = {n} is more than the {len(train.labels)} training images of the floor row")
-        idx = np.sort(np.random.default_rng(REAL_FLOOR_SEED).permutation(len(train.labels))[:n])
+        idx = np.sort(np.random.default_rng(FID_FLOOR_SEED).permutation(len(train.labels))[:n])
         floor = SamplerCostRow("real", 0, n)
         say("real training images (the FID floor at this n)")
         score_row(floor, train.images[idx])

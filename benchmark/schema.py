@@ -183,6 +183,8 @@ LEADERBOARD: list[Column] = [
     _metric("fid_impl", "str", "joined",
             "extractor, mode and resize; FIDs with different `fid_impl` are never comparable"),
     _metric("fid_n_samples", "int", "min", "generated images (= real reference images) per FID"),
+    _metric("fid_floor", "float", "mean", "the FID floor at this n: real training images against the same "
+            "reference (a perfect generator scores this, not 0)", better="lower", **_OPTIONAL),
     _metric("kid", "float", "mean_std", "kernel Inception distance (clean-fid), same features as FID", better="lower",
             gate=Gate(True, 0.10, True, noise_floor=0.60), report=Shown("KID ↓", fmt=".3f", std=True)),
     _metric("downstream_acc", "float", "mean_std", "accuracy on the real test split of a small CNN trained on "
@@ -267,6 +269,8 @@ RUN_ONLY: list[RunField] = [
     RunField("fid_reference", "str", "key of the FID reference images"),
     RunField("sample_s", "float", "sampling wall time", unit="s"),
     RunField("fid_s", "float", "FID wall time", unit="s"),
+    RunField("kid_floor", "float", "KID of real training images against the reference (the floor at this n)",
+             required=False, nullable=True),
     RunField("final_train_loss", "float", "training loss of the last round; null under DP (clients do not send it)",
              nullable=True),
     RunField("downstream_n_train", "int", "generated images the downstream classifier trained on", required=False),

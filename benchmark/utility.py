@@ -587,3 +587,27 @@ def fid_reference(test, n: int) -> tuple[np.ndarray, str]:
     res = test.images.shape[-1]
     key = f"{test.name.replace(':', '-')}-test-{res}px-n{len(idx)}-seed{FID_REFERENCE_SEED}"
     return test.images[idx], key
+
+
+FID_FLOOR_SEED = 1  # which training images form the real-vs-real floor (fixed: the same for every model)
+
+
+def fid_floor(train, test, n: int, *, device: str = "cpu", extractor: str = "clean",
+              cache_dir=None) -> FIDResult:
+    """The FID floor at ``n``: FID (and KID) of ``n`` real *training* images against the same
+    ``n``-image test reference the rows are scored on (:func:`fid_reference`).
+
+    FID is biased upwards at small n, so a row's FID means little without it: a model that
+    generated real digits would score this, not 0. Both sides' features are cached by key, so the
+    floor costs one Inception pass per (dataset, n) on a machine.
+    """
+    if n > len(train.labels):
+        raise ValueError(f"the FID floor at n = {n} needs {n} training images, {train.name} has {len(train.labels)}")
+    real, real_key = fid_reference(test, n)
+    idx = np.sort(np.random.default_rng(FID_FLOOR_SEED).permutation(len(train.labels))[:n])
+    floor_key = f"{train.name.replace(':', '-')}-train-{train.images.shape[-1]}px-n{n}-seed{FID_FLOOR_SEED}"
+    mu_r, sig_r, feats_r = _reference_entry(real_key, real, device=device, cache_dir=cache_dir, extractor=extractor)
+    mu_f, sig_f, feats_f = _reference_entry(floor_key, train.images[idx], device=device, cache_dir=cache_dir,
+                                            extractor=extractor)
+    return FIDResult(fid=frechet_distance(mu_r, sig_r, mu_f, sig_f), kid=kid(feats_r, feats_f),
+                     fid_impl=EXTRACTORS[extractor], n_real=int(feats_r.shape[0]), n_fake=int(feats_f.shape[0]))

@@ -36,7 +36,7 @@ def write_fake_run(root, scenario, seed, *, fid=10.0, metrics=None, attacks=None
     path = run_dir(root, scenario, seed)
     path.mkdir(parents=True)
     (path / "scenario.json").write_text(json.dumps(scenario.to_dict() | {"hash": scenario.hash, "seed": seed}))
-    m = {"fid": fid, "kid": fid / 1000, "fid_impl": "impl-x", "fid_n_samples": 100, "fid_n_real": 100,
+    m = {"fid": fid, "kid": fid / 1000, "fid_floor": 2.0, "fid_impl": "impl-x", "fid_n_samples": 100, "fid_n_real": 100,
          "fid_reference": "fake-test-n100", "train_s": 2.0, "sample_s": 0.5, "fid_s": 0.5, "final_train_loss": 0.1,
          "dp_mode": scenario.dp_mode, "epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None,
          "max_grad_norm": None, "sample_rate": None}
