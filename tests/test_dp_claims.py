@@ -14,8 +14,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from benchmark.federation import client_app
 from benchmark.federation.server_app import FederationError, LocalDPLedger
 from benchmark.federation.partition_files import export_partitions
-from tests.test_federation import task_identity  # noqa: F401  (autouse fixture: Flower's task identity)
-from tests.test_federation import SCENARIO, fresh_context, initial_arrays, train_message
+from test_federation import task_identity  # noqa: F401  (autouse fixture: Flower's task identity)
+from test_federation import SCENARIO, fresh_context, initial_arrays, train_message
 
 LOCAL = dataclasses.replace(SCENARIO, dp_mode="local-dpsgd", target_epsilon=8.0, delta=1e-5, rounds=3)
 
@@ -123,7 +123,7 @@ def test_central_dp_noise_is_secret_not_numpys_global_rng(side):
     from privacy.central import UNIFORM_WEIGHT_KEY, central_clipping_mod, wrap_central_dp
     from benchmark.federation.server_app import SeededFedAvg
 
-    from tests.test_federation import FakeGrid
+    from test_federation import FakeGrid
 
     clip, m, sigma, dim = 1.0, 2, 2.0, 20000
     nodes = {0: 101, 1: 202}
