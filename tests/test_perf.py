@@ -29,6 +29,7 @@ def test_bench_perf_refuses_unknown_mode(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # minutes on 2 cores: `tox -e slow`, not .ci/run
 def test_bench_perf_compiled_steps_run_and_say_so(capsys):
     from benchmark.cli import main
 

@@ -124,6 +124,7 @@ def test_every_mode_matches_per_sample_loop_on_32px_unet():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # minutes on 2 cores: `tox -e slow`, not .ci/run
 def test_every_mode_matches_per_sample_loop_through_torch_compile():
     """torch.compile'd forwards (Opacus' hooks are graph breaks; ghost clipping's two backwards
     need buffer donation off): per-sample norms and clipped sums still match the eager loop."""

@@ -248,6 +248,7 @@ def test_input_validation(cache_dir):
 
 # ---------------------------------------------------------------------- monotonicity
 @pytest.mark.slow
+@pytest.mark.extended  # minutes on 2 cores: `tox -e slow`, not .ci/run
 def test_fid_monotone_in_corruption(mnist, cache_dir):
     from scipy.ndimage import gaussian_filter
 
