@@ -121,7 +121,7 @@ def plot_frontier(df: pd.DataFrame, path: Path) -> Path | None:
     n = ";".join(sorted({str(int(x)) for x in df["fid_n_samples"].dropna()}))
     ax.set_title(f"{df['suite'].iloc[0]}: utility vs privacy\n{_subtitle(df)}; FID at n = {n}", fontsize=9)
     one_seed = bool((df["n_seeds"].dropna() <= 1).all())
-    fig.text(0.01, -0.02, f"fid_impl: {impl}\n" + (
+    fig.text(0.01, -0.08, f"fid_impl: {impl}\n" + (
         "one seed per point: no error bars, the spread between runs is unknown (more seeds draw it)" if one_seed
         else "error bars and shaded bands: std over seeds"), fontsize=7)
     return _save(plt, fig, path)
