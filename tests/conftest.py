@@ -10,6 +10,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
+def flower_task_identity():
+    """Flower stamps messages with the process's task identity, which a runtime normally sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
+
+
+@pytest.fixture
 def feddp_cache(tmp_path, monkeypatch):
     """A private FID cache (reference statistics, the Inception link) for one test."""
     cache = tmp_path / "cache"

@@ -11,7 +11,6 @@ import types
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from benchmark.federation.server_app import RoundFailedError, ScreenedAggregation, SeededFedAvg
 from benchmark.scenarios import Scenario, ScenarioError
@@ -21,10 +20,8 @@ GLOBAL = {"w": torch.zeros(4, 3), "b": torch.zeros(3)}
 
 
 @pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
+def task_identity(flower_task_identity):
+    """Every test here sends Flower messages (conftest.flower_task_identity)."""
 
 
 class FakeGrid:

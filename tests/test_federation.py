@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from benchmark.seeding import derive_seed
 from benchmark.federation import client_app, task
@@ -17,11 +16,8 @@ SCENARIO = Scenario(name="unit", num_clients=2, clients_per_round=2, rounds=1, m
 
 
 @pytest.fixture(autouse=True)
-def task_identity():
-    """Flower stamps messages with the process's task identity, which a runtime normally sets."""
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
+def task_identity(flower_task_identity):
+    """Every test here sends Flower messages (conftest.flower_task_identity)."""
 
 
 @pytest.fixture(scope="module")
