@@ -189,7 +189,7 @@ LEADERBOARD: list[Column] = [
             gate=Gate(True, 0.10, True, noise_floor=0.60), report=Shown("KID ↓", fmt=".3f", std=True)),
     _metric("downstream_acc", "float", "mean_std", "accuracy on the real test split of a small CNN trained on "
             "generated images (class-conditional scenarios)", unit="fraction", better="higher",
-            gate=Gate(False, 0.02, False, noise_floor=0.05),
+            gate=Gate(False, 0.02, False, noise_floor=0.10),
             report=Shown("downstream acc ↑", fmt=".3f", std=True), **_OPTIONAL),
     _metric("mia_auc", "float", "mean_std", "best membership-inference attack's ROC AUC (best = highest AUC per run)",
             better="lower (0.5 = chance)", gate=Gate(True, 0.02, False, noise_floor=0.08),

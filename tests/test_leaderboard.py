@@ -166,7 +166,7 @@ def test_published_leaderboard_regenerates_byte_identical(tmp_path):
             | {c: int(r[c]) for c in ints}))
         m = {c: num(r[c]) for c in COLUMNS if DTYPES[c] == "float64" and not c.endswith("_std") and c != "delta"}
         m |= {"fid_impl": r.fid_impl, "fid_n_samples": int(r.fid_n_samples), "accountant": r.accountant or None,
-              "mia_best_attack": r.mia_best_attack or None,
+              "mia_best_attack": r.mia_best_attack or None, "audit_unit": r.audit_unit or None,
               "audit_failed": {"True": True, "False": False, "": None}[r.audit_failed]}
         (run / "metrics.json").write_text(json.dumps(m))
         (run / "environment.json").write_text(json.dumps(
