@@ -154,6 +154,23 @@ def _mnist_embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, y.astype(np.int64)
 
 
+def _load_mnist8_embedded(root: Path, split: str) -> ImageDataset:
+    """The embedded MNIST at 8x8, the public data the ``privacy`` suite pretrains on before the
+    private ``digits-embedded`` parties fine-tune (another population of writers, other scanning and
+    preprocessing: a public dataset of the same task, as DPImageBench's public ImageNet is for its
+    private sets). Each image's central 20x20 box (where MNIST centres its digits) is box-filtered to
+    8x8 and stretched to 0..255, as scikit-learn's digits fill their frame. Same split as
+    ``mnist-embedded``."""
+    from PIL import Image
+
+    base = _load_mnist_embedded(root, split)
+    small = np.stack([np.asarray(Image.fromarray(im[0, 4:24, 4:24]).resize((8, 8), Image.BOX), dtype=np.float32)
+                      for im in base.images])
+    peak = np.maximum(small.reshape(len(small), -1).max(1), 1.0)[:, None, None]
+    images = np.clip(np.rint(small * (255.0 / peak)), 0, 255).astype(np.uint8)[:, None]
+    return ImageDataset("mnist8-embedded", images, base.labels.copy(), 10)
+
+
 def _load_digits_embedded(root: Path, split: str) -> ImageDataset:
     """scikit-learn's 8x8 digits (values 0..16, rescaled to 0..255); a fixed 80/20 split as above."""
     from sklearn.datasets import load_digits
@@ -341,6 +358,7 @@ def _load_medmnist(root: Path, split: str, subset: str) -> ImageDataset:
 DATASETS: dict[str, Callable[[Path, str], ImageDataset]] = {
     "mnist-embedded": _load_mnist_embedded,
     "digits-embedded": _load_digits_embedded,
+    "mnist8-embedded": _load_mnist8_embedded,
     "mnist": _idx_loader("mnist"),
     "fashion-mnist": _idx_loader("fashion-mnist"),
     "cifar10": _load_cifar10,

@@ -67,7 +67,8 @@ def _save(plt, fig, path: Path) -> Path:
 
 def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: float | None = None,
            legend: bool = True) -> bool:
-    """One line per (dp_mode, partition) over epsilon; rows without DP as a dashed level per partition."""
+    """One line per (dp_mode, partition) over epsilon; rows without DP as a dashed level per partition
+    (the public-only reference, a dotted level of its own)."""
     drew = False
     dp = df[(df["dp_mode"] != NO_DP) & df["epsilon"].notna() & df[y].notna()]
     for (mode, part), g in dp.groupby(["dp_mode", "partition"], sort=True):
@@ -77,9 +78,12 @@ def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: 
                     label=f"{mode}, {part}")
         drew = True
     nodp = df[(df["dp_mode"] == NO_DP) & df[y].notna()]
-    for i, (part, g) in enumerate(nodp.groupby("partition", sort=True)):
+    # A public-only row (rounds = 0: the public checkpoint, no private image) is a level of its own.
+    levels = nodp.assign(_level=["public data only (no private training)" if r == 0 else f"no DP, {p}"
+                                 for r, p in zip(nodp["rounds"], nodp["partition"])])
+    for i, (label, g) in enumerate(levels.groupby("_level", sort=True)):
         level, color = float(g[y].mean()), f"C{7 + i % 3}"
-        ax.axhline(level, ls="--", color=color, label=f"no DP, {part}")
+        ax.axhline(level, ls="--" if label.startswith("no DP") else (0, (1, 1)), color=color, label=label)
         spread = float(g[ystd].mean()) if ystd and g[ystd].notna().any() else None
         if spread:  # the seeds' spread of the level, as the DP points' error bars
             ax.axhspan(level - spread, level + spread, color=color, alpha=0.15, lw=0)

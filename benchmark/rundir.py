@@ -108,9 +108,13 @@ def write_png(path: Path, fig, **savefig_kw) -> None:
 
 
 def sample_grid_png(images: np.ndarray, path: Path, ncol: int = 10) -> None:
-    """Tile uint8 NCHW images into one PNG."""
+    """Tile uint8 NCHW images into one PNG. Images smaller than 16 px are blown up (nearest
+    neighbour) to 32 px or more, so that an 8x8 digit can be judged by eye."""
     from PIL import Image
 
+    up = max(1, 32 // max(images.shape[2], 1)) if images.shape[2] < 16 else 1
+    if up > 1:
+        images = images.repeat(up, axis=2).repeat(up, axis=3)
     n, c, h, w = images.shape
     nrow = -(-n // ncol)
     grid = np.zeros((nrow * (h + 2) + 2, ncol * (w + 2) + 2, c), dtype=np.uint8)

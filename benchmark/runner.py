@@ -28,7 +28,7 @@ from benchmark.federation import task
 from benchmark.federation.simulation import simulate
 from benchmark.model import make_scheduler, sample
 from benchmark.progress import Progress, round_line
-from benchmark.rundir import (environment, is_complete, run_dir, sample_grid_png, write_atomic, write_json,
+from benchmark.rundir import (environment, is_complete, run_dir, sample_grid_png, write_atomic, write_json, write_torch,
                               write_npz)
 from benchmark.scenarios import Scenario
 from benchmark.schema import check_metrics
@@ -167,7 +167,7 @@ def _run_stages(work: Path, final: Path, scenario: Scenario, seed: int, opts: Ru
     metrics = {
         **utility, **attack_cols,
         "train_s": history["train_s"], "sample_s": sample_s,
-        "final_train_loss": history["rounds"][-1].get("train_loss"),  # None under DP: clients keep it
+        "final_train_loss": (history["rounds"] or [{}])[-1].get("train_loss"),  # None under DP: clients keep it
         "dp_mode": scenario.dp_mode, **privacy,
     }
     check_metrics(metrics, where=f"{scenario.name} seed {seed}: metrics.json")
@@ -206,6 +206,20 @@ def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opt
 
     run_config = {"scenario": scenario.to_json(), "seed": seed, "out-dir": str(work),
                   "device": device, "data-root": opts.data_root or ""}
+    if scenario.pretrain:
+        from benchmark.pretrain import pretrained_state
+
+        ckpt = pretrained_state(scenario, fed.dataset.images.shape[1:], fed.dataset.num_classes,
+                                data_root=opts.data_root, device=device,
+                                say=progress.say if progress is not None else None)
+        if scenario.rounds == 0:  # public-only: the checkpoint is the model, no private image seen
+            if bar:
+                bar.close()
+            write_torch(work / "global_model.pt", torch.load(ckpt, map_location="cpu", weights_only=True))
+            history = {"train_s": 0.0, "central_dp": {}, "pretrained": ckpt.name, "rounds": []}
+            write_json(work / "history.json", history)
+            return history
+        run_config["init-weights"] = str(ckpt)
     try:
         return simulate(run_config, num_clients=scenario.num_clients,
                         gpu_fraction=(1.0 / scenario.clients_per_round) if device.startswith("cuda") else 0.0,

@@ -30,12 +30,15 @@ from privacy.modes import ModeError, get_dp_mode, get_grad_sample_mode, grad_sam
 
 ATTACKS = attack_names()  # the attack registry, in declaration order (torch-free)
 SAMPLERS = ("ddim", "ddpm", "dpm-solver")
+OPTIMIZERS = ("adam", "sgd")
 
 
 # Added in issue 8; at these values a scenario's hash is what it was before they existed.
 HASH_NEUTRAL_DEFAULTS = {"min_clients_per_round": None, "round_timeout_s": None, "canaries": 0,
                          # issue 18: Poisson client sampling (central-dp-sampled)
-                         "client_sample_rate": None, "adaptive_clipping": False}
+                         "client_sample_rate": None, "adaptive_clipping": False,
+                         # issue 16: public pretraining (benchmark.pretrain)
+                         "pretrain": None, "pretrain_epochs": 0, "optimizer": "adam"}
 
 
 class ScenarioError(ValueError):
@@ -67,6 +70,7 @@ class Scenario:
     heldout_fraction: float = 0.2
     batch_size: int = 32
     learning_rate: float = 2e-4
+    optimizer: str = "adam"                 # the clients' optimizer: adam or sgd (plain, no momentum)
     num_train_timesteps: int = 1000
     sampler: str = "ddim"
     sample_steps: int = 20
@@ -84,6 +88,11 @@ class Scenario:
     # the quantile-based adaptive clipping of Andrew et al. 2021.
     client_sample_rate: float | None = None
     adaptive_clipping: bool = False
+    # Public pretraining (benchmark.pretrain): the global model starts from a checkpoint trained
+    # without privacy on this public dataset for pretrain_epochs epochs (cached). rounds = 0 with a
+    # pretrain is the public-only reference: no private image touches the model.
+    pretrain: str | None = None
+    pretrain_epochs: int = 0
 
     @property
     def poisson_clients(self) -> bool:
@@ -231,9 +240,28 @@ def _validate(s: Scenario) -> str | None:
                 f"got {s.min_clients_per_round}")
     if s.round_timeout_s is not None and not (s.round_timeout_s > 0 and math.isfinite(s.round_timeout_s)):
         return f"round_timeout_s must be a positive number of seconds, got {s.round_timeout_s}"
-    for name in ("rounds", "local_epochs", "batch_size", "num_train_timesteps", "sample_steps"):
+    if s.pretrain is not None:
+        if s.pretrain not in dataset_names():
+            return f"unknown pretrain dataset {s.pretrain!r} (known: {', '.join(dataset_names())})"
+        if s.pretrain == s.dataset:
+            return f"pretrain names the private dataset {s.dataset!r}: public pretraining needs other (public) data"
+        if s.pretrain_epochs < 1:
+            return f"pretrain_epochs must be >= 1 with pretrain = {s.pretrain!r}, got {s.pretrain_epochs}"
+    elif s.pretrain_epochs:
+        return "pretrain_epochs is set but pretrain names no public dataset"
+    if s.rounds == 0:
+        if s.pretrain is None:
+            return "rounds must be >= 1 (0 only for a public-only row, which needs pretrain)"
+        if s.dp_mode != "none":
+            return f"a public-only row (rounds = 0) trains on no private data: dp_mode must be 'none', got {s.dp_mode!r}"
+        needs_updates = [a for a in s.attacks if a not in membership_attack_names()]
+        if needs_updates:
+            return f"a public-only row (rounds = 0) has no client update to attack: drop {', '.join(needs_updates)}"
+    for name in ("local_epochs", "batch_size", "num_train_timesteps", "sample_steps"):
         if getattr(s, name) < 1:
             return f"{name} must be >= 1, got {getattr(s, name)}"
+    if s.rounds < 0:
+        return f"rounds must be >= 1, got {s.rounds}"
     if s.fid_impl not in ("clean", "pytorch-fid"):
         return f"unknown fid_impl {s.fid_impl!r} (clean or pytorch-fid)"
     if s.fid_n_samples < 2:
@@ -246,6 +274,8 @@ def _validate(s: Scenario) -> str | None:
         return f"unknown sampler {s.sampler!r} (known: {', '.join(SAMPLERS)})"
     if not 0 < s.heldout_fraction < 1:
         return f"heldout_fraction must be in (0, 1), got {s.heldout_fraction}"
+    if s.optimizer not in OPTIMIZERS:
+        return f"unknown optimizer {s.optimizer!r} (known: {', '.join(OPTIMIZERS)})"
     if not (s.learning_rate > 0 and math.isfinite(s.learning_rate)):
         return f"learning_rate must be a positive number, got {s.learning_rate}"
     if s.max_train_images is not None and s.max_train_images < s.num_clients:
@@ -330,6 +360,7 @@ class Scale:
     model: str            # UNet config for 28 px grayscale data
     model_rgb: str        # UNet config for 32 px RGB data
     rounds: int
+    local_epochs: int     # per round; with rounds and clients_per_round / num_clients: epochs over the data
     max_train_images: int | None
     batch_size: int
     sample_steps: int
@@ -338,11 +369,14 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    # A 2-core laptop CPU: a tiny UNet, a few hundred images, a couple of rounds.
-    "cpu": Scale("cpu", "unet-tiny", "unet-tiny", rounds=2, max_train_images=256, batch_size=32,
+    # A 2-core laptop CPU: a tiny UNet, a few hundred images, a couple of rounds (the grid; the
+    # privacy suite's own cpu budget is CPU_PRIVACY).
+    "cpu": Scale("cpu", "unet-tiny", "unet-tiny", rounds=2, local_epochs=1, max_train_images=256, batch_size=32,
                  sample_steps=10, fid_n_samples=100, seeds=(0,)),
-    # One H100/H200: the issue-7 UNets, the whole embedded dataset, paper-like rounds.
-    "gpu": Scale("gpu", "unet-28", "unet-32", rounds=20, max_train_images=None, batch_size=64,
+    # One H100/H200: the issue-7 UNets, the whole embedded dataset, paper-like rounds, and a training
+    # budget in epochs (issue 16): 20 rounds x half the clients x 10 local epochs = 100 epochs over
+    # each party's data (the sampler-cost model needed 40 epochs of unet-tiny for FID 66 at n = 500).
+    "gpu": Scale("gpu", "unet-28", "unet-32", rounds=20, local_epochs=10, max_train_images=None, batch_size=64,
                  sample_steps=50, fid_n_samples=2000, seeds=(0, 1, 2)),
 }
 
@@ -387,22 +421,63 @@ def smoke_suite(scale: Scale) -> tuple[Scenario, ...]:
     )
 
 
+# The privacy suite at the cpu scale (issue 16): where a DDPM memorises and where DP's price shows
+# within a laptop's budget. Private data: scikit-learn's 8x8 digits, 200 training images over 4
+# parties (50 each: a small federation of small sites, the privacy-sensitive regime), every party
+# in every round, 10 rounds x 30 local epochs (300 epochs over the data: the no-DP model memorises);
+# public pretraining on the embedded MNIST at 8x8 (another population of writers) for 30 epochs.
+CPU_PRIVACY = dict(dataset="digits-embedded", pretrain="mnist8-embedded", pretrain_epochs=30, num_clients=4,
+                   clients_per_round=4, max_train_images=200, heldout_fraction=0.5, canaries=64, rounds=20,
+                   local_epochs=30, batch_size=16,
+                   learning_rate=1e-3, sample_steps=20, fid_n_samples=200, grad_sample_mode="mixed-ghost-bk",
+                   seeds=(0, 1))
+# DP-SGD's own budget: a DP step costs a fixed ~40 ms on top of the plain one (per-sample norms), so
+# the DP rows take fewer, larger steps: 20 rounds x 10 local epochs at an expected batch of 32
+# (sample rate 0.64 on 50 images), a third of the no-DP rows' epochs and a sixth of their steps.
+CPU_PRIVACY_DP = dict(local_epochs=10, batch_size=32, optimizer="sgd", learning_rate=3e-3)
+PRIVACY_EPSILONS = (10.0, 4.0, 1.0)
+
+
 @register_suite("privacy")
 def privacy_suite(scale: Scale) -> tuple[Scenario, ...]:
-    """The standard suite: no DP, local DP-SGD and central DP at epsilon 1, 4, 10, IID and non-IID,
-    each attacked by every attack (budgets: attacks.base.BUDGETS[scale])."""
+    """The standard suite: utility against privacy, each row attacked by every attack.
+
+    ``cpu`` (the README's first command): digits at 8x8 with public MNIST pretraining
+    (``CPU_PRIVACY``): the public-only reference row, no DP, and local DP-SGD at epsilon 10, 4, 1,
+    two seeds each. ``gpu``: the full grid (:func:`privacy_grid_suite`) at a converging budget.
+    """
+    if scale.name != "cpu":
+        return _grid(scale, "privacy", "privacy")
+    common = _base(scale, "privacy", delta=1e-5, class_conditional=True, attacks=ATTACKS, **CPU_PRIVACY)
+    members_only = tuple(a for a in ATTACKS if a in membership_attack_names())
+    out = [Scenario(name="privacy-public-only", partition="iid", **(common | dict(rounds=0, attacks=members_only))),
+           Scenario(name="privacy-iid-nodp", partition="iid", **common)]
+    for eps in PRIVACY_EPSILONS:
+        out.append(Scenario(name=f"privacy-iid-local-eps{eps:g}", partition="iid", dp_mode="local-dpsgd",
+                            target_epsilon=eps, **(common | CPU_PRIVACY_DP)))
+    return tuple(out)
+
+
+@register_suite("privacy-grid")
+def privacy_grid_suite(scale: Scale) -> tuple[Scenario, ...]:
+    """The full grid: no DP, local DP-SGD and central DP at epsilon 1, 4, 10, IID and non-IID, on the
+    embedded MNIST, each attacked by every attack (budgets: attacks.base.BUDGETS[scale])."""
+    return _grid(scale, "privacy-grid", "grid")
+
+
+def _grid(scale: Scale, suite: str, prefix: str) -> tuple[Scenario, ...]:
     clients = dict(num_clients=4, clients_per_round=2) if scale.name == "cpu" else \
         dict(num_clients=10, clients_per_round=5)
     # Class-conditional, so every row also has the downstream accuracy DPImageBench ranks by;
     # every attack on every row, so every row has its empirical audit.
-    common = _base(scale, "privacy", local_epochs=1, delta=1e-5, class_conditional=True, attacks=ATTACKS,
-                   **clients)
+    common = _base(scale, suite, local_epochs=scale.local_epochs, delta=1e-5, class_conditional=True,
+                   attacks=ATTACKS, **clients)
     out = []
     for partition in ("iid", "dirichlet-0.5"):
-        out.append(Scenario(name=f"privacy-{partition}-nodp", partition=partition, **common))
+        out.append(Scenario(name=f"{prefix}-{partition}-nodp", partition=partition, **common))
         for mode, tag in (("local-dpsgd", "local"), ("central-dp", "central")):
             for eps in (1.0, 4.0, 10.0):
-                out.append(Scenario(name=f"privacy-{partition}-{tag}-eps{eps:g}", partition=partition,
+                out.append(Scenario(name=f"{prefix}-{partition}-{tag}-eps{eps:g}", partition=partition,
                                     dp_mode=mode, target_epsilon=eps, **common))
     return tuple(out)
 
@@ -430,14 +505,14 @@ def cross_device_suite(scale: Scale) -> tuple[Scenario, ...]:
     return tuple(out)
 
 
-# The privacy scenarios the CI gate re-runs on every change (scripts/regression.sh): no DP and
-# epsilon 4 of both DP modes on IID data, and local DP-SGD under label skew.
+# The grid scenarios (privacy-grid) the CI gate re-runs on every change (scripts/regression.sh): no DP
+# and epsilon 4 of both DP modes on IID data, and local DP-SGD under label skew.
 REGRESSION_SCENARIOS = ("iid-nodp", "iid-local-eps4", "iid-central-eps4", "dirichlet-0.5-local-eps4")
 
 
 @register_suite("regression")
 def regression_suite(scale: Scale) -> tuple[Scenario, ...]:
-    """A subset of `privacy` for the regression gate (scripts/regression.sh, bench compare).
+    """A subset of `privacy-grid` for the regression gate (scripts/regression.sh, bench compare).
 
     ``gpu``: four privacy scenarios at GPU scale with 10 instead of 20 rounds and two seeds (the
     seeds' spread sets the tolerance band of `bench compare`), sized for one H100 in under
@@ -445,13 +520,13 @@ def regression_suite(scale: Scale) -> tuple[Scenario, ...]:
     on 64 images, one round, 16 FID samples and one seed, so that the CPU path of the gate script
     (tests/test_regression_script.py) runs in minutes; CPU Inception dominates its time.
     """
-    privacy = {s.name: s for s in privacy_suite(scale)}
+    grid = {s.name: s for s in privacy_grid_suite(scale)}
     if scale.name == "cpu":
         names, sizes = REGRESSION_SCENARIOS[:2], dict(rounds=1, max_train_images=64, fid_n_samples=16,
                                                         sample_steps=5, seeds=(0,))
     else:
         names, sizes = REGRESSION_SCENARIOS, dict(rounds=10, seeds=(0, 1))
-    return tuple(dataclasses.replace(privacy[f"privacy-{n}"], name=f"regression-{n}", suite="regression",
+    return tuple(dataclasses.replace(grid[f"grid-{n}"], name=f"regression-{n}", suite="regression",
                                      **sizes) for n in names)
 
 

@@ -27,8 +27,9 @@ from privacy.modes import dp_mode_names, get_dp_mode
 # Version 2: schema_version column, run date, mia_best_attack, a *_std column for every metric the
 # regression gate compares, attacks.csv. Version 3: the audit columns (epsilon_audited, audit_unit,
 # audit_ceiling, audit_verdict; epsilon_empirical_lb a bound for the row, no longer a mean over seeds).
+# Version 4: batch_size, pretrain, pretrain_epochs (issue 16: public pretraining, per-row budgets).
 # Bump it whenever a column is added, removed or changes meaning.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 DTYPES_PANDAS = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
 SOURCES = {"scenario": "scenario.json", "metric": "metrics.json", "environment": "environment.json",
@@ -166,6 +167,10 @@ LEADERBOARD: list[Column] = [
     _scenario("clients_per_round", "int", "clients sampled per round"),
     _scenario("rounds", "int", "federated rounds"),
     _scenario("local_epochs", "int", "local epochs per round"),
+    _scenario("batch_size", "int", "local batch size (under DP-SGD the expected Poisson batch)"),
+    _scenario("pretrain", "str", "public dataset the model was pretrained on before federated training "
+              "(benchmark.pretrain); empty: random initialisation"),
+    _scenario("pretrain_epochs", "int", "epochs of public pretraining (0: none)"),
     _scenario("model", "str", "UNet config (`bench list --models`)"),
     _scenario("dp_mode", "str", "`none`, `local-dpsgd`, `central-dp`, `central-dp-sampled` (privacy/modes.py)", report=Shown("DP", always=True)),
     Column("dp_level", "str", "derived", "first", "`sample` (local DP-SGD) or `client` (central DP); empty without DP",

@@ -12,7 +12,7 @@ from benchmark.leaderboard import read_leaderboard, summarize
 from benchmark.scenarios import get_scenario
 from conftest import write_fake_run
 
-SCENARIOS = ("privacy-iid-nodp", "privacy-iid-local-eps4", "privacy-iid-central-eps4")
+SCENARIOS = ("grid-iid-nodp", "grid-iid-local-eps4", "grid-iid-central-eps4")
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +53,30 @@ def test_itself_exits_zero(board, capsys):
 
 
 def test_fid_50pct_worse_fails_and_names_the_row(board, tmp_path, capsys):
-    new = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 1.5))
+    new = edited(board, tmp_path, "grid-iid-local-eps4", fid=lambda v: repr(float(v) * 1.5))
     code, out, err = run_cli(capsys, board, new)
     assert code == 1
     bad = [ln for ln in out.splitlines() if "WORSE" in ln]
-    assert len(bad) == 1 and bad[0].startswith("privacy-iid-local-eps4") and "fid" in bad[0]
-    assert err.strip().splitlines()[-1].startswith("bench: regression: 1 regression(s): privacy-iid-local-eps4 fid")
+    assert len(bad) == 1 and bad[0].startswith("grid-iid-local-eps4") and "fid" in bad[0]
+    assert err.strip().splitlines()[-1].startswith("bench: regression: 1 regression(s): grid-iid-local-eps4 fid")
     # 50% better is reported, never failed.
-    better = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 0.5))
+    better = edited(board, tmp_path, "grid-iid-local-eps4", fid=lambda v: repr(float(v) * 0.5))
     code, out, _ = run_cli(capsys, board, better)
     assert code == 0 and "better" in out
 
 
 @pytest.mark.parametrize("factor", [1.0002, 0.999])
 def test_changed_epsilon_fails_either_way(board, tmp_path, capsys, factor):
-    new = edited(board, tmp_path, "privacy-iid-central-eps4", epsilon=lambda v: repr(float(v) * factor))
+    new = edited(board, tmp_path, "grid-iid-central-eps4", epsilon=lambda v: repr(float(v) * factor))
     code, out, err = run_cli(capsys, board, new)
     assert code == 1
     (line,) = [ln for ln in out.splitlines() if "CHANGED" in ln]
-    assert line.startswith("privacy-iid-central-eps4") and line.split()[1] == "epsilon"
+    assert line.startswith("grid-iid-central-eps4") and line.split()[1] == "epsilon"
 
 
 def test_small_changes_inside_the_band_pass(board, tmp_path):
     # FID +5% (inside the 10% margin), AUC +0.01 (inside 0.02), epsilon within 1e-5 relative.
-    new = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 1.05),
+    new = edited(board, tmp_path, "grid-iid-local-eps4", fid=lambda v: repr(float(v) * 1.05),
                  mia_auc=lambda v: repr(float(v) + 0.01), epsilon=lambda v: repr(float(v) * (1 + 1e-5)))
     found = cmp.compare_files(board, new)
     assert not [f for f in found if f.failing]
@@ -111,44 +111,44 @@ def test_band_from_the_seeds_spread(board):
 
 
 def test_stronger_attack_failed_audit_missing_metric_and_row(board, tmp_path, capsys):
-    new = edited(board, tmp_path, "privacy-iid-local-eps4", mia_auc=lambda v: repr(float(v) + 0.2),
+    new = edited(board, tmp_path, "grid-iid-local-eps4", mia_auc=lambda v: repr(float(v) + 0.2),
                  audit_failed=lambda v: "True")
     code, out, _ = run_cli(capsys, board, new)
     assert code == 1
-    assert any(ln.startswith("privacy-iid-local-eps4") and "mia_auc" in ln and "WORSE" in ln for ln in out.splitlines())
-    assert any(ln.startswith("privacy-iid-local-eps4") and "AUDIT FAILED" in ln for ln in out.splitlines())
+    assert any(ln.startswith("grid-iid-local-eps4") and "mia_auc" in ln and "WORSE" in ln for ln in out.splitlines())
+    assert any(ln.startswith("grid-iid-local-eps4") and "AUDIT FAILED" in ln for ln in out.splitlines())
 
-    new = edited(board, tmp_path, "privacy-iid-central-eps4", inversion_psnr=lambda v: "")
+    new = edited(board, tmp_path, "grid-iid-central-eps4", inversion_psnr=lambda v: "")
     code, out, _ = run_cli(capsys, board, new)
     assert code == 1 and any("inversion_psnr" in ln and "MISSING" in ln for ln in out.splitlines())
 
     df = pd.read_csv(board, dtype=str, keep_default_na=False)
     dropped = tmp_path / "dropped.csv"
-    dropped.write_text(df[df["scenario"] != "privacy-iid-nodp"].to_csv(index=False, lineterminator="\n"))
+    dropped.write_text(df[df["scenario"] != "grid-iid-nodp"].to_csv(index=False, lineterminator="\n"))
     code, out, _ = run_cli(capsys, board, dropped)
-    assert code == 1 and any(ln.startswith("privacy-iid-nodp") and "MISSING" in ln for ln in out.splitlines())
+    assert code == 1 and any(ln.startswith("grid-iid-nodp") and "MISSING" in ln for ln in out.splitlines())
     code, out, _ = run_cli(capsys, dropped, board)  # a new row alone is no regression
-    assert code == 0 and any(ln.startswith("privacy-iid-nodp") and "new" in ln for ln in out.splitlines())
+    assert code == 0 and any(ln.startswith("grid-iid-nodp") and "new" in ln for ln in out.splitlines())
     # ... unless its audit failed.
-    failed = edited(board, tmp_path, "privacy-iid-nodp", audit_failed=lambda v: "True")
+    failed = edited(board, tmp_path, "grid-iid-nodp", audit_failed=lambda v: "True")
     code, out, _ = run_cli(capsys, dropped, failed)
-    assert code == 1 and any(ln.startswith("privacy-iid-nodp") and "AUDIT FAILED" in ln for ln in out.splitlines())
+    assert code == 1 and any(ln.startswith("grid-iid-nodp") and "AUDIT FAILED" in ln for ln in out.splitlines())
 
 
 def test_changed_definition_or_fid_impl_is_not_compared(board, tmp_path, capsys):
-    s = get_scenario("privacy-iid-nodp")
-    new = edited(board, tmp_path, "privacy-iid-nodp",
+    s = get_scenario("grid-iid-nodp")
+    new = edited(board, tmp_path, "grid-iid-nodp",
                  scenario_hash=lambda v: dataclasses.replace(s, rounds=7).hash, fid=lambda v: "1e9")
     code, out, _ = run_cli(capsys, board, new)
-    (line,) = [ln for ln in out.splitlines() if ln.startswith("privacy-iid-nodp")]
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("grid-iid-nodp")]
     assert code == 1 and "scenario_hash" in line and "CHANGED" in line and "fid" not in line.split()[1]
-    new = edited(board, tmp_path, "privacy-iid-nodp", fid_impl=lambda v: "other-extractor", fid=lambda v: "1e9")
+    new = edited(board, tmp_path, "grid-iid-nodp", fid_impl=lambda v: "other-extractor", fid=lambda v: "1e9")
     code, out, _ = run_cli(capsys, board, new)
     assert code == 1 and "fid_impl" in out and "WORSE" not in out
 
 
 def test_markdown_table(board, tmp_path, capsys):
-    new = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 1.5))
+    new = edited(board, tmp_path, "grid-iid-local-eps4", fid=lambda v: repr(float(v) * 1.5))
     code, out, _ = run_cli(capsys, board, new, "--markdown")
     assert code == 1 and out.startswith("| scenario | check |") and "**WORSE**" in out
 
@@ -163,7 +163,7 @@ def test_markdown_table(board, tmp_path, capsys):
 def test_cannot_compare_is_one_line_exit_2(board, tmp_path, capsys, argv, match):
     old = tmp_path / "old.csv"
     old.write_text("suite,scenario,fid\nprivacy,x,1.0\n")
-    other = edited(board, tmp_path, "privacy-iid-nodp")
+    other = edited(board, tmp_path, "grid-iid-nodp")
     df = pd.read_csv(other, dtype=str, keep_default_na=False)
     df["scale"] = "gpu"
     other.write_text(df.to_csv(index=False, lineterminator="\n"))
@@ -174,13 +174,14 @@ def test_cannot_compare_is_one_line_exit_2(board, tmp_path, capsys, argv, match)
 
 
 def test_margin_override(board, tmp_path):
-    new = edited(board, tmp_path, "privacy-iid-local-eps4", fid=lambda v: repr(float(v) * 1.05))
+    new = edited(board, tmp_path, "grid-iid-local-eps4", fid=lambda v: repr(float(v) * 1.05))
     assert not [f for f in cmp.compare_files(board, new) if f.failing]
     found = cmp.compare_files(board, new, margins={"fid": (0.01, True)})
-    assert [(f.scenario, f.status) for f in found if f.failing] == [("privacy-iid-local-eps4", "WORSE")]
+    assert [(f.scenario, f.status) for f in found if f.failing] == [("grid-iid-local-eps4", "WORSE")]
 
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "privacy" / "leaderboard.csv"
+# The CPU grid as published at c0c1ca9 (one seed per row, central-DP rows; tests/data/).
+PUBLISHED = Path(__file__).resolve().parent / "data" / "grid-cpu-c0c1ca9-leaderboard.csv"
 NOISY = ("fid", "kid", "downstream_acc", "mia_auc", "mia_tpr_at_1pct_fpr", "mia_tpr_at_0_1pct_fpr",
          "inversion_psnr", "inversion_ssim", "epsilon_empirical_lb", "mia_best_attack")
 

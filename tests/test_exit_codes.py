@@ -37,10 +37,10 @@ def test_verification_error_in_a_run_is_1_and_not_bad_input(monkeypatch, capsys,
 
     monkeypatch.setattr(runner, "verify_before_dp", gate)
     monkeypatch.setattr(runner, "check_fid_available", lambda *a, **k: None)
-    assert main(["run", "--scenario", "privacy-iid-local-eps4", "--out", str(tmp_path / "o"),
+    assert main(["run", "--scenario", "grid-iid-local-eps4", "--out", str(tmp_path / "o"),
                  "--results", str(tmp_path / "r")]) == 1
     assert "fail verification" in _one_line(capsys)
-    assert not (tmp_path / "o" / "privacy").exists()
+    assert not (tmp_path / "o" / "privacy-grid").exists()
 
 
 def test_failed_work_is_4(monkeypatch, capsys, tmp_path):
@@ -123,14 +123,14 @@ def test_a_planted_mis_accounted_run_fails_the_audit_with_3(monkeypatch, capsys,
     def fake(scenario, seed, opts):
         return _audited_run(opts.out_dir, scenario, seed, fake_run, claimed=0.5, sigma=0.0, shift=50.0)
 
-    code = _run_suite(monkeypatch, tmp_path, "privacy-iid-local-eps1", fake)
+    code = _run_suite(monkeypatch, tmp_path, "grid-iid-local-eps1", fake)
     assert code == errors.EXIT_AUDIT_FAILED == 3
     err = capsys.readouterr().err
     assert "AUDIT FAILED" in err and "exceeds the audited epsilon 0.5" in err and "INCONCLUSIVE" not in err
-    row = pd.read_csv(tmp_path / "r" / "privacy" / "leaderboard.csv").iloc[0]
+    row = pd.read_csv(tmp_path / "r" / "privacy-grid" / "leaderboard.csv").iloc[0]
     assert row.audit_verdict == "failed" and bool(row.audit_failed) and row.epsilon_empirical_lb > 2.5
     assert row.epsilon_audited == 0.5 and row.audit_unit == "image" and row.audit_ceiling >= row.epsilon_empirical_lb
-    assert get_scenario("privacy-iid-local-eps1").dp_mode == "local-dpsgd"
+    assert get_scenario("grid-iid-local-eps1").dp_mode == "local-dpsgd"
 
 
 def test_a_correct_run_passes_and_an_untestable_claim_is_inconclusive_not_an_error(monkeypatch, capsys, tmp_path,
@@ -143,10 +143,10 @@ def test_a_correct_run_passes_and_an_untestable_claim_is_inconclusive_not_an_err
         return _audited_run(opts.out_dir, scenario, seed, fake_run, claimed=3.998204827, sigma=1.637695312,
                             shift=0.0)
 
-    assert _run_suite(monkeypatch, tmp_path, "privacy-iid-central-eps4", fake) == 0
+    assert _run_suite(monkeypatch, tmp_path, "grid-iid-central-eps4", fake) == 0
     err = capsys.readouterr().err
     assert "INCONCLUSIVE audit" in err and "8.98" in err and "AUDIT FAILED" not in err
-    row = pd.read_csv(tmp_path / "r" / "privacy" / "leaderboard.csv").iloc[0]
+    row = pd.read_csv(tmp_path / "r" / "privacy-grid" / "leaderboard.csv").iloc[0]
     assert row.audit_verdict == "inconclusive" and not bool(row.audit_failed)
     assert row.epsilon_audited == pytest.approx(8.98, abs=0.01) and row.audit_ceiling < 8.98
 
@@ -155,7 +155,7 @@ def test_a_correct_testable_claim_passes_with_its_ceiling_printed(monkeypatch, c
     def fake(scenario, seed, opts):
         return _audited_run(opts.out_dir, scenario, seed, fake_run, claimed=0.9963923627, sigma=4.53125, shift=0.0)
 
-    assert _run_suite(monkeypatch, tmp_path, "privacy-iid-local-eps1", fake) == 0
+    assert _run_suite(monkeypatch, tmp_path, "grid-iid-local-eps1", fake) == 0
     line = next(ln for ln in capsys.readouterr().err.splitlines() if "audit passed" in ln)
     ceiling = float(line.split("< ceiling ")[1].split()[0])
     assert "audited epsilon 0.996" in line and ceiling > 3.0   # 256 one-run canaries at 95 %

@@ -144,26 +144,31 @@ def test_read_leaderboard_refuses_other_schema_versions(tmp_path):
         read_leaderboard(tmp_path / "nope.csv")
 
 
+# The CPU grid as published in results/privacy/ at c0c1ca9 (the privacy suite before issue 16; one
+# seed per row), its columns brought to schema 4 (batch_size 32, no pretraining).
+GRID_BOARD = REPO / "tests" / "data" / "grid-cpu-c0c1ca9-leaderboard.csv"
+GRID_ATTACKS = REPO / "tests" / "data" / "grid-cpu-c0c1ca9-attacks.csv"
+
+
 def test_published_leaderboard_regenerates_byte_identical(tmp_path):
-    """results/privacy/{leaderboard,attacks}.csv from run folders rebuilt out of their own cells (one
+    """A published leaderboard and attacks.csv from run folders rebuilt out of their own cells (one
     seed per row: every value round-trips through the CSV's float format), so a change of column
     order, aggregation or format shows here against the committed bytes."""
     import json
 
     from benchmark.rundir import RUN_FILES
 
-    published = REPO / "results" / "privacy"
-    board = pd.read_csv(published / "leaderboard.csv", dtype=str, keep_default_na=False)
-    attacks = pd.read_csv(published / "attacks.csv", dtype=str, keep_default_na=False)
+    board = pd.read_csv(GRID_BOARD, dtype=str, keep_default_na=False)
+    attacks = pd.read_csv(GRID_ATTACKS, dtype=str, keep_default_na=False)
     num = lambda v: None if v == "" else float(v)  # noqa: E731
     for _, r in board.iterrows():
         run = tmp_path / "runs" / r.suite / f"{r.scenario}-{r.scenario_hash}" / f"seed-{r.seeds}"
         run.mkdir(parents=True)
-        ints = ("num_clients", "clients_per_round", "rounds", "local_epochs")
+        ints = ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "pretrain_epochs")
         (run / "scenario.json").write_text(json.dumps(
             {"name": r.scenario, "hash": r.scenario_hash, "seed": int(r.seeds), "delta": num(r.delta)}
             | {c: r[c] for c in ("suite", "scale", "dataset", "partition", "model", "dp_mode")}
-            | {c: int(r[c]) for c in ints}))
+            | {c: int(r[c]) for c in ints} | {"pretrain": r.pretrain or None}))
         m = {c: num(r[c]) for c in COLUMNS if DTYPES[c] == "float64" and not c.endswith("_std") and c != "delta"}
         m |= {"fid_impl": r.fid_impl, "fid_n_samples": int(r.fid_n_samples), "accountant": r.accountant or None,
               "mia_best_attack": r.mia_best_attack or None, "audit_unit": r.audit_unit or None,
@@ -182,5 +187,5 @@ def test_published_leaderboard_regenerates_byte_identical(tmp_path):
             if not (run / f).exists():
                 (run / f).write_text("")
     (path,) = summarize(tmp_path / "runs", tmp_path / "results", report=False)
-    assert path.read_bytes() == (published / "leaderboard.csv").read_bytes()
-    assert (path.parent / "attacks.csv").read_bytes() == (published / "attacks.csv").read_bytes()
+    assert path.read_bytes() == GRID_BOARD.read_bytes()
+    assert (path.parent / "attacks.csv").read_bytes() == GRID_ATTACKS.read_bytes()

@@ -268,3 +268,25 @@ def test_local_plan_spends_at_most_target_over_all_rounds():
     with pytest.raises(ValueError, match="hooks"):
         plan_local_dp(n_train=51, batch_size=16, rounds=3, local_epochs=2, target_epsilon=4.0, delta=1e-5,
                       grad_sample_mode="ghost", noise_multiplicity=2)
+
+
+@pytest.mark.parametrize("history", [
+    [(4.41162109375, 1 / 3, 600)],
+    [(33.125, 0.5, 20), (33.125, 0.5, 380)],
+    [(1.1, 0.01, 1000), (0.8, 0.02, 50), (1.1, 0.01, 7)],
+    [(2.0, 1.0, 10)],
+])
+def test_cached_rdp_epsilon_is_opacus_accountant_bit_for_bit(history):
+    """privacy.accounting.rdp_epsilon (the per-step RDP cached) against Opacus' own RDPAccountant."""
+    from opacus.accountants import RDPAccountant
+
+    from privacy.accounting import rdp_epsilon, sample_level_epsilon
+
+    acc = RDPAccountant()
+    acc.history = list(history)
+    assert rdp_epsilon(history, 1e-5) == acc.get_epsilon(1e-5)
+    assert rdp_epsilon(history, 1e-5) == rdp_epsilon(history, 1e-5)  # the cached path, too
+    s, q, n = history[0]
+    one = RDPAccountant()
+    one.history = [(s, q, n)]
+    assert sample_level_epsilon(noise_multiplier=s, sample_rate=q, steps=n, delta=1e-5) == one.get_epsilon(1e-5)

@@ -103,12 +103,12 @@ def test_heartbeat_only_when_quiet():
 def test_round_lines_show_what_is_public():
     from benchmark.progress import round_line
 
-    nodp = get_scenario("privacy-iid-nodp")
+    nodp = get_scenario("grid-iid-nodp")
     assert round_line(nodp, 2, {"train_loss": 0.1234567}, 12.4) == "round 2/2 done (12 s), loss 0.1235"
-    local = get_scenario("privacy-iid-local-eps4")
+    local = get_scenario("grid-iid-local-eps4")
     line = round_line(local, 1, {"train_loss": 0.5, "epsilon": 2.91}, 3.0)
     assert "epsilon so far 2.91 of 4" in line and "loss" not in line
-    central = get_scenario("privacy-iid-central-eps4")
+    central = get_scenario("grid-iid-central-eps4")
     from privacy.central import calibrate_central
 
     sigma = calibrate_central(target_epsilon=4.0, delta=central.delta, rounds=central.rounds,

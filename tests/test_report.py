@@ -10,8 +10,8 @@ from benchmark.report import attack_scores
 from benchmark.scenarios import get_scenario
 from conftest import write_fake_run
 
-PRIVACY = ("privacy-iid-nodp", "privacy-iid-local-eps1", "privacy-iid-local-eps4", "privacy-iid-central-eps4",
-           "privacy-dirichlet-0.5-local-eps4")
+PRIVACY = ("grid-iid-nodp", "grid-iid-local-eps1", "grid-iid-local-eps4", "grid-iid-central-eps4",
+           "grid-dirichlet-0.5-local-eps4")
 
 
 def make_suite(runs, attacks=True):
@@ -26,7 +26,7 @@ def test_report_files_plots_and_markdown(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     make_suite(runs)
     summarize(runs, results)
-    out = results / "privacy"
+    out = results / "privacy-grid"
     pngs = ["frontier.png", "attack_vs_epsilon.png", "roc.png", "samples.png"]
     for name in pngs + [f"roc/{n}-{get_scenario(n).hash}.png" for n in PRIVACY]:
         with Image.open(out / name) as im:
@@ -47,7 +47,7 @@ def test_sample_grids_of_old_definitions_do_not_outlive_a_rebuild(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     make_suite(runs)
     summarize(runs, results)
-    grids = results / "privacy" / "samples"
+    grids = results / "privacy-grid" / "samples"
     kept = sorted(p.name for p in grids.glob("*.png"))
     assert kept == sorted(f"{n}-{get_scenario(n).hash}.png" for n in PRIVACY)
     (grids / f"{PRIVACY[0]}-000000000000.png").write_bytes((grids / kept[0]).read_bytes())  # an old hash
@@ -59,14 +59,14 @@ def test_report_without_attacks_and_without_dp(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     make_suite(tmp_path / "old-runs")  # with attacks: its attack files must not outlive a rebuild
     summarize(tmp_path / "old-runs", results)
-    assert (results / "privacy" / "attacks.csv").exists() and (results / "privacy" / "roc.png").exists()
+    assert (results / "privacy-grid" / "attacks.csv").exists() and (results / "privacy-grid" / "roc.png").exists()
     make_suite(runs, attacks=False)
     write_fake_run(runs, get_scenario("smoke-iid"), 0)
     summarize(runs, results)
-    assert (results / "privacy" / "frontier.png").exists()
+    assert (results / "privacy-grid" / "frontier.png").exists()
     for name in ("attack_vs_epsilon.png", "roc.png", "roc", "attacks.csv"):
-        assert not (results / "privacy" / name).exists(), name
-    md = (results / "privacy" / "README.md").read_text()
+        assert not (results / "privacy-grid" / name).exists(), name
+    md = (results / "privacy-grid" / "README.md").read_text()
     assert "No attacks ran" in md and "MIA AUC" not in md
     # No DP at all: no frontier to draw, the table and the sample grid remain.
     assert not (results / "smoke" / "frontier.png").exists()
@@ -75,13 +75,13 @@ def test_report_without_attacks_and_without_dp(tmp_path):
 
 def test_failed_audit_is_loud(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
-    s = get_scenario("privacy-iid-local-eps1")
+    s = get_scenario("grid-iid-local-eps1")
     write_fake_run(runs, s, 0, attacks={"mia-loss": 2.0}, metrics={"audit_failed": True, "epsilon_empirical_lb": 1.7})
     write_fake_run(runs, s, 1, attacks={"mia-loss": 2.0})
     summarize(runs, results)
-    md = (results / "privacy" / "README.md").read_text()
+    md = (results / "privacy-grid" / "README.md").read_text()
     head = md.split("| scenario |")[0]
-    assert "**FAILED PRIVACY AUDIT**" in head and "`privacy-iid-local-eps1`" in head
+    assert "**FAILED PRIVACY AUDIT**" in head and "`grid-iid-local-eps1`" in head
     assert "**FAILED**" in md
 
 
@@ -98,7 +98,7 @@ def test_roc_curve_known_answer():
 
 
 def test_attack_scores_reads_the_npz_convention(tmp_path):
-    run = write_fake_run(tmp_path, get_scenario("privacy-iid-local-eps4"), 0, attacks={"mia-loss": 1.0, "mia-pia": 0.5})
+    run = write_fake_run(tmp_path, get_scenario("grid-iid-local-eps4"), 0, attacks={"mia-loss": 1.0, "mia-pia": 0.5})
     got = attack_scores(run)
     assert sorted(got) == ["mia_loss", "mia_pia"]
     scores, labels = got["mia_loss"]
@@ -121,7 +121,7 @@ def test_unreadable_run_files_are_one_line_errors(tmp_path, capsys):
     from benchmark.cli import main
 
     runs = tmp_path / "runs"
-    run = write_fake_run(runs, get_scenario("privacy-iid-local-eps4"), 0, attacks={"mia-loss": 1.0})
+    run = write_fake_run(runs, get_scenario("grid-iid-local-eps4"), 0, attacks={"mia-loss": 1.0})
     np.savez(run / "attack_scores.npz", mia_loss_scores=np.zeros(3))  # labels missing
     assert main(["summarize", str(runs), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

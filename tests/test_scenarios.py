@@ -89,15 +89,15 @@ def test_missing_scenario_file(tmp_path):
         load_scenario_file(tmp_path / "nope.toml")
 
 
-def test_regression_suite_is_a_resized_privacy_subset():
+def test_regression_suite_is_a_resized_grid_subset():
     from benchmark.scenarios import get_suite
 
     for scale, n, seeds in (("cpu", 2, (0,)), ("gpu", 4, (0, 1))):
         reg = get_suite("regression", scale)
-        privacy = {s.name: s for s in get_suite("privacy", scale)}
+        grid = {s.name: s for s in get_suite("privacy-grid", scale)}
         assert len(reg) == n and all(s.suite == "regression" and s.seeds == seeds for s in reg)
         for s in reg:
-            p = privacy[s.name.replace("regression-", "privacy-")]
+            p = grid[s.name.replace("regression-", "grid-")]
             assert (s.dp_mode, s.target_epsilon, s.partition, s.model, s.num_clients) == \
                 (p.dp_mode, p.target_epsilon, p.partition, p.model, p.num_clients)
             assert s.rounds < p.rounds and s.hash != p.hash
@@ -112,3 +112,42 @@ def test_issue7_fields_mixed_ghost_modes_and_dpm_solver():
     assert Scenario(name="s", sampler="dpm-solver").sampler == "dpm-solver"
     # The defaults (and so the published scenario hashes) are unchanged.
     assert Scenario(name="s").grad_sample_mode == "hooks" and Scenario(name="s").sampler == "ddim"
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(pretrain="nope", pretrain_epochs=1), "unknown pretrain dataset 'nope'"),
+    (dict(pretrain="digits-embedded", pretrain_epochs=1), "names the private dataset"),
+    (dict(pretrain="mnist8-embedded"), "pretrain_epochs must be >= 1"),
+    (dict(pretrain_epochs=3), "pretrain names no public dataset"),
+    (dict(rounds=0), "0 only for a public-only row"),
+    (dict(rounds=0, pretrain="mnist8-embedded", pretrain_epochs=1, dp_mode="local-dpsgd", target_epsilon=1.0,
+          delta=1e-5), "dp_mode must be 'none'"),
+    (dict(rounds=0, pretrain="mnist8-embedded", pretrain_epochs=1, attacks=("mia-loss", "inversion")),
+     "no client update to attack: drop inversion"),
+    (dict(rounds=-1), "rounds must be >= 1"),
+])
+def test_pretraining_fields_are_checked(fields, match):
+    with pytest.raises(ScenarioError, match=match):
+        Scenario(name="s", dataset="digits-embedded", **fields)
+
+
+def test_cpu_privacy_suite_is_the_memorisation_regime_with_its_public_reference():
+    """Issue 16's design, as the suite defines it: one public checkpoint for every row, a public-only
+    reference, no DP and local DP at 10 / 4 / 1 with DP-SGD's own budget, two seeds, every attack."""
+    from benchmark.scenarios import ATTACKS, CPU_PRIVACY, CPU_PRIVACY_DP, get_suite
+
+    suite = {s.name: s for s in get_suite("privacy", "cpu")}
+    assert list(suite) == ["privacy-public-only", "privacy-iid-nodp", "privacy-iid-local-eps10",
+                           "privacy-iid-local-eps4", "privacy-iid-local-eps1"]
+    assert {(s.pretrain, s.pretrain_epochs, s.dataset, s.seeds) for s in suite.values()} == \
+        {("mnist8-embedded", CPU_PRIVACY["pretrain_epochs"], "digits-embedded", (0, 1))}
+    public = suite["privacy-public-only"]
+    assert public.rounds == 0 and "inversion" not in public.attacks and public.dp_mode == "none"
+    assert suite["privacy-iid-nodp"].attacks == ATTACKS and suite["privacy-iid-nodp"].rounds == 20
+    for eps in (10.0, 4.0, 1.0):
+        s = suite[f"privacy-iid-local-eps{eps:g}"]
+        assert (s.target_epsilon, s.dp_mode, s.local_epochs, s.batch_size) == \
+            (eps, "local-dpsgd", CPU_PRIVACY_DP["local_epochs"], CPU_PRIVACY_DP["batch_size"])
+    # The grid keeps its own names and (but for the name) the old privacy suite's definitions.
+    grid = get_suite("privacy-grid", "cpu")
+    assert len(grid) == 14 and all(s.name.startswith("grid-") and s.pretrain is None for s in grid)

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, Strategy
@@ -492,6 +493,12 @@ def run_federation(grid: Grid, run_config: dict,
 
     manifest = server_manifest(run_config, scenario, seed)
     model = task.build_model(scenario, manifest, seed=derive_seed("init", seed))
+    init_weights = str(run_config.get("init-weights", "") or "")
+    if scenario.pretrain and not init_weights:
+        raise FederationError(f"scenario {scenario.name!r} starts from {scenario.pretrain} pretraining: the run "
+                              "config must name its checkpoint (init-weights=<path>, benchmark.pretrain)")
+    if init_weights:  # the public checkpoint (benchmark.pretrain), the same for every party
+        model.load_state_dict(torch.load(init_weights, map_location="cpu", weights_only=True))
     partition_to_node = discover_partitions(
         grid, scenario.num_clients, max(scenario.round_timeout_s or FLOWER_DEFAULT_TIMEOUT_S, MIN_DISCOVERY_WAIT_S))
     mode = get_dp_mode(scenario.dp_mode)

@@ -1,0 +1,120 @@
+"""Public pretraining: the model a federation starts from, trained without privacy on public data.
+
+The strongest DP image generators (DPImageBench, PrivImage, DP-LDM) pretrain on public data and spend
+the privacy budget only on fine-tuning. A scenario names its public dataset (``pretrain``) and how
+many epochs over it (``pretrain_epochs``); the federation's global model starts from that checkpoint
+instead of a random initialisation. The checkpoint depends only on what it is computed from (the
+model config, the public data, the private data's image shape and classes, epochs, batch size,
+learning rate, timesteps): it is trained once, with a fixed seed (the same public checkpoint for every
+row and seed, as a downloaded one would be), and cached by the hash of that definition under
+``<cache>/pretrained/`` (:func:`benchmark.utility.cache_dir_path`; ``$FEDDP_CACHE``).
+
+A scenario with ``rounds = 0`` is the ``public-only`` reference: no private image touches the model,
+so its row shows what the private data adds (and its membership attacks are a null: no member was
+ever seen).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.data import ImageDataset, load_dataset
+from benchmark.model import build_unet, diffusion_loss, make_scheduler, to_model_range
+from benchmark.rundir import write_json, write_torch
+from benchmark.scenarios import Scenario
+from benchmark.seeding import derive_seed
+
+FORMAT = "feddp-pretrained/1"
+PRETRAIN_BATCH_SIZE = 64
+PRETRAIN_LEARNING_RATE = 2e-3
+PRETRAIN_SEED = 0  # fixed: one public checkpoint per definition, whatever the run's seed
+
+
+class PretrainError(ValueError):
+    """The public data do not fit the private data's model (one-line message)."""
+
+
+def definition(scenario: Scenario, image_shape: tuple[int, int, int], num_classes: int) -> dict:
+    """Everything the checkpoint is computed from."""
+    return {"format": FORMAT, "dataset": scenario.pretrain, "epochs": scenario.pretrain_epochs,
+            "model": scenario.model, "image_shape": list(image_shape),
+            "num_classes": num_classes if scenario.class_conditional else None,
+            "batch_size": PRETRAIN_BATCH_SIZE, "learning_rate": PRETRAIN_LEARNING_RATE,
+            "num_train_timesteps": scenario.num_train_timesteps, "seed": PRETRAIN_SEED}
+
+
+def checkpoint_path(defn: dict, cache_dir=None) -> Path:
+    from benchmark.utility import cache_dir_path
+
+    key = hashlib.sha256(json.dumps(defn, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir_path(cache_dir) / "pretrained" / f"{defn['dataset']}-{defn['model']}-e{defn['epochs']}-{key}.pt"
+
+
+def public_data(scenario: Scenario, image_shape: tuple[int, int, int], num_classes: int,
+                data_root: str | None = None) -> ImageDataset:
+    public = load_dataset(scenario.pretrain, data_root=data_root, split="train")
+    if tuple(public.images.shape[1:]) != tuple(image_shape):
+        raise PretrainError(f"public dataset {scenario.pretrain!r} has images {list(public.images.shape[1:])}, "
+                            f"the private data {list(image_shape)}: pretrain on data of the same shape")
+    if scenario.class_conditional and public.num_classes != num_classes:
+        raise PretrainError(f"public dataset {scenario.pretrain!r} has {public.num_classes} classes, the private "
+                            f"data {num_classes}: a class-conditional model needs the same classes")
+    return public
+
+
+def pretrained_state(scenario: Scenario, image_shape: tuple[int, int, int], num_classes: int, *,
+                     data_root: str | None = None, cache_dir=None, device: str = "cpu",
+                     say: Callable[[str], None] | None = None) -> Path:
+    """The cached checkpoint of ``scenario``'s public pretraining (trained here if absent)."""
+    defn = definition(scenario, image_shape, num_classes)
+    path = checkpoint_path(defn, cache_dir)
+    if path.exists():
+        return path
+    public = public_data(scenario, image_shape, num_classes, data_root)
+    if say:
+        say(f"public pretraining: {scenario.model} on {len(public.labels)} {scenario.pretrain} images, "
+            f"{scenario.pretrain_epochs} epochs (once; cached as {path.name})")
+    t0 = time.perf_counter()
+    state, loss = train_public(scenario, public, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_torch(path, state)
+    write_json(path.with_suffix(".json"), defn | {"final_epoch_loss": loss, "train_s": time.perf_counter() - t0,
+                                                  "n_images": int(len(public.labels))})
+    if say:
+        say(f"public pretraining done in {time.perf_counter() - t0:.0f} s (last epoch's loss {loss:.4f})")
+    return path
+
+
+def train_public(scenario: Scenario, public: ImageDataset, *, device: str = "cpu") -> tuple[dict, float]:
+    """Plain Adam on the public images (seeded; class-conditional as the scenario is)."""
+    c, h, _ = public.images.shape[1:]
+    model = build_unet(scenario.model, in_channels=c, resolution=h,
+                       num_classes=public.num_classes if scenario.class_conditional else None,
+                       seed=derive_seed("pretrain-init", PRETRAIN_SEED)).to(device)
+    sched = make_scheduler(scenario.num_train_timesteps)
+    opt = torch.optim.Adam(model.parameters(), lr=PRETRAIN_LEARNING_RATE)
+    rng = np.random.default_rng(derive_seed("pretrain-batches", PRETRAIN_SEED))
+    gen = torch.Generator(device=device).manual_seed(derive_seed("pretrain-noise", PRETRAIN_SEED) % 2**63)
+    model.train()
+    loss_sum, steps = 0.0, 0
+    for _ in range(scenario.pretrain_epochs):
+        loss_sum, steps = 0.0, 0
+        order = rng.permutation(len(public.labels))
+        for i in range(0, len(order), PRETRAIN_BATCH_SIZE):
+            idx = order[i:i + PRETRAIN_BATCH_SIZE]
+            x0 = to_model_range(public.images[idx]).to(device)
+            y = torch.as_tensor(public.labels[idx], device=device) if scenario.class_conditional else None
+            loss = diffusion_loss(model, sched, x0, y, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach())
+            steps += 1
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, loss_sum / max(steps, 1)

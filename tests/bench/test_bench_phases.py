@@ -1,0 +1,32 @@
+"""Where one run of the ``privacy`` suite spends its time: train, sample, FID, downstream, attacks.
+
+A measurement for the next budget decision (issue 16), never an assertion on time. One scenario of the
+suite as published (``privacy-iid-nodp`` at the ``cpu`` scale) with its rounds cut to 2, so that the
+benchmark tier stays short: per round the training time scales linearly (the suite runs 20 rounds),
+every other phase is the suite's own. The phase times land in the benchmark's ``extra_info``
+(``--benchmark-json``, or the table's columns with ``--benchmark-columns``).
+"""
+
+import dataclasses
+import json
+
+from benchmark.runner import RunOptions, run_one
+from benchmark.scenarios import get_scenario
+
+PHASES = ("train_s", "sample_s", "fid_s", "attack_s")
+
+
+def test_phases_of_one_privacy_run(benchmark, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDDP_CACHE", str(tmp_path / "cache"))  # pretraining and FID stats included, as a fresh machine
+    full = get_scenario("privacy-iid-nodp")
+    scenario = dataclasses.replace(full, rounds=2, seeds=(0,))
+    opts = RunOptions(out_dir=tmp_path / "runs", progress=False)
+    folder = benchmark.pedantic(lambda: run_one(scenario, 0, opts), rounds=1, iterations=1)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    benchmark.extra_info.update({k: round(metrics[k], 2) for k in PHASES})
+    benchmark.extra_info["rounds"] = f"{scenario.rounds} of the suite's {full.rounds}"
+    benchmark.extra_info["train_s_per_round"] = round(metrics["train_s"] / scenario.rounds, 2)
+    pretrained = next((tmp_path / "cache" / "pretrained").glob("*.json"))
+    benchmark.extra_info["pretrain_s_once_per_machine"] = round(json.loads(pretrained.read_text())["train_s"], 2)
+    for k in PHASES:
+        assert metrics[k] >= 0

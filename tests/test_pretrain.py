@@ -1,0 +1,73 @@
+"""Public pretraining (benchmark.pretrain): the checkpoint a federation starts from."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from benchmark import pretrain
+from benchmark.scenarios import Scenario
+
+SCENARIO = Scenario(name="p", dataset="digits-embedded", pretrain="mnist8-embedded", pretrain_epochs=1,
+                    class_conditional=True)
+
+
+def test_checkpoint_is_trained_once_cached_by_definition_and_reproducible(tmp_path, monkeypatch):
+    a = pretrain.pretrained_state(SCENARIO, (1, 8, 8), 10, cache_dir=tmp_path / "a")
+    b = pretrain.pretrained_state(SCENARIO, (1, 8, 8), 10, cache_dir=tmp_path / "b")
+    sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # fixed seed
+    assert a.with_suffix(".json").exists()
+
+    def no_training(*args, **kw):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(pretrain, "train_public", no_training)
+    assert pretrain.pretrained_state(SCENARIO, (1, 8, 8), 10, cache_dir=tmp_path / "a") == a
+    # Another definition is another checkpoint (and would be trained).
+    other = dataclasses.replace(SCENARIO, pretrain_epochs=2)
+    assert pretrain.checkpoint_path(pretrain.definition(other, (1, 8, 8), 10), tmp_path / "a") != a
+    # The checkpoint is the private model's architecture: it loads into it.
+    from benchmark.federation import task
+    from benchmark.data import load_dataset
+
+    model = task.build_model(SCENARIO, load_dataset("digits-embedded"))
+    model.load_state_dict(sa)
+
+
+def test_public_data_of_another_shape_is_refused_in_one_line(tmp_path):
+    mnist28 = dataclasses.replace(SCENARIO, dataset="mnist-embedded")
+    with pytest.raises(pretrain.PretrainError, match=r"images \[1, 8, 8\], the private data \[1, 28, 28\]") as e:
+        pretrain.pretrained_state(mnist28, (1, 28, 28), 10, cache_dir=tmp_path)
+    assert "\n" not in str(e.value) and not (tmp_path / "pretrained").exists()
+
+
+def test_mnist8_is_mnist_at_8px():
+    from benchmark.data import load_dataset
+
+    m8, m28 = load_dataset("mnist8-embedded"), load_dataset("mnist-embedded")
+    assert m8.images.shape == (len(m28.labels), 1, 8, 8) and (m8.labels == m28.labels).all()
+    assert m8.images.max() == 255 and m8.images.reshape(len(m8.labels), -1).max(1).min() == 255
+
+
+@pytest.mark.slow
+def test_public_only_row_is_the_checkpoint_and_its_attacks_are_a_null(tmp_path, monkeypatch):
+    """rounds = 0: no federation, the released model is the public checkpoint bit for bit, and since no
+    candidate was ever trained on, every membership attack is at chance (4 null std of 128 + 128)."""
+    import json
+
+    from benchmark.runner import RunOptions, run_one
+    from benchmark.scenarios import get_scenario
+
+    monkeypatch.setenv("FEDDP_CACHE", str(tmp_path / "cache"))
+    s = dataclasses.replace(get_scenario("privacy-public-only"), pretrain_epochs=1, fid_n_samples=16, seeds=(0,))
+    run = run_one(s, 0, RunOptions(out_dir=tmp_path / "runs", progress=False))
+    (ckpt,) = (tmp_path / "cache" / "pretrained").glob("*.pt")
+    released, public = (torch.load(p, weights_only=True) for p in (run / "global_model.pt", ckpt))
+    assert all(torch.equal(released[k], public[k]) for k in public)
+    history = json.loads((run / "history.json").read_text())
+    assert history["rounds"] == [] and history["train_s"] == 0.0
+    mia = json.loads((run / "attacks.json").read_text())["mia"]
+    assert set(mia) == {"mia-loss", "mia-secmi", "mia-pia"}
+    for name, r in mia.items():
+        assert r["n_members"] == r["n_nonmembers"] == 128 and abs(r["auc"] - 0.5) < 4 * 0.036, name
