@@ -486,8 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"{SETTINGS_RTOL:g},\n    or accountant, fid_impl or fid_n_samples changed;\n"
         "  a gated metric got worse by more than its band, where\n"
         "    band = max(SIGMAS * sqrt(std_base^2/n_base + std_new^2/n_new), margin)\n"
-        "    (seeds' spread; only the margin when either side has one seed; a DP row with one seed on a\n"
-        "    side: never less than the metric's noise floor, as its noise differs between runs by design);\n"
+        "    (seeds' spread; a one-seed side takes the other side's spread; only the margin when neither\n"
+        "    side has one; a DP row without a spread: never less than the metric's noise floor, as its\n"
+        "    noise differs between runs by design);\n"
         "  a metric BASE has is empty in NEW; audit_failed is true in NEW; a BASE row is missing in NEW.\n"
         "Gated metrics and default margins (override with --margin METRIC=VALUE, VALUE absolute or N%):\n"
         + "".join(f"  {m:24s} {g.describe()}\n" for m, g in GATED.items())

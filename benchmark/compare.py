@@ -14,7 +14,10 @@ Rows are matched by (suite, scenario, scale). For every matched row:
       band = max(sigmas * sqrt(std_base^2 / n_base + std_new^2 / n_new), margin)
 
   (the standard error of the difference of the two means, from the seeds' spread, with a set
-  margin as the floor; only the margin where either side has a single seed). A change beyond
+  margin as the floor). Where one side has a single seed and the other a spread, that spread
+  stands for both (the same scenario definition: the same seed-to-seed noise), so a one-seed run
+  (e.g. CI's ``--seeds 0``) is gated against a published multi-seed row; only the margin where
+  neither side has a spread. A change beyond
   the band in the worse direction fails; beyond it in the better direction is reported as better;
 * a DP row whose noise no run replays (:func:`secret_noise`: central DP's noise comes from
   Flower's wrapper, numpy's unseeded global RNG, and DP noise is secret by design) differs between
@@ -120,6 +123,8 @@ def _band(gate: Gate, b: pd.Series, n: pd.Series, metric: str, sigmas: float) ->
     scale = abs(float(b[metric])) if gate.relative else 1.0
     margin = gate.margin * scale
     sb, sn = b.get(f"{metric}_std"), n.get(f"{metric}_std")
+    if _na(sb) != _na(sn):  # one side has a spread (>= 2 seeds): the same scenario, the same noise
+        sb = sn = sb if _na(sn) else sn
     if _na(sb) or _na(sn):
         if gate.noise_floor is not None and secret_noise(n.get("dp_mode", "")):
             return max(margin, gate.noise_floor * scale)

@@ -215,15 +215,15 @@ def test_a_row_bound_over_seeds_is_valid_and_the_suite_level_is_bonferroni():
 
 
 def test_central_dp_rows_are_audited_at_their_image_level_epsilon():
-    """Reproduce the issue's 2.14 / 8.98 / 24.0 from the published central rows' noise multipliers
-    (one image moves its client's clipped update by up to 2C: the accountant at sigma / 2); local rows
-    are audited at their claim."""
+    """Reproduce the issue's 2.14 / 8.98 / 24.0 from the noise multipliers of the central rows of the
+    CPU grid as published at c0c1ca9 (tests/data; one image moves its client's clipped update by up
+    to 2C: the accountant at sigma / 2); local rows are audited at their claim."""
     import csv
 
     from conftest import REPO
     from privacy.accounting import client_level_epsilon, image_level_epsilon
 
-    rows = list(csv.DictReader((REPO / "results" / "privacy" / "leaderboard.csv").open()))
+    rows = list(csv.DictReader((REPO / "tests" / "data" / "grid-cpu-c0c1ca9-leaderboard.csv").open()))
     want = {"central-eps1": 2.14, "central-eps4": 8.98, "central-eps10": 24.0}
     seen = set()
     for r in rows:

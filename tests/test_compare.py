@@ -98,9 +98,13 @@ def test_band_from_the_seeds_spread(board):
     n2["fid"] = b["fid"] + 50.0
     (f,) = [f for f in cmp.compare_rows(b2, n2, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")]
     assert f.status == "WORSE" and f.band == "±49"
-    # One seed on a side: the margin alone (a row without DP noise) ...
+    # One seed on a side: the other side's spread stands for both (3 * 20 * sqrt(1/3 + 1) = 69) ...
     b3, n3 = b2.copy(), n2.copy()
-    n3["fid_std"], n3["n_seeds"], n3["fid"] = float("nan"), 1, b["fid"] * 1.11
+    n3["fid_std"], n3["n_seeds"], n3["fid"] = float("nan"), 1, b["fid"] + 60.0
+    (f,) = [f for f in cmp.compare_rows(b3, n3, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")]
+    assert f.status == "ok" and f.band == "±69.3"
+    # ... one seed on both sides: the margin alone (a row without DP noise) ...
+    b3["fid_std"], b3["n_seeds"], n3["fid"] = float("nan"), 1, b["fid"] * 1.11
     b3["dp_mode"] = n3["dp_mode"] = "none"
     (f,) = [f for f in cmp.compare_rows(b3, n3, sigmas=3, gates=cmp.GATED) if f.check.startswith("fid")]
     assert f.status == "WORSE" and f.band == f"±{0.1 * b['fid']:.3g}"
@@ -219,3 +223,21 @@ def test_noise_floor_hides_no_real_regression(tmp_path):
     bad = {(f.scenario, f.check.split()[0]) for f in cmp.compare_files(PUBLISHED, new) if f.failing}
     assert bad == {("privacy-iid-nodp", "fid"), ("privacy-iid-central-eps4", "fid")}
     assert cmp.secret_noise("central-dp") and not cmp.secret_noise("none")
+
+
+def test_a_one_seed_run_is_banded_by_the_other_sides_spread(tmp_path):
+    """CI runs the suite with --seeds 0 against the published two-seed rows: the published spread
+    stands for both sides (a change of 0.7 std passes where the margin alone would fail it), and a
+    change beyond 3 standard errors of that spread still fails."""
+    from benchmark.schema import Gate
+
+    gate = Gate(False, 0.02, False)
+    base = pd.Series({"downstream_acc": 0.87, "downstream_acc_std": 0.04, "n_seeds": 2, "dp_mode": "none"})
+    one = pd.Series({"downstream_acc": 0.87 - 0.7 * 0.04, "downstream_acc_std": float("nan"), "n_seeds": 1,
+                     "dp_mode": "none"})
+    band = cmp._band(gate, base, one, "downstream_acc", 3.0)
+    assert band == pytest.approx(3 * 0.04 * (1 / 2 + 1) ** 0.5)
+    assert cmp._band(gate, one, base, "downstream_acc", 3.0) == pytest.approx(band)
+    both_one = base.copy()
+    both_one["downstream_acc_std"], both_one["n_seeds"] = float("nan"), 1
+    assert cmp._band(gate, both_one, one, "downstream_acc", 3.0) == 0.02  # no spread anywhere: the margin

@@ -151,3 +151,15 @@ def test_cpu_privacy_suite_is_the_memorisation_regime_with_its_public_reference(
     # The grid keeps its own names and (but for the name) the old privacy suite's definitions.
     grid = get_suite("privacy-grid", "cpu")
     assert len(grid) == 14 and all(s.name.startswith("grid-") and s.pretrain is None for s in grid)
+
+
+def test_seed_paper_embedded_suite_is_the_papers_grid_on_embedded_data():
+    from benchmark.scenarios import get_suite
+
+    for scale in ("cpu", "gpu"):
+        suite = get_suite("seed-paper-embedded", scale)
+        assert sorted((s.partition, s.num_clients) for s in suite) == sorted(
+            (f"dirichlet-{b}", n) for b in ("0.1", "0.5", "5") for n in (10, 30, 50))
+        assert {(s.dp_mode, s.clients_per_round, s.local_epochs, s.rounds) for s in suite} == \
+            {("none", 10, suite[0].local_epochs, suite[0].rounds)}  # fixed E and rounds, no DP
+        assert {s.dataset for s in suite} <= {"digits-embedded", "mnist-embedded"}
