@@ -111,10 +111,19 @@ def _subtitle(df: pd.DataFrame) -> str:
 
 
 def plot_frontier(df: pd.DataFrame, path: Path) -> Path | None:
-    """FID vs epsilon (the utility-privacy frontier); error bars are the seeds' std."""
+    """FID vs epsilon (the utility-privacy frontier), and beside it downstream accuracy vs epsilon
+    where the rows are class-conditional (FID scores the images' marginal look; the classifier
+    whether a sample is the digit it was asked for); error bars are the seeds' std."""
     if not df["fid"].notna().any() or not (df["dp_mode"] != NO_DP).any():
         return None
-    plt, fig, ax = _figure(figsize=(8.4, 4.4))
+    acc = "downstream_acc" in df and bool(df["downstream_acc"].notna().any())
+    if acc:
+        plt, fig, (ax_acc, ax) = _figure(ncols=2, figsize=(13.5, 4.4))  # the legend goes right of FID
+        _lines(df, ax_acc, "downstream_acc", "downstream_acc_std", "downstream accuracy (higher is better)",
+               chance=0.1, legend=False)
+        ax_acc.set_title("classifier trained on the samples, tested on real images", fontsize=9)
+    else:
+        plt, fig, ax = _figure(figsize=(8.4, 4.4))
     _lines(df, ax, "fid", "fid_std", "FID (lower is better)")
     floors = df["fid_floor"].dropna() if "fid_floor" in df else pd.Series(dtype=float)
     if len(floors):  # what real images score at the same n: a perfect generator's FID, not 0
