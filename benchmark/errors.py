@@ -11,7 +11,9 @@
 
 Every error message is one line (``bench: error: ...``). The rule the CLI applies: an exception
 of this project's packages that is a ``ValueError`` is bad input (2), a :class:`VerificationError`
-is a mismatch (1), anything else is a failure (4).
+is a mismatch (1), anything else is a failure (4). Inside a run (``benchmark.runner.run_one``), after
+the pre-flight checks, one of our ``ValueError``s is re-raised as a failed run (4): bad input is
+what is refused before any expensive work.
 """
 
 from __future__ import annotations

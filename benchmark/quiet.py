@@ -92,20 +92,6 @@ def hush(say: Callable[[str], None] | None = None) -> Iterator[None]:
         yield
         return
     say = say or (lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
-    _load_library_loggers()
-    drop = _Drop()
-    root = logging.getLogger()
-    own_root = None
-    if not root.handlers:  # what basicConfig would add, filtered; Opacus' basicConfig is then a no-op
-        own_root = logging.StreamHandler(sys.stderr)
-        own_root.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(own_root)
-    flwr = logging.getLogger("flwr")
-    flwr_propagate, flwr.propagate = flwr.propagate, False  # Flower prints its own; not twice
-    handlers = [h for name in LOGGERS for h in logging.getLogger(name).handlers]
-    for h in handlers:
-        h.addFilter(drop)
-    flwr.addFilter(drop)  # Flower logs on this logger itself: its records meet the filter here too
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         global _hidden
@@ -120,15 +106,36 @@ def hush(say: Callable[[str], None] | None = None) -> Iterator[None]:
     with warnings.catch_warnings():
         original = warnings.showwarning
         warnings.showwarning = showwarning
-        try:
+        _load_library_loggers()  # importing Flower warns too (click's deprecations)
+        with _filtered_loggers():
             yield
-        finally:
-            for h in handlers:
-                h.removeFilter(drop)
-            flwr.removeFilter(drop)
-            flwr.propagate = flwr_propagate
-            if own_root is not None:
-                root.removeHandler(own_root)
+
+
+@contextmanager
+def _filtered_loggers() -> Iterator[None]:
+    """Library log records below ERROR hidden and counted while the block runs."""
+    drop = _Drop()
+    root = logging.getLogger()
+    own_root = None
+    if not root.handlers:  # what basicConfig would add, filtered; Opacus' basicConfig is then a no-op
+        own_root = logging.StreamHandler(sys.stderr)
+        own_root.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(own_root)
+    flwr = logging.getLogger("flwr")
+    flwr_propagate, flwr.propagate = flwr.propagate, False  # Flower prints its own; not twice
+    handlers = [h for name in LOGGERS for h in logging.getLogger(name).handlers]
+    for h in handlers:
+        h.addFilter(drop)
+    flwr.addFilter(drop)  # Flower logs on this logger itself: its records meet the filter here too
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(drop)
+        flwr.removeFilter(drop)
+        flwr.propagate = flwr_propagate
+        if own_root is not None:
+            root.removeHandler(own_root)
 
 
 def _load_library_loggers() -> None:

@@ -23,6 +23,7 @@ import torch
 
 from benchmark.data import load_dataset
 from benchmark.devices import resolve_device  # noqa: F401  (re-exported for callers of the runner)
+from benchmark import errors
 from benchmark.errors import VerificationError
 from benchmark.federation import task
 from benchmark.federation.simulation import simulate
@@ -117,7 +118,7 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
 
     try:
         return _run_in(work, final, scenario, seed, opts)
-    except BaseException:
+    except BaseException as e:
         # An ordinary failure leaves nothing behind (a kill -9 leaves the .partial folder, which
         # the next run of this (scenario, seed) removes).
         shutil.rmtree(work, ignore_errors=True)
@@ -126,6 +127,10 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
                 empty.rmdir()
             except OSError:
                 break
+        if isinstance(e, ValueError) and errors.is_ours(e):
+            # Bad input is refused before any run starts (pre-flight, exit 2); one of our checks
+            # that fires inside a run means the work failed (exit 4), not that the input was bad.
+            raise RunFailedError(f"{scenario.name} seed {seed}: {errors.one_line(e)}") from e
         raise
 
 

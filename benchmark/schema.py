@@ -10,7 +10,8 @@ seeds (:func:`aggregate`), the regression gates (:mod:`benchmark.compare`), the 
 and the column tables of results/README.md (:func:`update_doc`, ``scripts/schema_doc.py``).
 
 A new metric column is one :class:`Column` here (and the code that measures it writes the key into
-metrics.json). Standard library only: ``bench --help`` and ``bench compare`` import this module.
+metrics.json); results/README.md's column tables are then regenerated from it
+(``scripts/schema_doc.py``, a generated file: a test fails until it is). Standard library only: ``bench --help`` and ``bench compare`` import this module.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ The update's noise multiplier becomes ``(z^-2 - (2 sigma_b)^-2)^-1/2`` so both r
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO
@@ -43,13 +42,9 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from privacy.accounting import SAMPLED_CLIENT_ACCOUNTANT, adaptive_update_noise, client_sampled_epsilon
+from privacy.noise import secret_numpy_rng
 
 UNIFORM_WEIGHT_KEY = "dp-weight"  # what every client reports (1.0); the sum has no weights
-
-
-def secret_generator() -> np.random.Generator:
-    """A numpy generator whose seed (128 bits) comes from the OS's CSPRNG and is never recorded."""
-    return np.random.default_rng(secrets.randbits(128))
 
 
 @dataclass(frozen=True)
@@ -124,8 +119,8 @@ class PoissonSampledDP(Strategy):
         self.initial_clip = clipping_norm
         self.delta = delta
         self.adaptive = adaptive
-        self.sampling_rng = sampling_rng if sampling_rng is not None else secret_generator()
-        self.noise_rng = noise_rng if noise_rng is not None else secret_generator()
+        self.sampling_rng = sampling_rng if sampling_rng is not None else secret_numpy_rng()
+        self.noise_rng = noise_rng if noise_rng is not None else secret_numpy_rng()
         self.weighted_by_key = weighted_by_key
         self.expected_clients = sample_rate * len(self.partition_to_node)  # q N, the public denominator
         self.releases: dict[int, RoundRelease] = {}

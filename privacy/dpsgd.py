@@ -1,6 +1,7 @@
 """Local DP-SGD (sample-level DP) for one federated client, through Opacus.
 
-Each client trains with Opacus (through :func:`make_dp_step`): Poisson sampling at rate ``batch_size / n``,
+Each client trains with Opacus (through :func:`make_dp_step`): Poisson sampling at rate
+``1 / ceil(n / batch_size)`` (the plan's, below),
 per-sample clipping to ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``.
 The noise is calibrated once per client so that its spend over *every round it could take part
 in* (all ``rounds``, each ``local_epochs`` epochs) stays within ``target_epsilon`` at ``delta``.

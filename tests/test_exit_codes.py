@@ -56,6 +56,23 @@ def test_failed_work_is_4(monkeypatch, capsys, tmp_path):
     assert "FID is not finite" in _one_line(capsys)
 
 
+def test_one_of_our_checks_firing_inside_a_run_is_4_not_bad_input(monkeypatch, capsys, tmp_path):
+    """Our errors are ValueErrors (exit 2, bad input); one raised after a run has started (here an
+    attack's check) is failed work: 4, with the run named, and no run folder left behind."""
+    from attacks.base import AttackError
+    from benchmark import runner
+
+    def stages(*a, **k):
+        raise AttackError("attack 'loss' needs held-out images")
+
+    monkeypatch.setattr(runner, "_run_stages", stages)
+    monkeypatch.setattr(runner, "check_fid_available", lambda *a, **k: None)
+    assert main(["run", "--scenario", "smoke-iid", "--out", str(tmp_path / "o"),
+                 "--results", str(tmp_path / "r"), "--no-progress"]) == errors.EXIT_FAILED
+    assert _one_line(capsys) == "bench: error: smoke-iid seed 0: attack 'loss' needs held-out images"
+    assert not (tmp_path / "o" / "smoke").exists()
+
+
 def test_an_unexpected_exception_is_4_with_its_type(monkeypatch, capsys):
     def bug(args):
         raise KeyError("oops")

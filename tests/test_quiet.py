@@ -170,3 +170,22 @@ def test_a_run_prints_at_most_10_lines_that_are_not_the_tools(tmp_path):
     assert "\r" not in res.stderr  # not a TTY: no progress bars
     assert any("round 2/2 done" in ln and "epsilon so far" in ln for ln in lines)
     assert "== custom: 2 scenario(s)" in res.stdout and "leaderboard: " in res.stdout
+
+
+def test_bench_account_hides_library_warnings(monkeypatch, capsys):
+    """`bench account` printed Opacus' "Optimal order is the largest alpha" into the terminal."""
+    from benchmark import cli
+    from privacy import accounting
+
+    def noisy(**kw):
+        _warn("Optimal order is the largest alpha", LIB)
+        return 0.66
+
+    monkeypatch.setattr(accounting, "client_sampled_noise", noisy)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        rc = cli.main(["account", "--level", "client", "--epsilon", "10", "--delta", "1e-5", "--steps", "20",
+                       "--population", "200", "--sample-rate", "0.1"])
+    out = capsys.readouterr()
+    assert rc == 0 and out.out.startswith("noise_multiplier = 0.66 for epsilon = 10")
+    assert not [str(w.message) for w in shown] and "Optimal order" not in out.err
