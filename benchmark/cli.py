@@ -39,6 +39,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _choices_list(allowed: tuple[str, ...]):
+    """argparse type: a comma-separated subset of ``allowed`` (kept as the text)."""
+    def check(text: str) -> str:
+        bad = [m for m in text.split(",") if m not in allowed]
+        if bad or not text:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, bad)) or 'empty list'} "
+                                             f"(choose from {','.join(allowed)})")
+        return text
+    return check
+
+
 def _seeds(text: str) -> tuple[int, ...]:
     try:
         seeds = tuple(int(s) for s in text.replace(",", " ").split())
@@ -59,6 +70,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{name:10s} widths={cfg['block_out_channels']} layers_per_block={cfg['layers_per_block']} "
                   f"blocks={','.join(cfg['down_block_types'])}")
         return 0
+    if args.suite is not None and args.suite not in suite_names():
+        get_suite(args.suite, args.scale)  # the one-line "unknown suite" error, with the names
     print(f"scales: {', '.join(SCALES)}   datasets: {', '.join(dataset_names())}, medmnist:<name>")
     for suite in suite_names():
         scenarios = get_suite(suite, args.scale)
@@ -190,6 +203,13 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
     return 0
 
 
+def check_partitions(args: argparse.Namespace) -> None:
+    if not args.scenario.lstrip().startswith("{"):  # a registered name
+        from benchmark.scenarios import get_scenario
+
+        get_scenario(args.scenario, args.scale)
+
+
 def cmd_partitions(args: argparse.Namespace) -> int:
     from benchmark.federation.partition_files import export_partitions
     from benchmark.federation.server_app import resolve_scenario
@@ -227,6 +247,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failing else 0
 
 
+def check_fid(args: argparse.Namespace) -> None:
+    from benchmark.errors import BadInputError
+
+    for path in (args.a, args.b):
+        if not Path(path).exists():
+            raise BadInputError(f"{path} does not exist")
+
+
 def cmd_fid(args: argparse.Namespace) -> int:
     from benchmark.devices import resolve_device
     from benchmark.utility import compute_fid, load_images
@@ -240,27 +268,25 @@ def cmd_fid(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_account(args: argparse.Namespace) -> None:
+    from benchmark.errors import BadInputError
+
+    if args.level == "sample" and args.sample_rate is None:
+        raise BadInputError("sample level needs --sample-rate")
+    if args.level == "client" and args.population is None:
+        raise BadInputError("client level needs --population (the number of clients N)")
+
+
 def cmd_account(args: argparse.Namespace) -> int:
-    from benchmark import quiet
-
-    with quiet.hush():  # Opacus' "optimal order is the largest alpha": the epsilon is still an upper bound
-        return _account(args)
-
-
-def _account(args: argparse.Namespace) -> int:
     from privacy import accounting as acc
 
     acc.check_privacy_params(delta=args.delta, population=args.population)
     if args.level == "sample":
-        if args.sample_rate is None:
-            raise acc.AccountingError("sample level needs --sample-rate")
         acc.check_privacy_params(delta=args.delta, sample_rate=args.sample_rate)
         common = dict(sample_rate=args.sample_rate, steps=args.steps, delta=args.delta, accountant=args.accountant)
         epsilon_of, noise_for = acc.sample_level_epsilon, acc.sample_level_noise
         how = f"sample level, {args.accountant}, q = {args.sample_rate:g}, {args.steps} steps"
     else:
-        if args.population is None:
-            raise acc.AccountingError("client level needs --population (the number of clients N)")
         if args.sample_rate is not None:  # central-dp-sampled: Poisson client sampling, amplified
             from privacy import accounting as sacc
 
@@ -321,6 +347,13 @@ def cmd_perf(args: argparse.Namespace) -> int:
                       progress=None if args.json else (lambda m: print(f"bench: perf {m}", file=sys.stderr)))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0
+
+
+def check_sampler_cost(args: argparse.Namespace) -> None:
+    from benchmark.errors import BadInputError
+
+    if not Path(args.run).is_dir():
+        raise BadInputError(f"{args.run}: no such run folder")
 
 
 def cmd_sampler_cost(args: argparse.Namespace) -> int:
@@ -395,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu")
     q.add_argument("--impl", default="clean", choices=("clean", "pytorch-fid"), help="clean (default, offline) or pytorch-fid (needs its "
                    "weights in the torch hub cache)")
-    q.set_defaults(fn=cmd_fid)
+    q.set_defaults(fn=cmd_fid, check=check_fid, hushed=True)  # library warnings hidden (benchmark.quiet)
 
     q = sub.add_parser("account", help="epsilon for a noise multiplier, or the noise for a target epsilon")
     q.add_argument("--level", choices=("sample", "client"), default="sample",
@@ -409,15 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "clients (client level: central-dp-sampled, amplified; without it no amplification)")
     q.add_argument("--population", type=int, help="N: dataset size (sample) or clients (client); delta < 1/N")
     q.add_argument("--accountant", default="rdp", choices=SAMPLE_ACCOUNTANTS, help="rdp or prv (sample level)")
-    q.set_defaults(fn=cmd_account)
+    q.set_defaults(fn=cmd_account, check=check_account, hushed=True)  # Opacus' RDP-order warning: the epsilon is still a bound
 
+    from benchmark.model_configs import MODEL_CONFIGS  # torch-free
     from privacy.modes import grad_sample_mode_names  # torch-free
 
     q = sub.add_parser("verify-dp", help="check per-sample gradients of every DP mode on the real UNet")
-    q.add_argument("--model", required=True, help="a model config (bench list --models)")
+    q.add_argument("--model", required=True, choices=MODEL_CONFIGS, help="a model config (bench list --models)")
     q.add_argument("--device", default="cpu")
     q.add_argument("--batch-size", type=int, default=4)
-    q.add_argument("--modes", default=",".join(grad_sample_mode_names()),
+    q.add_argument("--modes", default=",".join(grad_sample_mode_names()), type=_choices_list(grad_sample_mode_names()),
                    help=f"comma-separated (default: all): {','.join(grad_sample_mode_names())}")
     q.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     q.add_argument("--unconditional", action="store_true", help="without the class embedding")
@@ -425,14 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast forward (compared at bf16 accuracy, 3e-2)")
     q.add_argument("--compile", action="store_true", help="torch.compile every mode's forward (reference stays eager)")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(fn=cmd_verify_dp)
+    q.set_defaults(fn=cmd_verify_dp, hushed=True)  # library warnings hidden (benchmark.quiet)
 
     q = sub.add_parser("perf", help="images/s and peak memory of the plain step and every DP mode, "
                        "sampling and FID features, on one machine in one run")
-    q.add_argument("--model", required=True, help="a model config (bench list --models)")
+    q.add_argument("--model", required=True, choices=MODEL_CONFIGS, help="a model config (bench list --models)")
     q.add_argument("--batch-size", "--batch", type=_positive, default=32, help="training batch size (default 32)")
     q.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     q.add_argument("--modes", default=",".join(("plain", *grad_sample_mode_names())),
+                   type=_choices_list(("plain", *grad_sample_mode_names())),
                    help="comma-separated training modes (plain is always timed: the ratios are to it; default: "
                    f"all): {','.join(('plain', *grad_sample_mode_names()))}")
     q.add_argument("--steps", type=int, default=5, help="timed steps per mode (median; default 5)")
@@ -444,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--compile", action="store_true",
                    help="torch.compile every training mode's forward (compiled during the warm-up)")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(fn=cmd_perf)
+    q.set_defaults(fn=cmd_perf, hushed=True)  # library warnings hidden (benchmark.quiet)
 
     from benchmark.sampler_cost import DEFAULT_SPECS
 
@@ -463,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="also write the report as JSON to this file")
     q.add_argument("--json", action="store_true")
     q.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    q.set_defaults(fn=cmd_sampler_cost)
+    q.set_defaults(fn=cmd_sampler_cost, check=check_sampler_cost, hushed=True)  # library warnings hidden (benchmark.quiet)
 
     q = sub.add_parser("partitions", help="write each party's own data file and the server's manifest "
                        "(for a deployment: one file per SuperNode)")
@@ -472,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="the run seed (default 0): it decides the split")
     q.add_argument("--out", required=True, help="folder for partition-<id>.npz and manifest.json")
     q.add_argument("--data-root", help="where on-disk datasets lie (as for bench run)")
-    q.set_defaults(fn=cmd_partitions)
+    q.set_defaults(fn=cmd_partitions, check=check_partitions, hushed=True)  # library warnings hidden (benchmark.quiet)
 
     q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
     q.add_argument("runs_dir", help="folder of run folders (bench run --out)")
@@ -519,6 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
         return int(e.code or 0)
     try:
+        if getattr(args, "check", None):  # cheap checks of the arguments, before anything heavy loads
+            args.check(args)
+        if getattr(args, "hushed", False):
+            from benchmark import quiet
+
+            with quiet.hush():
+                return args.fn(args)
         return args.fn(args)
     except KeyboardInterrupt:
         print("bench: interrupted; completed runs are kept (rerun with --resume)", file=sys.stderr)

@@ -29,6 +29,10 @@ EXIT_INTERRUPTED = 130
 OUR_PACKAGES = ("benchmark", "privacy", "attacks")
 
 
+class BadInputError(ValueError):
+    """A command's arguments are wrong in a way argparse cannot see (checked before heavy imports)."""
+
+
 class VerificationError(RuntimeError):
     """Per-sample gradients (or another checked computation) disagree with their reference."""
 

@@ -135,7 +135,11 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
         raise LeaderboardError(f"{path}: not a leaderboard CSV ({str(e).splitlines()[0] if str(e) else e})") \
             from None
     version = 1 if "schema_version" not in head.columns else None
-    df = pd.read_csv(path, dtype={c: t for c, t in DTYPES.items() if c in head.columns})
+    try:
+        df = pd.read_csv(path, dtype={c: t for c, t in DTYPES.items() if c in head.columns})
+    except (ValueError, TypeError, pd.errors.ParserError) as e:  # a cell that is not its column's type
+        raise LeaderboardError(f"{path}: not a leaderboard CSV ({str(e).splitlines()[0] if str(e) else e})") \
+            from None
     if version is None:
         versions = set(df["schema_version"].dropna().astype(int))
         version = versions.pop() if len(versions) == 1 else None

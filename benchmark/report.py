@@ -90,6 +90,9 @@ def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: 
         drew = True
     if chance is not None:
         ax.axhline(chance, ls=":", color="k", lw=1, label="chance")
+        if not legend:  # no legend on this panel: the line says what it is
+            ax.annotate(f"chance ({chance:g})", xy=(0.99, chance), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize=7)
     if len(dp):  # log axis, labelled at the epsilons that were run
         eps = sorted({float(f"{e:.2g}") for e in dp["epsilon"]})  # 0.996 and 0.9997: one tick
         ax.set_xscale("log")
@@ -249,7 +252,11 @@ def plot_samples(df: pd.DataFrame, runs: dict, path: Path) -> Path | None:
     from PIL import Image
 
     panels = []
-    for _, row in df.iterrows():
+    # No DP first, then by falling epsilon (the order the eye reads the price of privacy in).
+    order = sorted(df.index, key=lambda i: (_finite(df.at[i, "epsilon"]),
+                                            -float(df.at[i, "epsilon"]) if _finite(df.at[i, "epsilon"]) else 0.0,
+                                            str(df.at[i, "scenario"])))
+    for _, row in df.loc[order].iterrows():
         paths = runs.get((row["scenario"], row["scenario_hash"]))
         if paths and (paths[0] / "samples.png").exists():
             try:
@@ -414,8 +421,9 @@ def terminal_summary(leaderboard_csv: Path, runs_dir: Path | None = None) -> str
         lines.append(f"audit FAILED ({len(failed)}): {', '.join(failed)}")
     if unsure:
         lines.append(f"audit inconclusive ({len(unsure)}): {', '.join(unsure)}")
-    if not failed and not unsure:
-        lines.append(f"audit: none failed ({len(checked)} DP row(s) audited)" if checked else
+    if not failed:
+        lines.append(f"audit: none failed ({len(checked)} DP row(s) audited"
+                     + (f", {len(unsure)} of them inconclusive)" if unsure else ")") if checked else
                      "audit: no DP row (nothing claimed, nothing audited)")
     plots = sorted(p.name for p in out_dir.glob("*.png"))
     lines += [f"runs:        {runs_dir}" if runs_dir is not None else None,

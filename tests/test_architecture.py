@@ -127,11 +127,18 @@ def test_light_commands_import_neither_torch_nor_flower(tmp_path, fake_run):
     board = results / "smoke" / "leaderboard.csv"
     commands = [["--help"], ["list"], ["list", "--models"], ["run", "--suite", "no-such-suite"],
                 ["summarize", str(runs), "--results", str(results)], ["compare", str(board), str(board)]]
+    # Typos of the heavy commands answer (exit 2) before anything heavy loads.
+    typos = [["list", "--suite", "privcy"], ["verify-dp", "--model", "unet-99"],
+             ["perf", "--model", "unet-tiny", "--modes", "plain,nope"],
+             ["partitions", "--scenario", "privcy-iid-nodp", "--seed", "0", "--out", str(tmp_path / "p")],
+             ["sampler-cost", str(tmp_path / "no-run")], ["fid", str(tmp_path / "a"), str(tmp_path / "b")],
+             ["account", "--level", "client", "--epsilon", "1", "--delta", "1e-5", "--steps", "5"]]
+    commands += typos
     res = subprocess.run([sys.executable, "-c", LIGHT, json.dumps(commands)], capture_output=True, text=True,
                          timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
-    assert [v["code"] for v in got.values()] == [0, 0, 0, 2, 0, 0], got
+    assert [v["code"] for v in got.values()] == [0, 0, 0, 2, 0, 0] + [2] * len(typos), got
     assert all(not v["heavy"] for v in got.values()), got
 
 

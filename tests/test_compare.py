@@ -163,15 +163,17 @@ def test_markdown_table(board, tmp_path, capsys):
     (["compare", "BOARD", "BOARD", "--margin", "fid=lots"], "not a number"),
     (["compare", "BOARD", "OLD"], "schema version 1"),
     (["compare", "BOARD", "OTHER"], "no scenario in common"),
+    (["compare", "BOARD", "MANGLED"], "could not convert string to float: '7x3.2'"),
 ])
 def test_cannot_compare_is_one_line_exit_2(board, tmp_path, capsys, argv, match):
     old = tmp_path / "old.csv"
     old.write_text("suite,scenario,fid\nprivacy,x,1.0\n")
+    mangled = edited(board, tmp_path, "grid-iid-nodp", fid=lambda v: "7x3.2").rename(tmp_path / "mangled.csv")
     other = edited(board, tmp_path, "grid-iid-nodp")
     df = pd.read_csv(other, dtype=str, keep_default_na=False)
     df["scale"] = "gpu"
     other.write_text(df.to_csv(index=False, lineterminator="\n"))
-    paths = {"BOARD": str(board), "OLD": str(old), "OTHER": str(other)}
+    paths = {"BOARD": str(board), "OLD": str(old), "OTHER": str(other), "MANGLED": str(mangled)}
     assert main([paths.get(a, a) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bench: error: ") and match in err[0]

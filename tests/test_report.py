@@ -158,6 +158,7 @@ def test_terminal_summary_names_failed_and_inconclusive_audits(tmp_path):
     df.to_csv(board, index=False)
     text = terminal_summary(board)
     assert "audit inconclusive (1): c-central" in text and "FAILED" not in text
+    assert "audit: none failed (2 DP row(s) audited, 1 of them inconclusive)" in text
 
 
 def test_roc_curves_of_a_14_row_suite_all_look_different():
