@@ -166,6 +166,24 @@ def test_dry_run_and_list(tmp_path, capsys):
     assert main(["list", "--models"]) == 0 and "unet-32" in capsys.readouterr().out
 
 
+def test_dry_run_on_a_partly_done_folder_reports_and_never_refuses(tmp_path, capsys, fake_run):
+    """One run complete, one half-written (no completion marker), a stale .partial folder: the dry
+    run lists done / todo, exits 0, says a real run needs --resume, and touches nothing."""
+    from benchmark.scenarios import get_suite
+
+    iid, skew = get_suite("smoke")
+    fake_run(tmp_path, iid, 0)
+    fake_run(tmp_path, skew, 0, complete=False)
+    stale = tmp_path / "smoke" / ".stale.partial-123"
+    stale.mkdir(parents=True)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["run", "--suite", "smoke", "--dry-run", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("done  smoke-iid seed 0") and out.splitlines()[1].startswith("todo")
+    assert "1 complete, 1 to run (a real run needs --resume)" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 DP_TINY = """
 [[scenario]]
 name = "tiny-local"
