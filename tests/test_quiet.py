@@ -189,3 +189,30 @@ def test_bench_account_hides_library_warnings(monkeypatch, capsys):
     out = capsys.readouterr()
     assert rc == 0 and out.out.startswith("noise_multiplier = 0.66 for epsilon = 10")
     assert not [str(w.message) for w in shown] and "Optimal order" not in out.err
+
+
+def test_terminal_check_counts_foreign_lines_after_the_tools_first_and_the_longest_silence(tmp_path):
+    """scripts/terminal_check.py, which .ci/run applies to README command 1's captured terminal."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log"
+    log.write_text("\n".join([
+        "0.0 Collecting torch",                        # the installer's: before the tool's first line
+        "1.0 bench: 10 run(s), 0 already complete",
+        "2.0 /x/flwr/simulation.py:12: DeprecationWarning: run_simulation",   # foreign
+        "31.0 bench: privacy-iid-nodp seed 0: still in train (30 s)",
+        "95.0 bench: finished privacy-iid-nodp seed 0",  # 64 s of silence
+        "96.0 == privacy: 1 scenario(s)",
+        "96.0 scenario  fid",                            # the summary table is the tool's
+        "96.0 leaderboard: results/local/privacy/leaderboard.csv",
+    ]) + "\n")
+    script = Path(quiet.ROOT) / "scripts" / "terminal_check.py"
+    res = subprocess.run([sys.executable, str(script), str(log)], capture_output=True, text=True)
+    assert res.returncode == 1 and "1 line(s) not the tool's own" in res.stdout and "64 s" in res.stdout
+    assert "foreign: /x/flwr/simulation.py:12: DeprecationWarning" in res.stdout
+    res = subprocess.run([sys.executable, str(script), str(log), "--max-gap", "70"], capture_output=True, text=True)
+    assert res.returncode == 0
+    res = subprocess.run([sys.executable, str(script), str(log), "--max-gap", "70", "--max-foreign", "0"],
+                         capture_output=True, text=True)
+    assert res.returncode == 1
