@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +72,17 @@ def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: 
     (the public-only reference, a dotted level of its own)."""
     drew = False
     dp = df[(df["dp_mode"] != NO_DP) & df["epsilon"].notna() & df[y].notna()]
-    for (mode, part), g in dp.groupby(["dp_mode", "partition"], sort=True):
-        g = g.sort_values("epsilon")
-        err = g[ystd].fillna(0.0).to_numpy(float) if ystd else None
-        ax.errorbar(g["epsilon"].to_numpy(float), g[y].to_numpy(float), yerr=err, marker="o", capsize=3,
-                    label=f"{mode}, {part}")
-        drew = True
+    # One line per family of rows that differ only in epsilon: same mode, partition and scenario name
+    # but for its epsilon (an adaptive-clipping row beside the fixed-clip ones is a point of its own).
+    dp = dp.assign(_family=[re.sub(r"eps[0-9.]+", "eps*", str(n)) for n in dp["scenario"]])
+    for (mode, part), modes in dp.groupby(["dp_mode", "partition"], sort=True):
+        families = modes.groupby("_family", sort=True)
+        for family, g in families:
+            g = g.sort_values("epsilon")
+            err = g[ystd].fillna(0.0).to_numpy(float) if ystd else None
+            ax.errorbar(g["epsilon"].to_numpy(float), g[y].to_numpy(float), yerr=err, marker="o", capsize=3,
+                        label=f"{mode}, {part}" if families.ngroups == 1 else family)
+            drew = True
     nodp = df[(df["dp_mode"] == NO_DP) & df[y].notna()]
     # A public-only row (rounds = 0: the public checkpoint, no private image) is a level of its own.
     levels = nodp.assign(_level=["public data only (no private training)" if r == 0 else f"no DP, {p}"

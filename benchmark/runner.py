@@ -211,21 +211,19 @@ def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opt
 
     run_config = {"scenario": scenario.to_json(), "seed": seed, "out-dir": str(work),
                   "device": device, "data-root": opts.data_root or ""}
-    if scenario.pretrain:
-        from benchmark.pretrain import pretrained_state
+    try:  # the bar is closed however the stage ends (a failed pretraining included)
+        if scenario.pretrain:
+            from benchmark.pretrain import pretrained_state
 
-        ckpt = pretrained_state(scenario, fed.dataset.images.shape[1:], fed.dataset.num_classes,
-                                data_root=opts.data_root, device=device,
-                                say=progress.say if progress is not None else None)
-        if scenario.rounds == 0:  # public-only: the checkpoint is the model, no private image seen
-            if bar:
-                bar.close()
-            write_torch(work / "global_model.pt", torch.load(ckpt, map_location="cpu", weights_only=True))
-            history = {"train_s": 0.0, "central_dp": {}, "pretrained": ckpt.name, "rounds": []}
-            write_json(work / "history.json", history)
-            return history
-        run_config["init-weights"] = str(ckpt)
-    try:
+            ckpt = pretrained_state(scenario, fed.dataset.images.shape[1:], fed.dataset.num_classes,
+                                    data_root=opts.data_root, device=device,
+                                    say=progress.say if progress is not None else None)
+            if scenario.rounds == 0:  # public-only: the checkpoint is the model, no private image seen
+                write_torch(work / "global_model.pt", torch.load(ckpt, map_location="cpu", weights_only=True))
+                history = {"train_s": 0.0, "central_dp": {}, "pretrained": ckpt.name, "rounds": []}
+                write_json(work / "history.json", history)
+                return history
+            run_config["init-weights"] = str(ckpt)
         return simulate(run_config, num_clients=scenario.num_clients,
                         gpu_fraction=(1.0 / scenario.clients_per_round) if device.startswith("cuda") else 0.0,
                         on_round=on_round, fed=fed)
