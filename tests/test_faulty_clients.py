@@ -84,6 +84,21 @@ def test_invalid_update_is_rejected_counted_and_never_averaged(kind):
     assert stats["dropped_error"] == stats["dropped_timeout"] == 0 and "partition 2" in stats["problems"]
 
 
+def test_aggregation_does_not_depend_on_the_order_replies_arrive_in():
+    """Float sums depend on their order: FedAvg over replies in arrival order made two runs of the
+    same non-DP scenario and seed differ (whichever client answered first). The screening hands the
+    replies on in the order the round's messages were sent."""
+    values = {101: 1e8, 202: 1.0, 303: -1e8}  # (1e8 + 1) - 1e8 != (1e8 - 1e8) + 1 in float32
+    results = []
+    for order in ([101, 202, 303], [303, 101, 202], [202, 303, 101]):
+        s = screened()
+        msgs = start_round(s)
+        agg, _ = s.aggregate_train(1, [honest(msgs[n], values[n]) for n in order])
+        results.append({k: agg[k].numpy().copy() for k in GLOBAL})
+    for other in results[1:]:
+        assert all((other[k] == results[0][k]).all() for k in GLOBAL)
+
+
 @pytest.mark.parametrize("metrics", [{"train_loss": float("nan")}, {"num-examples": -5}, {"num-examples": 0},
                                      {"num-examples": 10**9}])  # a client claiming more images than it holds
 def test_invalid_metrics_are_rejected(metrics):

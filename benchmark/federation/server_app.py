@@ -266,6 +266,12 @@ class ScreenedAggregation(Strategy):
                 f"round {server_round}: {len(valid)} valid update(s) of {len(nodes)} sampled, minimum "
                 f"{self.min_replies} (errors {stats['dropped_error']}, timeouts {stats['dropped_timeout']}, "
                 f"invalid {stats['rejected_invalid']})")
+        # In the order the round's messages were sent (the sampled partitions' order), not the order
+        # the replies arrived in: FedAvg's float sums then do not depend on which client was faster,
+        # and a non-DP run is bit-reproducible (two fresh-clone runs of the no-DP row differed by
+        # 0.3 FID before this).
+        position = {node: i for i, node in enumerate(nodes)}
+        valid.sort(key=lambda reply: position[reply.metadata.src_node_id])
         out = self.strategy.aggregate_train(server_round, valid)
         metrics = out[1] if isinstance(out, tuple) and len(out) > 1 and out[1] is not None else {}
         self.metrics[server_round] = {k: float(v) for k, v in metrics.items()  # for progress lines
