@@ -4,10 +4,12 @@ Written by :func:`benchmark.leaderboard.summarize` (so by ``bench summarize`` an
 next to ``leaderboard.csv``:
 
     README.md          the leaderboard as Markdown tables, provenance, failed audits first
-    frontier.png       utility-privacy frontier: FID vs epsilon, one line per (dp_mode, partition)
+    frontier.png       utility-privacy frontier: FID (and downstream accuracy) vs epsilon, one line per
+                       family of rows that differ only in epsilon
     attack_vs_epsilon.png  best membership-inference attack's AUC and TPR at 1% FPR vs epsilon
     roc.png            best attack's ROC per scenario (log-log, LiRA convention)
     roc/<scenario>-<hash>.png  every attack's ROC for one scenario
+    inversion/<scenario>-<hash>.png  the gradient-inversion figure of its lowest seed (where it ran)
     samples.png        every scenario's sample grid with its epsilon and FID
 
 Plots that would be empty (no attacks yet, one scenario without DP) are not drawn. Everything is
@@ -357,7 +359,27 @@ def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str]) -
     if any(p.startswith("roc/") for p in plots):
         lines += ["Every attack's ROC per scenario: " + ", ".join(
             f"[{Path(p).stem}]({p})" for p in plots if p.startswith("roc/")), ""]
+    if any(p.startswith("inversion/") for p in plots):
+        lines += ["Gradient inversion of client 0's update per scenario (true images above what each "
+                  "attacker recovered, lowest seed): " + ", ".join(
+                      f"[{Path(p).stem}]({p})" for p in plots if p.startswith("inversion/")), ""]
     return "\n".join(lines)
+
+
+def copy_inversions(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
+    """inversion/<scenario>-<hash>.png: the gradient-inversion figure of each scenario's lowest seed
+    (true images above what the attackers recovered from client 0's update, labelled by attacker and
+    PSNR/SSIM), where the inversion attack ran."""
+    out = []
+    for _, row in df.iterrows():
+        paths = runs.get((row["scenario"], row["scenario_hash"])) or []
+        src = paths[0] / "inversion.png" if paths else None
+        if src is not None and src.exists():
+            dest = out_dir / "inversion" / f"{row['scenario']}-{row['scenario_hash']}.png"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(dest, src.read_bytes())
+            out.append(dest)
+    return out
 
 
 def write_report(res, out_dir: Path) -> list[Path]:
@@ -369,14 +391,17 @@ def write_report(res, out_dir: Path) -> list[Path]:
     written += plot_rocs(df, res.runs, out_dir)
     grid = plot_samples(df, res.runs, out_dir / "samples.png")
     written += [grid] if grid else []
+    written += copy_inversions(df, res.runs, out_dir)
     md = render_markdown(df, res.attacks, [p.relative_to(out_dir).as_posix() for p in written])
     write_atomic(out_dir / "README.md", md)
     # A plot these runs no longer give (no attacks now, a scenario gone) must not outlive them.
     owned = [out_dir / n for n in ("frontier.png", "attack_vs_epsilon.png", "roc.png", "samples.png")]
-    for stale in set(owned + list((out_dir / "roc").glob("*.png"))) - set(written):
+    per_row = [*(out_dir / "roc").glob("*.png"), *(out_dir / "inversion").glob("*.png")]
+    for stale in set(owned + per_row) - set(written):
         stale.unlink(missing_ok=True)
-    if (out_dir / "roc").is_dir() and not any((out_dir / "roc").iterdir()):
-        (out_dir / "roc").rmdir()
+    for sub in ("roc", "inversion"):
+        if (out_dir / sub).is_dir() and not any((out_dir / sub).iterdir()):
+            (out_dir / sub).rmdir()
     return [*written, out_dir / "README.md"]
 
 

@@ -28,14 +28,18 @@ def test_report_files_plots_and_markdown(tmp_path):
     summarize(runs, results)
     out = results / "privacy-grid"
     pngs = ["frontier.png", "attack_vs_epsilon.png", "roc.png", "samples.png"]
-    for name in pngs + [f"roc/{n}-{get_scenario(n).hash}.png" for n in PRIVACY]:
-        with Image.open(out / name) as im:
-            assert im.format == "PNG" and min(im.size) > 100, name
+    per_row = [f"{d}/{n}-{get_scenario(n).hash}.png" for d in ("roc", "inversion") for n in PRIVACY]
+    for name in pngs + per_row:
+        with Image.open(out / name) as im:  # the inversion copies are the fake runs' small figures
+            assert im.format == "PNG" and (min(im.size) > 100 or name.startswith("inversion/")), name
     md = (out / "README.md").read_text()
     for name in PRIVACY:
         assert f"`{name}`" in md
-    for name in pngs:
+    for name in pngs + per_row:
         assert f"]({name})" in md
+    # The inversion figure is the lowest seed's, byte for byte.
+    first = runs / "privacy-grid" / f"{PRIVACY[0]}-{get_scenario(PRIVACY[0]).hash}" / "seed-0" / "inversion.png"
+    assert (out / per_row[len(PRIVACY)]).read_bytes() == first.read_bytes()
     assert "## Membership-inference attacks" in md and "mia-secmi" in md and "FAILED" not in md
     # Rebuilding gives the same bytes, plots included.
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -59,12 +63,12 @@ def test_report_without_attacks_and_without_dp(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     make_suite(tmp_path / "old-runs")  # with attacks: its attack files must not outlive a rebuild
     summarize(tmp_path / "old-runs", results)
-    assert (results / "privacy-grid" / "attacks.csv").exists() and (results / "privacy-grid" / "roc.png").exists()
+    assert all((results / "privacy-grid" / n).exists() for n in ("attacks.csv", "roc.png", "inversion"))
     make_suite(runs, attacks=False)
     write_fake_run(runs, get_scenario("smoke-iid"), 0)
     summarize(runs, results)
     assert (results / "privacy-grid" / "frontier.png").exists()
-    for name in ("attack_vs_epsilon.png", "roc.png", "roc", "attacks.csv"):
+    for name in ("attack_vs_epsilon.png", "roc.png", "roc", "inversion", "attacks.csv"):
         assert not (results / "privacy-grid" / name).exists(), name
     md = (results / "privacy-grid" / "README.md").read_text()
     assert "No attacks ran" in md and "MIA AUC" not in md
