@@ -529,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  a gated metric got worse by more than its band, where\n"
         "    band = max(SIGMAS * sqrt(std_base^2/n_base + std_new^2/n_new), margin)\n"
         "    (seeds' spread; a one-seed side takes the other side's spread; only the margin when neither\n"
-        "    side has one; a DP row without a spread: never less than the metric's noise floor, as its\n"
-        "    noise differs between runs by design);\n"
+        "    side has one; a DP row: never less than the metric's noise floor, as its noise differs\n"
+        "    between runs by design and two seeds do not estimate its spread);\n"
         "  a metric BASE has is empty in NEW; audit_failed is true in NEW; a BASE row is missing in NEW.\n"
         "Gated metrics and default margins (override with --margin METRIC=VALUE, VALUE absolute or N%):\n"
         + "".join(f"  {m:24s} {g.describe()}\n" for m, g in GATED.items())

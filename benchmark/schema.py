@@ -184,7 +184,7 @@ LEADERBOARD: list[Column] = [
     _metric("max_grad_norm", "float", "mean", "clipping norm (per sample: local; per update: central)", **_NO_DP),
     _metric("sample_rate", "float", "mean", "Poisson rate q (local) or clients sampled / N (central)", **_NO_DP),
     _metric("fid", "float", "mean_std", "Frechet Inception distance", better="lower",
-            gate=Gate(True, 0.10, True, noise_floor=0.50),
+            gate=Gate(True, 0.10, True, noise_floor=0.75),
             report=Shown("FID ↓", fmt=".1f", std=True, always=True)),
     _metric("fid_impl", "str", "joined",
             "extractor, mode and resize; FIDs with different `fid_impl` are never comparable"),
@@ -192,7 +192,7 @@ LEADERBOARD: list[Column] = [
     _metric("fid_floor", "float", "mean", "the FID floor at this n: real training images against the same "
             "reference (a perfect generator scores this, not 0)", better="lower", **_OPTIONAL),
     _metric("kid", "float", "mean_std", "kernel Inception distance (clean-fid), same features as FID", better="lower",
-            gate=Gate(True, 0.10, True, noise_floor=0.60), report=Shown("KID ↓", fmt=".3f", std=True)),
+            gate=Gate(True, 0.10, True, noise_floor=1.50), report=Shown("KID ↓", fmt=".3f", std=True)),
     _metric("downstream_acc", "float", "mean_std", "accuracy on the real test split of a small CNN trained on "
             "generated images (class-conditional scenarios)", unit="fraction", better="higher",
             gate=Gate(False, 0.02, False, noise_floor=0.10),
@@ -520,7 +520,7 @@ def gate_table() -> str:
     rows = [[f"`{c.name}`", "higher" if c.gate.lower_is_better else "lower", margin(c), floor(c)]
             for c in LEADERBOARD if c.gate]
     return _table(["gated metric", "worse when", "default margin (`--margin METRIC=VALUE`, absolute or `N%`)",
-                   "noise floor (one-seed DP rows)"], rows)
+                   "noise floor (DP rows)"], rows)
 
 
 def metrics_table() -> str:
