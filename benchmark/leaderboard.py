@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark import schema
-from benchmark.rundir import RUN_FILES, is_complete, write_atomic
+from benchmark.rundir import RUN_FILES, is_complete, publish_run_files, write_atomic
 from benchmark.schema import (ATTACK_COLUMNS, ATTACK_DTYPES, COLUMNS, DP_LEVEL, DTYPES,  # noqa: F401 (re-exported)
                               SCHEMA_VERSION)
 
@@ -174,34 +174,11 @@ def summarize(runs_dir: Path, results_dir: Path, suites: list[str] | None = None
         else:  # none of these runs has attacks: an older attacks.csv would describe other runs
             (out / "attacks.csv").unlink(missing_ok=True)
         written.append(path)
-    copy_sample_grids(runs_dir, results_dir, suites=sorted(results))
+    for suite, res in sorted(results.items()):  # one sample grid per definition, from its lowest seed
+        publish_run_files(res.runs, Path(results_dir) / suite / "samples", "samples.png")
     if report:
         from benchmark.report import write_report
 
         for suite, res in sorted(results.items()):
             write_report(res, Path(results_dir) / suite)
     return written
-
-
-def copy_sample_grids(runs_dir: Path, results_dir: Path, suites: list[str]) -> list[Path]:
-    """One sample grid per scenario definition: ``results/<suite>/samples/<scenario>-<hash>.png``,
-    from its lowest seed. Grids of definitions no longer in the runs (a changed hash) are removed,
-    as the leaderboard's rows are."""
-    chosen: dict[tuple, tuple[int, Path]] = {}
-    for run in find_runs(runs_dir):
-        sc = json.loads((run / "scenario.json").read_text())
-        if sc["suite"] not in suites:
-            continue
-        key = (sc["suite"], sc["name"], sc["hash"])
-        if key not in chosen or sc["seed"] < chosen[key][0]:
-            chosen[key] = (sc["seed"], run)
-    out = []
-    for (suite, name, h), (_seed, run) in sorted(chosen.items()):
-        dest = Path(results_dir) / suite / "samples" / f"{name}-{h}.png"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(dest, (run / "samples.png").read_bytes())
-        out.append(dest)
-    for suite in suites:
-        for stale in set((Path(results_dir) / suite / "samples").glob("*.png")) - set(out):
-            stale.unlink(missing_ok=True)
-    return out

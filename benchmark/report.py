@@ -29,7 +29,7 @@ import pandas as pd
 from attacks.base import auc, draw_roc
 from attacks.base import best_attack as _best
 from benchmark import schema
-from benchmark.rundir import write_atomic
+from benchmark.rundir import publish_run_files, write_atomic
 from privacy.modes import dp_mode_names, get_dp_mode
 
 NO_DP = next(n for n in dp_mode_names() if not get_dp_mode(n).private)  # the registry's non-private mode
@@ -356,30 +356,12 @@ def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str]) -
     for p in plots:
         if p in captions:
             lines += [f"## {captions[p]}", "", f"![{captions[p]}]({p})", ""]
-    if any(p.startswith("roc/") for p in plots):
-        lines += ["Every attack's ROC per scenario: " + ", ".join(
-            f"[{Path(p).stem}]({p})" for p in plots if p.startswith("roc/")), ""]
-    if any(p.startswith("inversion/") for p in plots):
-        lines += ["Gradient inversion of client 0's update per scenario (true images above what each "
-                  "attacker recovered, lowest seed): " + ", ".join(
-                      f"[{Path(p).stem}]({p})" for p in plots if p.startswith("inversion/")), ""]
+    for folder, caption in (("roc/", "Every attack's ROC per scenario"),
+                            ("inversion/", "Gradient inversion of client 0's update per scenario (true images "
+                                           "above what each attacker recovered, lowest seed)")):
+        if any(p.startswith(folder) for p in plots):
+            lines += [f"{caption}: " + ", ".join(f"[{Path(p).stem}]({p})" for p in plots if p.startswith(folder)), ""]
     return "\n".join(lines)
-
-
-def copy_inversions(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
-    """inversion/<scenario>-<hash>.png: the gradient-inversion figure of each scenario's lowest seed
-    (true images above what the attackers recovered from client 0's update, labelled by attacker and
-    PSNR/SSIM), where the inversion attack ran."""
-    out = []
-    for _, row in df.iterrows():
-        paths = runs.get((row["scenario"], row["scenario_hash"])) or []
-        src = paths[0] / "inversion.png" if paths else None
-        if src is not None and src.exists():
-            dest = out_dir / "inversion" / f"{row['scenario']}-{row['scenario_hash']}.png"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(dest, src.read_bytes())
-            out.append(dest)
-    return out
 
 
 def write_report(res, out_dir: Path) -> list[Path]:
@@ -391,17 +373,15 @@ def write_report(res, out_dir: Path) -> list[Path]:
     written += plot_rocs(df, res.runs, out_dir)
     grid = plot_samples(df, res.runs, out_dir / "samples.png")
     written += [grid] if grid else []
-    written += copy_inversions(df, res.runs, out_dir)
+    written += publish_run_files(res.runs, out_dir / "inversion", "inversion.png")  # where inversion ran
     md = render_markdown(df, res.attacks, [p.relative_to(out_dir).as_posix() for p in written])
     write_atomic(out_dir / "README.md", md)
     # A plot these runs no longer give (no attacks now, a scenario gone) must not outlive them.
     owned = [out_dir / n for n in ("frontier.png", "attack_vs_epsilon.png", "roc.png", "samples.png")]
-    per_row = [*(out_dir / "roc").glob("*.png"), *(out_dir / "inversion").glob("*.png")]
-    for stale in set(owned + per_row) - set(written):
+    for stale in set(owned + list((out_dir / "roc").glob("*.png"))) - set(written):
         stale.unlink(missing_ok=True)
-    for sub in ("roc", "inversion"):
-        if (out_dir / sub).is_dir() and not any((out_dir / sub).iterdir()):
-            (out_dir / sub).rmdir()
+    if (out_dir / "roc").is_dir() and not any((out_dir / "roc").iterdir()):
+        (out_dir / "roc").rmdir()
     return [*written, out_dir / "README.md"]
 
 

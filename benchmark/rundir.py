@@ -68,6 +68,27 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
+def publish_run_files(runs: dict, dest: Path, filename: str) -> list[Path]:
+    """``dest/<scenario>-<hash><suffix>``: the file ``filename`` of each scenario definition's lowest
+    seed (``runs``: (scenario, hash) -> its run folders by seed), where that run has one. Files in
+    ``dest`` that no definition gives any more (a changed hash, a row gone) are removed, and
+    ``dest`` itself when it is left empty."""
+    dest, suffix = Path(dest), Path(filename).suffix
+    out = []
+    for (name, h), paths in sorted(runs.items()):
+        src = paths[0] / filename
+        if src.exists():
+            target = dest / f"{name}-{h}{suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, src.read_bytes())
+            out.append(target)
+    for stale in set(dest.glob(f"*{suffix}")) - set(out):
+        stale.unlink(missing_ok=True)
+    if dest.is_dir() and not any(dest.iterdir()):
+        dest.rmdir()
+    return out
+
+
 def json_default(o):
     if isinstance(o, np.integer):
         return int(o)
