@@ -85,10 +85,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _scenarios_from_args(args: argparse.Namespace):
-    from benchmark.scenarios import get_scenario, get_suite, load_scenario_file
+    from benchmark.scenarios import ScenarioError, get_scenario, get_suite, load_scenario_file
 
     if args.suite:
-        return get_suite(args.suite, args.scale)
+        scenarios = get_suite(args.suite, args.scale)
+        if not scenarios:
+            raise ScenarioError(f"suite {args.suite!r} has no scenarios at scale {args.scale!r} (`bench list --scale "
+                                f"{args.scale}`)")
+        return scenarios
     if args.scenario:
         return (get_scenario(args.scenario, args.scale),)
     return load_scenario_file(args.scenario_file)

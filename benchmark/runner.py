@@ -158,7 +158,7 @@ def _run_stages(work: Path, final: Path, scenario: Scenario, seed: int, opts: Ru
     stage("train", f"{scenario.rounds} round(s), {scenario.clients_per_round} of {scenario.num_clients} clients, "
                    f"dp {scenario.dp_mode}")
     history = train_stage(scenario, seed, work, fed, device, opts, progress)
-    stage("sample", f"{scenario.fid_n_samples} images, {scenario.sampler}-{scenario.sample_steps}")
+    stage("sample", f"{n_generated(scenario)} images, {scenario.sampler}-{scenario.sample_steps}")
     model, fake, fake_labels, sample_s = sample_stage(scenario, seed, work, fed, device)
     stage("score", f"FID/KID at n = {scenario.fid_n_samples}"
                    + (", downstream accuracy" if scenario.class_conditional else ""))
@@ -232,6 +232,12 @@ def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opt
             bar.close()
 
 
+def n_generated(scenario: Scenario) -> int:
+    """Images a run generates: FID's ``fid_n_samples``, or the downstream classifier's larger set
+    (FID scores the first ``fid_n_samples``; labels go round-robin, so both are class-balanced)."""
+    return max(scenario.fid_n_samples, scenario.downstream_n_samples or 0)
+
+
 def sample_stage(scenario: Scenario, seed: int, work: Path, fed, device: str):
     """The final global model, and the images it generates (samples.npz, samples.png)."""
     model = task.build_model(scenario, fed.dataset)
@@ -240,7 +246,7 @@ def sample_stage(scenario: Scenario, seed: int, work: Path, fed, device: str):
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     fake, fake_labels = sample(
-        model, make_scheduler(scenario.num_train_timesteps), scenario.fid_n_samples,
+        model, make_scheduler(scenario.num_train_timesteps), n_generated(scenario),
         steps=scenario.sample_steps, sampler=scenario.sampler,
         num_classes=fed.dataset.num_classes if scenario.class_conditional else None,
         seed=derive_seed("sample", seed), device=device,
@@ -259,7 +265,7 @@ def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np
     test = load_dataset(scenario.dataset, data_root=opts.data_root, split="test")
     real, real_key = fid_reference(test, scenario.fid_n_samples)
     t0 = time.perf_counter()
-    fid = compute_fid(real, fake, device=device, real_key=real_key, extractor=scenario.fid_impl)
+    fid = compute_fid(real, fake[:scenario.fid_n_samples], device=device, real_key=real_key, extractor=scenario.fid_impl)
     fid_s = time.perf_counter() - t0
     if not np.isfinite(fid.fid):
         raise RunFailedError(f"{scenario.name} seed {seed}: FID is not finite ({fid.fid})")
@@ -272,6 +278,8 @@ def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np
     if scenario.class_conditional:
         from benchmark.utility import downstream_accuracy
 
+        n = scenario.downstream_n_samples or scenario.fid_n_samples
+        fake, fake_labels = fake[:n], fake_labels[:n]
         out |= {
             "downstream_acc": downstream_accuracy(fake, fake_labels, test.images, test.labels,
                                                   num_classes=test.num_classes,

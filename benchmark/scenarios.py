@@ -38,7 +38,9 @@ HASH_NEUTRAL_DEFAULTS = {"min_clients_per_round": None, "round_timeout_s": None,
                          # issue 18: Poisson client sampling (central-dp-sampled)
                          "client_sample_rate": None, "adaptive_clipping": False,
                          # issue 16: public pretraining (benchmark.pretrain)
-                         "pretrain": None, "pretrain_epochs": 0, "optimizer": "adam"}
+                         "pretrain": None, "pretrain_epochs": 0, "optimizer": "adam",
+                         # issue 16: the downstream classifier's own, larger sample
+                         "downstream_n_samples": None}
 
 
 class ScenarioError(ValueError):
@@ -76,6 +78,9 @@ class Scenario:
     sample_steps: int = 20
     fid_n_samples: int = 200
     fid_impl: str = "clean"                 # clean (offline clean-fid network) or pytorch-fid
+    # Class-balanced generated images the downstream classifier trains on (class-conditional
+    # scenarios); None: the fid_n_samples FID samples. FID always scores the first fid_n_samples.
+    downstream_n_samples: int | None = None
     seeds: tuple[int, ...] = (0,)
     suite: str = "custom"
     scale: str = "cpu"
@@ -266,6 +271,11 @@ def _validate(s: Scenario) -> str | None:
         return f"unknown fid_impl {s.fid_impl!r} (clean or pytorch-fid)"
     if s.fid_n_samples < 2:
         return f"fid_n_samples must be >= 2, got {s.fid_n_samples}"
+    if s.downstream_n_samples is not None:
+        if not s.class_conditional:
+            return "downstream_n_samples needs class_conditional = true (only class-conditional samples train a classifier)"
+        if s.downstream_n_samples < 2:
+            return f"downstream_n_samples must be >= 2, got {s.downstream_n_samples}"
     if s.sample_steps > s.num_train_timesteps:
         return "sample_steps must not exceed num_train_timesteps"
     if s.model not in MODEL_CONFIGS:
@@ -426,11 +436,13 @@ def smoke_suite(scale: Scale) -> tuple[Scenario, ...]:
 # parties (50 each: a small federation of small sites, the privacy-sensitive regime), every party
 # in every round, 10 rounds x 30 local epochs (300 epochs over the data: the no-DP model memorises);
 # public pretraining on the embedded MNIST at 8x8 (another population of writers) for 30 epochs.
+# Downstream accuracy trains on 2,000 generated digits (200 per class; about 3 s to sample here):
+# at the FID's 200 the classifier reads every model 0.2 lower and its spread hides the rows' order.
 CPU_PRIVACY = dict(dataset="digits-embedded", pretrain="mnist8-embedded", pretrain_epochs=30, num_clients=4,
                    clients_per_round=4, max_train_images=200, heldout_fraction=0.5, canaries=64, rounds=20,
                    local_epochs=30, batch_size=16,
-                   learning_rate=1e-3, sample_steps=20, fid_n_samples=200, grad_sample_mode="mixed-ghost-bk",
-                   seeds=(0, 1))
+                   learning_rate=1e-3, sample_steps=20, fid_n_samples=200, downstream_n_samples=2000,
+                   grad_sample_mode="mixed-ghost-bk", seeds=(0, 1))
 # DP-SGD's own budget: a DP step costs a fixed ~40 ms on top of the plain one (per-sample norms), so
 # the DP rows take fewer, larger steps: 20 rounds x 10 local epochs at an expected batch of 32
 # (sample rate 0.64 on 50 images), a third of the no-DP rows' epochs and a sixth of their steps.
@@ -456,6 +468,36 @@ def privacy_suite(scale: Scale) -> tuple[Scenario, ...]:
         out.append(Scenario(name=f"privacy-iid-local-eps{eps:g}", partition="iid", dp_mode="local-dpsgd",
                             target_epsilon=eps, **(common | CPU_PRIVACY_DP)))
     return tuple(out)
+
+
+# Controls for the privacy suite's DP rows (issue 16): what their cost is made of. The same data,
+# parties, pretraining and canaries as `privacy`; membership attacks only.
+CONTROL_EPSILON = 10.0
+
+
+@register_suite("privacy-controls")
+def privacy_controls_suite(scale: Scale) -> tuple[Scenario, ...]:
+    """Where the ``privacy`` suite's DP rows lose against its no-DP row, row by row (``cpu`` only;
+    the ``gpu`` privacy grid gives every row one recipe, so it has no controls):
+
+    - ``privacy-control-nodp-dp-recipe``: the DP rows' recipe (plain SGD at 3e-3, 10 local epochs,
+      batch 32) with no clipping and no noise: what the recipe itself learns;
+    - ``privacy-control-nodp-adam-dp-budget``: the no-DP row's optimizer (Adam at 1e-3) at the DP
+      rows' budget, no DP: a recipe that learns the classes within that budget;
+    - ``privacy-control-local-eps10-adam``: that recipe under DP-SGD at epsilon 10.
+    """
+    if scale.name != "cpu":
+        return ()
+    members_only = tuple(a for a in ATTACKS if a in membership_attack_names())
+    common = _base(scale, "privacy-controls", delta=1e-5, class_conditional=True, attacks=members_only,
+                   **(CPU_PRIVACY | CPU_PRIVACY_DP))
+    adam = dict(optimizer="adam", learning_rate=CPU_PRIVACY["learning_rate"])
+    return (
+        Scenario(name="privacy-control-nodp-dp-recipe", partition="iid", **common),
+        Scenario(name="privacy-control-nodp-adam-dp-budget", partition="iid", **(common | adam)),
+        Scenario(name="privacy-control-local-eps10-adam", partition="iid", dp_mode="local-dpsgd",
+                 target_epsilon=CONTROL_EPSILON, **(common | adam)),
+    )
 
 
 @register_suite("privacy-grid")

@@ -139,6 +139,7 @@ def test_kill_mid_suite_then_resume(tmp_path, feddp_cache):
      else ["run", "--suite", "smoke", "--device", "tpu"], "device"),
     (["run", "--scenario-file", "/nonexistent.toml"], "does not exist"),
     (["summarize", "/nonexistent-runs"], "does not exist"),
+    (["run", "--suite", "privacy-controls", "--scale", "gpu"], "has no scenarios at scale 'gpu'"),
 ])
 def test_bad_input_is_one_line(capsys, argv, match):
     assert main(argv) == 2

@@ -111,3 +111,58 @@ def test_pytorch_fid_impl_uses_cached_weights_only(tmp_path, monkeypatch, feddp_
     assert U.inception_features(images[:2], extractor="pytorch-fid").shape == (2, 2048)
     with pytest.raises(ValueError, match="unknown FID extractor"):
         U.inception_features(images[:2], extractor="tf")
+
+
+def test_downstream_steps_are_passes_over_the_set_with_a_floor():
+    from benchmark.utility import downstream_steps
+
+    assert downstream_steps(16) == downstream_steps(200) == downstream_steps(400) == 200  # the old fixed 200
+    assert downstream_steps(2000) == 1000 and downstream_steps(2001) == 1001  # 32 passes at batch 64
+    assert downstream_steps(2000, batch_size=32) == 2000
+
+
+def test_downstream_trains_on_its_own_sample_and_fid_scores_the_first_fid_n(monkeypatch, tmp_path):
+    """With downstream_n_samples the run generates that many; FID (and KID) still see exactly
+    fid_n_samples of them, the classifier all of them, and metrics.json says so."""
+    from benchmark import runner, utility
+    from benchmark.scenarios import Scenario
+
+    scn = Scenario(name="t", dataset="digits-embedded", class_conditional=True, fid_n_samples=20,
+                   downstream_n_samples=60)
+    assert runner.n_generated(scn) == 60
+    assert runner.n_generated(Scenario(name="u", fid_n_samples=20)) == 20
+    seen = {}
+
+    def fake_fid(real, fake, **kw):
+        seen["fid"] = len(fake)
+        return utility.FIDResult(1.0, 0.0, "stub", len(fake), len(fake))
+
+    def fake_acc(images, labels, *a, **kw):
+        seen["acc"] = (len(images), np.bincount(labels, minlength=10).tolist())
+        return 0.5
+
+    monkeypatch.setattr(utility, "compute_fid", fake_fid)
+    monkeypatch.setattr(utility, "fid_floor", lambda train, test, n, **kw: fake_fid(None, train.images[:n]))
+    monkeypatch.setattr(utility, "fid_reference", lambda test, n: (test.images[:n], "k"))
+    monkeypatch.setattr(utility, "downstream_accuracy", fake_acc)
+    labels = np.arange(60) % 10
+    images = np.zeros((60, 1, 8, 8), np.uint8)
+    out = runner.score_stage(scn, 0, images, labels, "cpu", runner.RunOptions(tmp_path))
+    assert seen["fid"] == 20 and out["fid_n_samples"] == 20
+    assert seen["acc"] == (60, [6] * 10) and out["downstream_n_train"] == 60
+    # Without it, the classifier trains on the FID samples, as before the field existed.
+    runner.score_stage(Scenario(name="u", dataset="digits-embedded", class_conditional=True, fid_n_samples=20),
+                       0, images[:20], labels[:20], "cpu", runner.RunOptions(tmp_path))
+    assert seen["acc"] == (20, [2] * 10)
+
+
+def test_downstream_n_samples_is_checked_and_hash_neutral():
+    from benchmark.scenarios import Scenario, ScenarioError
+
+    base = Scenario(name="t", class_conditional=True)
+    assert Scenario(name="t", class_conditional=True, downstream_n_samples=None).hash == base.hash
+    assert Scenario(name="t", class_conditional=True, downstream_n_samples=2000).hash != base.hash
+    with pytest.raises(ScenarioError, match="downstream_n_samples needs class_conditional"):
+        Scenario(name="t", downstream_n_samples=100)
+    with pytest.raises(ScenarioError, match="downstream_n_samples must be >= 2"):
+        Scenario(name="t", class_conditional=True, downstream_n_samples=1)
