@@ -280,12 +280,11 @@ def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np
 
         n = scenario.downstream_n_samples or scenario.fid_n_samples
         fake, fake_labels = fake[:n], fake_labels[:n]
-        out |= {
-            "downstream_acc": downstream_accuracy(fake, fake_labels, test.images, test.labels,
-                                                  num_classes=test.num_classes,
-                                                  seed=derive_seed("downstream", seed), device=device),
-            "downstream_n_train": len(fake), "downstream_n_test": len(test.labels),
-        }
+        t0 = time.perf_counter()
+        acc = downstream_accuracy(fake, fake_labels, test.images, test.labels, num_classes=test.num_classes,
+                                  seed=derive_seed("downstream", seed), device=device)
+        out |= {"downstream_acc": acc, "downstream_n_train": len(fake), "downstream_n_test": len(test.labels),
+                "downstream_s": time.perf_counter() - t0}
     return out
 
 

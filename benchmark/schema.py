@@ -275,6 +275,8 @@ RUN_ONLY: list[RunField] = [
     RunField("fid_reference", "str", "key of the FID reference images"),
     RunField("sample_s", "float", "sampling wall time", unit="s"),
     RunField("fid_s", "float", "FID wall time", unit="s"),
+    RunField("downstream_s", "float", "downstream classifier's wall time (training and scoring)", unit="s",
+             required=False),
     RunField("kid_floor", "float", "KID of real training images against the reference (the floor at this n)",
              required=False, nullable=True),
     RunField("final_train_loss", "float", "training loss of the last round; null under DP (clients do not send it)",

@@ -13,7 +13,7 @@ import json
 from benchmark.runner import RunOptions, run_one
 from benchmark.scenarios import get_scenario
 
-PHASES = ("train_s", "sample_s", "fid_s", "attack_s")
+PHASES = ("train_s", "sample_s", "fid_s", "downstream_s", "attack_s")
 
 
 def test_phases_of_one_privacy_run(benchmark, tmp_path, monkeypatch):
