@@ -29,6 +29,7 @@ from benchmark.partition import PartitionError, parse_scheme
 from privacy.modes import ModeError, get_dp_mode, get_grad_sample_mode, grad_sample_mode_names  # torch-free
 
 ATTACKS = attack_names()  # the attack registry, in declaration order (torch-free)
+MEMBERSHIP_ATTACKS = tuple(a for a in ATTACKS if a in membership_attack_names())  # no client update needed
 SAMPLERS = ("ddim", "ddpm", "dpm-solver")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -434,7 +435,7 @@ def smoke_suite(scale: Scale) -> tuple[Scenario, ...]:
 # The privacy suite at the cpu scale (issue 16): where a DDPM memorises and where DP's price shows
 # within a laptop's budget. Private data: scikit-learn's 8x8 digits, 200 training images over 4
 # parties (50 each: a small federation of small sites, the privacy-sensitive regime), every party
-# in every round, 10 rounds x 30 local epochs (300 epochs over the data: the no-DP model memorises);
+# in every round, 20 rounds x 30 local epochs (600 epochs over the data: the no-DP model memorises);
 # public pretraining on the embedded MNIST at 8x8 (another population of writers) for 30 epochs.
 # Downstream accuracy trains on 2,000 generated digits (200 per class; about 3 s to sample here):
 # at the FID's 200 the classifier reads every model 0.2 lower and its spread hides the rows' order.
@@ -445,7 +446,8 @@ CPU_PRIVACY = dict(dataset="digits-embedded", pretrain="mnist8-embedded", pretra
                    grad_sample_mode="mixed-ghost-bk", seeds=(0, 1))
 # DP-SGD's own budget: a DP step costs a fixed ~40 ms on top of the plain one (per-sample norms), so
 # the DP rows take fewer, larger steps: 20 rounds x 10 local epochs at an expected batch of 32
-# (sample rate 0.64 on 50 images), a third of the no-DP rows' epochs and a sixth of their steps.
+# (sample rate 0.5 on 50 images: q = 1 / ceil(50 / 32)), a third of the no-DP rows' epochs and a
+# sixth of their steps.
 CPU_PRIVACY_DP = dict(local_epochs=10, batch_size=32, optimizer="sgd", learning_rate=3e-3)
 PRIVACY_EPSILONS = (10.0, 4.0, 1.0)
 
@@ -461,8 +463,8 @@ def privacy_suite(scale: Scale) -> tuple[Scenario, ...]:
     if scale.name != "cpu":
         return _grid(scale, "privacy", "privacy")
     common = _base(scale, "privacy", delta=1e-5, class_conditional=True, attacks=ATTACKS, **CPU_PRIVACY)
-    members_only = tuple(a for a in ATTACKS if a in membership_attack_names())
-    out = [Scenario(name="privacy-public-only", partition="iid", **(common | dict(rounds=0, attacks=members_only))),
+    out = [Scenario(name="privacy-public-only", partition="iid",
+                    **(common | dict(rounds=0, attacks=MEMBERSHIP_ATTACKS))),
            Scenario(name="privacy-iid-nodp", partition="iid", **common)]
     for eps in PRIVACY_EPSILONS:
         out.append(Scenario(name=f"privacy-iid-local-eps{eps:g}", partition="iid", dp_mode="local-dpsgd",
@@ -488,8 +490,7 @@ def privacy_controls_suite(scale: Scale) -> tuple[Scenario, ...]:
     """
     if scale.name != "cpu":
         return ()
-    members_only = tuple(a for a in ATTACKS if a in membership_attack_names())
-    common = _base(scale, "privacy-controls", delta=1e-5, class_conditional=True, attacks=members_only,
+    common = _base(scale, "privacy-controls", delta=1e-5, class_conditional=True, attacks=MEMBERSHIP_ATTACKS,
                    **(CPU_PRIVACY | CPU_PRIVACY_DP))
     adam = dict(optimizer="adam", learning_rate=CPU_PRIVACY["learning_rate"])
     return (
@@ -549,10 +550,9 @@ def cross_device_suite(scale: Scale) -> tuple[Scenario, ...]:
     ``gpu``: the embedded MNIST at 28 px over 200 clients, 50 rounds (not measured).
     """
     n, q = 200, 0.1
-    members_only = tuple(a for a in ATTACKS if a in membership_attack_names())
     common = _base(scale, "cross-device", partition="iid", num_clients=n, clients_per_round=round(q * n),
                    local_epochs=1, max_train_images=None, delta=1e-5, class_conditional=True,
-                   attacks=members_only, rounds=50, dataset="mnist-embedded")
+                   attacks=MEMBERSHIP_ATTACKS, rounds=50, dataset="mnist-embedded")
     dp = {}
     out = []
     if scale.name == "cpu":
