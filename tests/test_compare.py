@@ -251,3 +251,105 @@ def test_a_one_seed_run_is_banded_by_the_other_sides_spread(tmp_path):
     both_one = base.copy()
     both_one["downstream_acc_std"], both_one["n_seeds"] = float("nan"), 1
     assert cmp._band(gate, both_one, one, "downstream_acc", 3.0) == 0.02  # no spread anywhere: the margin
+
+
+# The privacy suite as published: the baseline `.ci/run` gates its fresh one-seed run against.
+PRIVACY = Path(__file__).resolve().parents[1] / "results" / "privacy" / "leaderboard.csv"
+EPS1_DRAWS = Path(__file__).resolve().parent / "data" / "privacy-eps1-draws.csv"
+MIA = ("mia_auc", "mia_tpr_at_1pct_fpr", "mia_tpr_at_0_1pct_fpr")
+
+
+def one_seed_board(tmp_path, rows: dict[str, dict[str, float]]):
+    """The published privacy leaderboard with the named rows turned into one-seed runs (no spread)
+    carrying the given metrics, as `.ci/run`'s `--seeds 0` writes them."""
+    df = pd.read_csv(PRIVACY, dtype=str, keep_default_na=False)
+    for scenario, values in rows.items():
+        i = df.index[df["scenario"] == scenario][0]
+        df.loc[i, [c for c in df.columns if c.endswith("_std")]] = ""
+        df.loc[i, "n_seeds"] = "1"
+        for col, v in values.items():
+            df.loc[i, col] = repr(float(v))
+    path = tmp_path / "fresh.csv"
+    path.write_text(df.to_csv(index=False, lineterminator="\n"))
+    return path
+
+
+def eps1_draws() -> list[dict[str, float]]:
+    df = pd.read_csv(EPS1_DRAWS, comment="#")
+    return [{k: v for k, v in row.items() if k not in ("source", "seed") and pd.notna(v)}
+            for row in df.to_dict("records")]
+
+
+@pytest.mark.parametrize("draw", range(11))
+def test_every_measured_epsilon1_draw_passes_the_gate(tmp_path, draw):
+    """Eleven runs of the privacy suite's epsilon-1 row (fresh DP noise each; one of them CI's, whose
+    accuracy of 0.145 failed the earlier floor of 0.10) each pass against the published row."""
+    draws = eps1_draws()
+    assert len(draws) == 11
+    new = one_seed_board(tmp_path, {"privacy-iid-local-eps1": draws[draw]})
+    assert not [f for f in cmp.compare_files(PRIVACY, new) if f.failing]
+
+
+def test_the_ci_draw_failed_the_earlier_accuracy_floor(tmp_path, monkeypatch):
+    ci = eps1_draws()[-1]
+    assert ci["downstream_acc"] == 0.145
+    g = cmp.GATED["downstream_acc"]
+    monkeypatch.setitem(cmp.GATED, "downstream_acc", dataclasses.replace(g, noise_floor=0.10))
+    new = one_seed_board(tmp_path, {"privacy-iid-local-eps1": ci})
+    bad = [(f.scenario, f.check.split()[0]) for f in cmp.compare_files(PRIVACY, new) if f.failing]
+    assert bad == [("privacy-iid-local-eps1", "downstream_acc")]
+
+
+def chance_draws(n: int, seed: int = 0):
+    """A DP row's membership columns at chance: the best of three attacks by AUC (taken as
+    independent, the worst case for the maximum) at the privacy suite's 128 members and 128
+    non-members, each scored by the real metric code."""
+    import numpy as np
+
+    from attacks.base import mia_metrics
+
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(128), np.zeros(128)].astype(bool)
+    out = []
+    for _ in range(n):
+        best = max((mia_metrics(rng.standard_normal(256), labels) for _ in range(3)), key=lambda m: m["auc"])
+        out.append((best["auc"], best["tpr_at_1pct_fpr"], best["tpr_at_0_1pct_fpr"]))
+    return np.array(out)
+
+
+def chance_failure_rates(draws) -> dict[tuple[str, str], float]:
+    base = read_leaderboard(PRIVACY).set_index("scenario", drop=False)
+    rates = {}
+    for name, b in base.iterrows():
+        if not cmp.secret_noise(b["dp_mode"]):
+            continue
+        one = b.copy()
+        one["n_seeds"] = 1
+        for j, metric in enumerate(MIA):
+            one[f"{metric}_std"] = float("nan")
+            band = cmp._band(cmp.GATED[metric], b, one, metric, 3.0)
+            rates[name, metric] = float((draws[:, j] > float(b[metric]) + band).mean())
+    return rates
+
+
+def test_chance_attack_draws_pass_the_floors(monkeypatch):
+    """The published DP rows' membership columns are chance draws (their AUC 0.51, TPR 0.01-0.02):
+    a fresh chance draw must pass the gate but for odds under 1 in 500 per row and column. The floors
+    of 0.08 / 0.05 / 0.05 this replaced failed about one in seven `.ci/run`s on chance alone."""
+    draws = chance_draws(6000)
+    assert 0.52 < draws[:, 0].mean() < 0.54  # the published DP rows' level: the model is right
+    rates = chance_failure_rates(draws)
+    assert len(rates) == 9 and max(rates.values()) <= 0.002, rates
+    for metric, floor in zip(MIA, (0.08, 0.05, 0.05)):
+        monkeypatch.setitem(cmp.GATED, metric, dataclasses.replace(cmp.GATED[metric], noise_floor=floor))
+    assert sum(chance_failure_rates(draws).values()) > 0.08
+
+
+def test_a_dp_row_that_breaks_still_fails(tmp_path):
+    """The floors pass chance; they do not pass a DP row that leaks like the no-DP row, nor one whose
+    accuracy falls to chance from epsilon 10's or 4's."""
+    nodp = read_leaderboard(PRIVACY).set_index("scenario").loc["privacy-iid-nodp"]
+    new = one_seed_board(tmp_path, {"privacy-iid-local-eps10": {m: nodp[m] for m in MIA},
+                                    "privacy-iid-local-eps4": {"downstream_acc": 0.1}})
+    bad = {(f.scenario, f.check.split()[0]) for f in cmp.compare_files(PRIVACY, new) if f.failing}
+    assert bad == {("privacy-iid-local-eps10", "mia_auc"), ("privacy-iid-local-eps4", "downstream_acc")}
