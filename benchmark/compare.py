@@ -23,7 +23,7 @@ Rows are matched by (suite, scenario, scale). For every matched row:
   Flower's wrapper, numpy's unseeded global RNG, and DP noise is secret by design) differs between
   two runs of the same commit by that noise alone, and two seeds do not estimate that spread (the
   CPU privacy suite's epsilon-1 row: FID 110.7-188.5 over four fresh-clone seeds, two of them
-  within 8 of each other; its downstream accuracy 0.145-0.599 over eleven draws,
+  within 8 of each other; its downstream accuracy 0.145-0.599 over twelve draws,
   ``tests/data/privacy-eps1-draws.csv``). So its band is never less than the gate's ``noise_floor``
   (declared in :mod:`benchmark.schema`), spread or not, sized so that a chance-level draw of the
   same commit passes (the attack columns: the null of a best-of-three attack; results/README.md):

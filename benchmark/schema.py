@@ -67,7 +67,7 @@ class Gate:
     # or not: two runs of the same commit differ by that noise, and two seeds do not estimate it.
     # Sized so that chance-level draws pass: FID, KID and inversion from the published DP rows'
     # spread; the attack columns from the null of a DP row's best-of-three attacks at 256 candidates
-    # and accuracy from eleven draws of the privacy suite's epsilon-1 row (results/README.md,
+    # and accuracy from twelve draws of the privacy suite's epsilon-1 row (results/README.md,
     # "Regression gate"; tests/test_compare.py tests both).
     noise_floor: float | None = None
 
