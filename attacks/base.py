@@ -40,11 +40,35 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from attacks.observe import ObservedUpdate
-
 
 class AttackError(ValueError):
     """An attack cannot run as asked (one-line message)."""
+
+
+# What a client-update observation holds (the victim's side, which builds it: attacks.observe) ------
+@dataclass
+class ClientRandomness:
+    """The client's diffusion randomness: noise ``(K, B, C, H, W)`` and timesteps ``(K, B)``, one
+    row per local step. What a server that can replay the client's training seed knows."""
+
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
+@dataclass
+class ObservedUpdate:
+    """What the server receives from the client (plus the protocol facts it knows: batch size,
+    local steps, learning rate, labels, and the clipping bound ``clip`` if the protocol clips).
+    ``replayed`` is the client's diffusion randomness, there only where the server can replay it."""
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    batch_size: int
+    local_steps: int
+    lr: float
+    labels: torch.Tensor | None
+    clip: float | None = None
+    replayed: ClientRandomness | None = None
 
 
 # What an adversary observes -----------------------------------------------------------------------
@@ -165,16 +189,11 @@ class AttackBudget:
         return d
 
 
-BUDGETS: dict[str, AttackBudget] = {
-    # A small inversion budget (25 L-BFGS evaluations, known randomness only): the CPU privacy suite
-    # must stay within 30 minutes on 2 cores. 8 noise draws per timestep: the loss attack's score is
-    # a mean, and with 2 draws its noise hid half the no-DP model's memorisation (issue 16).
-    "cpu": AttackBudget(mia_noise_draws=8, mia_max_candidates=128, inversion_iters=25, inversion_local_steps=2,
-                        inversion_randomness=("known",)),
-    # 1000 objective evaluations for each of the two attackers (known and secret randomness).
-    "gpu": AttackBudget(mia_noise_draws=8, mia_max_candidates=2000, inversion_iters=1000,
-                        inversion_restarts=2),
-}
+def scale_budget(scale: str) -> AttackBudget:
+    """The attack budget a scale gives its scenarios (``benchmark.scales.Scale.attack_budget``)."""
+    from benchmark.scales import SCALES
+
+    return AttackBudget(**SCALES[scale].attack_budget)
 
 
 # ROC metrics --------------------------------------------------------------------------------------

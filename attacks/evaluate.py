@@ -37,7 +37,6 @@ from attacks.audit import (
     record_bound,
 )
 from attacks.base import (
-    BUDGETS,
     CLIENT_UPDATE,
     FINAL_MODEL,
     Attack,
@@ -46,17 +45,18 @@ from attacks.base import (
     AttackResult,
     ClientUpdateObservation,
     FinalModelObservation,
+    ObservedUpdate,
     best_attack,
     draw_roc,
     match_scores,
     mia_metrics,
     roc_curve,
 )
-from attacks.observe import ObservedUpdate, as_seen, client_update
+from attacks.observe import as_seen, client_update
 from attacks.registry import get_attack
 from benchmark.rundir import write_atomic
 from benchmark.seeding import derive_seed
-from privacy.modes import get_dp_mode
+from privacy.mechanisms import get_mechanism
 
 AUDIT_CONFIDENCE = 0.95
 DEFAULT_AUDIT_DELTA = 1e-5   # rows without DP claim nothing; their bound is still shown at this delta
@@ -90,7 +90,7 @@ def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict,
 
     if not scenario.attacks:
         return {}
-    budget = budget or BUDGETS[scenario.scale]
+    budget = budget or scale_budget(scenario.scale)
     case = Case(scenario, seed, model.to(device).eval(), make_scheduler(scenario.num_train_timesteps), fed, privacy,
                 budget, device, Path(out_dir))
     attacks = [get_attack(name) for name in scenario.attacks]
@@ -138,24 +138,10 @@ def _scores(attack: Attack, result: AttackResult, n: int) -> np.ndarray:
 
 
 def audited_epsilon(scenario, privacy: dict) -> float | None:
-    """The epsilon that applies to what the membership audit tests (one image): the claim of a
-    sample-level row, the image-level epsilon of a client-level one (privacy.accounting); None
-    without a claim."""
-    from privacy.accounting import image_level_epsilon
-
-    claimed = privacy.get("epsilon")
-    if claimed is None:
-        return None
-    mode = get_dp_mode(scenario.dp_mode)
-    if mode.image_sensitivity is None:   # a claim its mode does not make (a planted bug): held to as printed
-        return float(claimed)
-    sigma = privacy.get("noise_multiplier")
-    if mode.image_sensitivity != 1 and sigma is None:
-        raise AttackError(f"{scenario.name}: a {scenario.dp_mode} row needs its noise multiplier to be audited")
-    return image_level_epsilon(scenario.dp_mode, epsilon=float(claimed),
-                               noise_multiplier=float(sigma) if sigma is not None else 0.0,
-                               rounds=scenario.rounds, delta=scenario.delta, num_clients=scenario.num_clients,
-                               clients_per_round=scenario.clients_per_round, sample_rate=privacy.get("sample_rate"))
+    """The epsilon that applies to what the membership audit tests (one image), from the row's
+    mechanism: the claim of a sample-level row, the image-level epsilon of a client-level one;
+    None without a claim."""
+    return get_mechanism(scenario.dp_mode).audited_epsilon(scenario, privacy)
 
 
 def audit_tests(tested: list[tuple[str, str, np.ndarray, np.ndarray]], *, delta: float, seed: int) -> list[dict]:
@@ -238,6 +224,8 @@ def _roc_png(record: dict, arrays: dict, names: list[str], path: Path, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from benchmark.rundir import write_png
+
     fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=120)
     curves = []
     for name in names:
@@ -248,22 +236,14 @@ def _roc_png(record: dict, arrays: dict, names: list[str], path: Path, title: st
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    write_png(path, fig)
 
 
 # client-update: what one client's update gives away to the server -------------------------------------
 def observed_dp(scenario, privacy: dict) -> dict:
-    """What DP the client applies to the update the server sees (see attacks.observe): the one place
-    that reads the row's DP mode for an attack."""
-    mode = get_dp_mode(scenario.dp_mode)
-    if mode.clients_run_dpsgd:
-        return {"clip": float(privacy["max_grad_norm"]), "noise_multiplier": float(privacy["noise_multiplier"])}
-    if mode.server_adds_noise and scenario.central_clipping == "client":
-        return {"clip": float(privacy["max_grad_norm"]), "noise_multiplier": 0.0, "clip_whole_update": True}
-    return {"clip": None, "noise_multiplier": 0.0}
+    """What DP the client applies to the update the server sees (see attacks.observe), as the row's
+    mechanism says."""
+    return get_mechanism(scenario.dp_mode).attacker_view(scenario, privacy)
 
 
 def server_view(scenario, privacy: dict, model, scheduler, x0: torch.Tensor, labels: torch.Tensor | None, *,
@@ -331,14 +311,12 @@ def _inversion(case: Case, attacks: list[Attack], record: dict, arrays: dict) ->
 def inversion_png(rows: list[tuple[str, np.ndarray]], columns: list[str], path: Path, title: str = "") -> None:
     """The true images (top row) against each attacker's reconstructions, one labelled row each,
     upscaled without smoothing (nearest neighbour) so that 28-pixel images are legible."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmark.rundir import write_atomic
+    from benchmark.rundir import write_png
 
     ncol = max(len(r[1]) for r in rows)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(1.3 * ncol + 2.4, 1.35 * len(rows) + 0.5), squeeze=False)
@@ -358,10 +336,7 @@ def inversion_png(rows: list[tuple[str, np.ndarray]], columns: list[str], path: 
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7, labelpad=6)
     if title:
         fig.suptitle(title, fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    write_png(path, fig, dpi=100, bbox_inches="tight")
 
 
 # One referee per observation kind (attacks.base.OBSERVATION_KINDS), run in this order.

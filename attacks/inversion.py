@@ -54,11 +54,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attacks.base import AttackBudget, AttackError, AttackResult, ClientUpdateObservation
-# The victim and the scores live with the referee; named here too for callers that read them from
-# this module (tests/test_attacks_e2e.py).
-from attacks.base import match_scores  # noqa: F401
-from attacks.observe import RANDOMNESS, ObservedUpdate, client_update, diffusion_loss, model_params  # noqa: F401
+from attacks.base import AttackBudget, AttackError, AttackResult, ClientUpdateObservation, ObservedUpdate
+from attacks.observe import RANDOMNESS, diffusion_loss, model_params
 
 TV_WEIGHT = 0.1
 INVERSION_LR = 0.1

@@ -5,7 +5,7 @@ images, applying the client's own DP steps, and hands the attack the update the 
 (``ObservedUpdate``). The diffusion loss here is the one the client trains on; an inversion
 attacker that explains an update recomputes it with dummy images (``attacks.inversion``).
 
-What the server sees under each DP mode (``attacks.evaluate.observed_dp`` reads the row's mode):
+What the server sees under each DP mechanism (its ``attacker_view``, :mod:`privacy.mechanisms`):
 
 * ``none``: the raw update;
 * ``local-dpsgd``: every step is a DP-SGD step - per-sample gradients clipped to C, Gaussian noise
@@ -18,42 +18,17 @@ What the server sees under each DP mode (``attacks.evaluate.observed_dp`` reads 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch.func import functional_call
 
-from attacks.base import AttackError
+from attacks.base import AttackError, ClientRandomness, ObservedUpdate
 
 KINDS = ("gradient", "fedavg")
 # Whether the server can replay the client's diffusion noise and timesteps (its training seed):
 # ``known`` where it can (this federation's default), ``secret`` on a SuperNode with secret-randomness.
 RANDOMNESS = ("known", "secret")
-
-
-@dataclass
-class ClientRandomness:
-    """The client's diffusion randomness: noise ``(K, B, C, H, W)`` and timesteps ``(K, B)``, one
-    row per local step. What a server that can replay the client's training seed knows."""
-
-    noise: torch.Tensor
-    timesteps: torch.Tensor
-
-
-@dataclass
-class ObservedUpdate:
-    """What the server receives from the client (plus the protocol facts it knows: batch size,
-    local steps, learning rate, labels, and the clipping bound ``clip`` if the protocol clips).
-    ``replayed`` is the client's diffusion randomness, there only where the server can replay it."""
-
-    kind: str
-    tensors: dict[str, torch.Tensor]
-    batch_size: int
-    local_steps: int
-    lr: float
-    labels: torch.Tensor | None
-    clip: float | None = None
-    replayed: ClientRandomness | None = None
 
 
 def model_params(model) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ A declaration is the case apart from the attack (breaching): the threat model sa
 adversary observes, and the referee (``attacks.evaluate``) builds that observation; the
 implementation is one function ``run(observation, budget, generator) -> AttackResult`` in the
 attack's own module, imported only when the attack runs. So this list is read without torch:
-``benchmark.scenarios.ATTACKS`` comes from it, in declaration order (the privacy suite attacks with
+``benchmark.suites.ATTACKS`` comes from it, in declaration order (the privacy suite attacks with
 all of them, and the order is part of a scenario's hash).
 
 A new attack is its module and one declaration here; a test registers one with :func:`registered`.

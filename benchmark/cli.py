@@ -16,17 +16,17 @@ import os
 import sys
 from pathlib import Path
 
+from benchmark import errors
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line (``bench: error: ...``) and exit status 2."""
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
-        from benchmark.errors import EXIT_BAD_INPUT
-
         cmd = self.prog.split(" ", 1)[1] if " " in self.prog else ""
         print(f"bench: error: {cmd + ': ' if cmd else ''}{message.splitlines()[0]} (see {self.prog} --help)",
               file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(errors.EXIT_BAD_INPUT)
 
 
 def _positive(text: str) -> int:
@@ -63,7 +63,8 @@ def _seeds(text: str) -> tuple[int, ...]:
 def cmd_list(args: argparse.Namespace) -> int:
     from benchmark.data import dataset_names
     from benchmark.model_configs import MODEL_CONFIGS
-    from benchmark.scenarios import SCALES, get_suite, suite_names
+    from benchmark.scales import SCALES
+    from benchmark.suites import get_suite, suite_names
 
     if args.models:
         for name, cfg in MODEL_CONFIGS.items():
@@ -85,7 +86,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _scenarios_from_args(args: argparse.Namespace):
-    from benchmark.scenarios import ScenarioError, get_scenario, get_suite, load_scenario_file
+    from benchmark.scenarios import ScenarioError, load_scenario_file
+    from benchmark.suites import get_scenario, get_suite
 
     if args.suite:
         scenarios = get_suite(args.suite, args.scale)
@@ -144,8 +146,8 @@ def _dry_run(args: argparse.Namespace, scenarios, report) -> int:
     work = runner.plan(scenarios, args.seeds, dataclasses.replace(_options(args, report, False), resume=True))
     for s, seed, path, done in work:
         print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
-    print(f"bench: dry run: {sum(w[3] for w in work)} complete, {sum(not w[3] for w in work)} to run"
-          + ("" if args.resume or not any(w[3] for w in work) else " (a real run needs --resume)")
+    print(f"bench: dry run: {sum(w.done for w in work)} complete, {sum(not w.done for w in work)} to run"
+          + ("" if args.resume or not any(w.done for w in work) else " (a real run needs --resume)")
           + f"; leaderboards to {_results_dir(args)}", file=sys.stderr)
     return 0
 
@@ -154,7 +156,6 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
     from tqdm import tqdm
 
     from benchmark import leaderboard, quiet, runner
-    from benchmark.errors import EXIT_AUDIT_FAILED
     from benchmark.progress import Progress
 
     opts = _options(args, report, bars)
@@ -167,11 +168,10 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
         runner.check_data(work, opts)
         runner.check_writable(opts.out_dir)
         runner.check_writable(results_dir)
-        todo = [w for w in work if not w[3]]
-        runner.check_fid_available(tuple(w[0] for w in todo))
-        for (model, c, r, _cond, mode), rep in runner.verify_before_dp(
-                tuple({w[0] for w in todo}), opts).items():
-            checks.say(f"verify-dp {model} ({c}x{r}x{r}, {mode}) ok: norm rel err {rep.modes[0].norm_rel_err:.1e}")
+        todo = [w for w in work if not w.done]
+        runner.check_fid_available(tuple(w.scenario for w in todo))
+        for line in runner.verify_before_dp(tuple({w.scenario for w in todo}), opts).values():
+            checks.say(line)
     finally:
         checks.close()
     report(f"{len(work)} run(s), {len(work) - len(todo)} already complete, out {opts.out_dir}")
@@ -186,7 +186,7 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
         report(f"{quiet.hidden()} library warning(s) hidden (BENCH_VERBOSE=1 shows them)")
     # Bonferroni over every audited run of this invocation: if every claim holds, exit 3 has
     # probability at most 5 %.
-    audit = runner.suite_audit([w[2] for w in work])
+    audit = runner.suite_audit([w.path for w in work])
     for path, lb, ceiling, claim in audit.passed:
         print(f"bench: audit passed: {path}: lower bound {lb:.3g} <= audited epsilon {claim:.3g} < ceiling "
               f"{ceiling:.3g} ({audit.per_run_confidence:.4%} confidence)", file=sys.stderr)
@@ -197,19 +197,19 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
 
     for path in boards:
         print(terminal_summary(path, runs_dir=opts.out_dir))
-    failed = runner.failed_audits([w[2] for w in work], audit=audit)
+    failed = runner.failed_audits([w.path for w in work], audit=audit)
     for line in failed:
         print(f"bench: {line}", file=sys.stderr)
     if failed:
         print(f"bench: error: {len(failed)} run(s) failed the empirical privacy audit ({audit.n_audited} audited, "
               f"95 % over the whole invocation): their DP claim does not hold (see above)", file=sys.stderr)
-        return EXIT_AUDIT_FAILED
+        return errors.EXIT_AUDIT_FAILED
     return 0
 
 
 def check_partitions(args: argparse.Namespace) -> None:
     if not args.scenario.lstrip().startswith("{"):  # a registered name
-        from benchmark.scenarios import get_scenario
+        from benchmark.suites import get_scenario
 
         get_scenario(args.scenario, args.scale)
 
@@ -248,20 +248,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     failing = any(f.failing for f in findings)
     print(f"bench: {'regression' if failing else 'ok'}: {compare.summary(findings)}",
           file=sys.stderr if failing else sys.stdout)
-    return 1 if failing else 0
+    return errors.EXIT_REGRESSION if failing else errors.EXIT_OK
 
 
 def check_fid(args: argparse.Namespace) -> None:
-    from benchmark.errors import BadInputError
 
     for path in (args.a, args.b):
         if not Path(path).exists():
-            raise BadInputError(f"{path} does not exist")
+            raise errors.BadInputError(f"{path} does not exist")
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
     from benchmark.devices import resolve_device
-    from benchmark.utility import compute_fid, load_images
+    from benchmark.fid import compute_fid
+    from benchmark.images import load_images
 
     a, b = load_images(args.a), load_images(args.b)
     res = compute_fid(a, b, device=resolve_device(args.device), extractor=args.impl)
@@ -273,12 +273,11 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 
 def check_account(args: argparse.Namespace) -> None:
-    from benchmark.errors import BadInputError
 
     if args.level == "sample" and args.sample_rate is None:
-        raise BadInputError("sample level needs --sample-rate")
+        raise errors.BadInputError("sample level needs --sample-rate")
     if args.level == "client" and args.population is None:
-        raise BadInputError("client level needs --population (the number of clients N)")
+        raise errors.BadInputError("client level needs --population (the number of clients N)")
 
 
 def cmd_account(args: argparse.Namespace) -> int:
@@ -291,16 +290,14 @@ def cmd_account(args: argparse.Namespace) -> int:
         epsilon_of, noise_for = acc.sample_level_epsilon, acc.sample_level_noise
         how = f"sample level, {args.accountant}, q = {args.sample_rate:g}, {args.steps} steps"
     else:
-        if args.sample_rate is not None:  # central-dp-sampled: Poisson client sampling, amplified
-            from privacy import accounting as sacc
-
+        if args.sample_rate is not None:  # Poisson client sampling, amplified
             if args.accountant != "rdp":
                 raise acc.AccountingError(f"client level with --sample-rate accounts with rdp only, not "
                                           f"{args.accountant!r}")
             acc.check_privacy_params(delta=args.delta, sample_rate=args.sample_rate)
             common = dict(sample_rate=args.sample_rate, rounds=args.steps, delta=args.delta)
-            epsilon_of, noise_for = sacc.client_sampled_epsilon, sacc.client_sampled_noise
-            how = (f"client level, {sacc.SAMPLED_CLIENT_ACCOUNTANT}, q = {args.sample_rate:g} "
+            epsilon_of, noise_for = acc.client_sampled_epsilon, acc.client_sampled_noise
+            how = (f"client level, {acc.SAMPLED_CLIENT_ACCOUNTANT}, q = {args.sample_rate:g} "
                    f"({args.sample_rate * args.population:g} of {args.population} clients expected), "
                    f"{args.steps} rounds")
         else:
@@ -333,8 +330,8 @@ def cmd_verify_dp(args: argparse.Namespace) -> int:
     if not report.passed:
         print(f"bench: error: per-sample gradients of {args.model} do not match the per-sample loop",
               file=sys.stderr)
-        return 1
-    return 0
+        return errors.EXIT_MISMATCH
+    return errors.EXIT_OK
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
@@ -354,10 +351,9 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
 
 def check_sampler_cost(args: argparse.Namespace) -> None:
-    from benchmark.errors import BadInputError
 
     if not Path(args.run).is_dir():
-        raise BadInputError(f"{args.run}: no such run folder")
+        raise errors.BadInputError(f"{args.run}: no such run folder")
 
 
 def cmd_sampler_cost(args: argparse.Namespace) -> int:
@@ -395,9 +391,12 @@ def _results_args(q: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmark.scenarios import SAMPLERS, SCALES
+    from benchmark.fid_extractors import EXTRACTORS, extractor_names
+    from benchmark.samplers import SAMPLERS
+    from benchmark.scales import SCALES
     from privacy.accounting import SAMPLE_ACCOUNTANTS
 
+    scales = ", ".join(SCALES)
     p = _Parser(prog="bench", description="feddp-bench: federated diffusion models, "
                                 "utility vs privacy, as leaderboards.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -413,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--suite", help="a registered suite (see `bench list`)")
     src.add_argument("--scenario", help="one registered scenario by name")
     src.add_argument("--scenario-file", help="a TOML file of scenarios (fields as in `Scenario`)")
-    q.add_argument("--scale", default="cpu", choices=SCALES, help="cpu (default) or gpu: sizes the same scenarios")
+    q.add_argument("--scale", default="cpu", choices=SCALES, help=f"{scales} (default cpu): sizes the same scenarios")
     q.add_argument("--seeds", type=_seeds, help="seeds, e.g. '0,1,2' (default: the scenario's)")
     q.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
     _results_args(q)
@@ -430,9 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("a", help="folder of images, or .npz/.npy (uint8, NCHW or NHWC)")
     q.add_argument("b", help="folder of images, or .npz/.npy")
     q.add_argument("--device", default="cpu")
-    q.add_argument("--impl", default="clean", choices=("clean", "pytorch-fid"), help="clean (default, offline) or pytorch-fid (needs its "
-                   "weights in the torch hub cache)")
-    q.set_defaults(fn=cmd_fid, check=check_fid, hushed=True)  # library warnings hidden (benchmark.quiet)
+    q.add_argument("--impl", default="clean", choices=extractor_names(),
+                   help="; ".join(f"{e.name}: {e.summary}" for e in EXTRACTORS.values()))
+    q.set_defaults(fn=cmd_fid, check=check_fid, hushed=True)
 
     q = sub.add_parser("account", help="epsilon for a noise multiplier, or the noise for a target epsilon")
     q.add_argument("--level", choices=("sample", "client"), default="sample",
@@ -463,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast forward (compared at bf16 accuracy, 3e-2)")
     q.add_argument("--compile", action="store_true", help="torch.compile every mode's forward (reference stays eager)")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(fn=cmd_verify_dp, hushed=True)  # library warnings hidden (benchmark.quiet)
+    q.set_defaults(fn=cmd_verify_dp, hushed=True)
 
     q = sub.add_parser("perf", help="images/s and peak memory of the plain step and every DP mode, "
                        "sampling and FID features, on one machine in one run")
@@ -477,13 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=5, help="timed steps per mode (median; default 5)")
     q.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     q.add_argument("--amp", choices=("off", "bf16"), default="off", help="bf16 autocast of the forward")
-    q.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddim (default), dpm-solver or ddpm")
+    q.add_argument("--sampler", default="ddim", choices=SAMPLERS, help=f"{', '.join(SAMPLERS)} (default ddim)")
     q.add_argument("--sample-steps", type=int, default=10, help="denoising steps to time (0: skip sampling)")
     q.add_argument("--fid-batch", type=int, help="images per FID-feature call (default min(batch, 64); 0: skip)")
     q.add_argument("--compile", action="store_true",
                    help="torch.compile every training mode's forward (compiled during the warm-up)")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(fn=cmd_perf, hushed=True)  # library warnings hidden (benchmark.quiet)
+    q.set_defaults(fn=cmd_perf, hushed=True)
 
     from benchmark.sampler_cost import DEFAULT_SPECS
 
@@ -502,16 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="also write the report as JSON to this file")
     q.add_argument("--json", action="store_true")
     q.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    q.set_defaults(fn=cmd_sampler_cost, check=check_sampler_cost, hushed=True)  # library warnings hidden (benchmark.quiet)
+    q.set_defaults(fn=cmd_sampler_cost, check=check_sampler_cost, hushed=True)
 
     q = sub.add_parser("partitions", help="write each party's own data file and the server's manifest "
                        "(for a deployment: one file per SuperNode)")
     q.add_argument("--scenario", required=True, help="a registered scenario by name, or a scenario as JSON")
-    q.add_argument("--scale", default="cpu", help="cpu (default) or gpu: sizes the same scenarios")
+    q.add_argument("--scale", default="cpu", choices=SCALES, help=f"{scales} (default cpu): sizes the same scenarios")
     q.add_argument("--seed", type=int, default=0, help="the run seed (default 0): it decides the split")
     q.add_argument("--out", required=True, help="folder for partition-<id>.npz and manifest.json")
     q.add_argument("--data-root", help="where on-disk datasets lie (as for bench run)")
-    q.set_defaults(fn=cmd_partitions, check=check_partitions, hushed=True)  # library warnings hidden (benchmark.quiet)
+    q.set_defaults(fn=cmd_partitions, check=check_partitions, hushed=True)
 
     q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
     q.add_argument("runs_dir", help="folder of run folders (bench run --out)")
@@ -551,8 +550,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmark import errors
-
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)

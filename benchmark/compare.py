@@ -68,12 +68,13 @@ FAILING = ("WORSE", "CHANGED", "MISSING", "AUDIT FAILED")
 
 def secret_noise(dp_mode) -> bool:
     """Whether two runs of the same commit draw different noise for a row of this ``dp_mode`` (the
-    gates' ``noise_floor`` applies): every DP mode of :mod:`privacy.modes`, whose noise is secret by
-    design (central DP: Flower's wrapper draws it from numpy's unseeded global RNG)."""
-    from privacy.modes import ModeError, get_dp_mode  # torch-free
+    gates' ``noise_floor`` applies): every private mechanism of :mod:`privacy.mechanisms`, whose noise
+    is secret by design (drawn from OS entropy, :mod:`privacy.noise`)."""
+    from privacy.mechanisms import get_mechanism  # torch-free
+    from privacy.modes import ModeError
 
     try:
-        return get_dp_mode(str(dp_mode)).private
+        return get_mechanism(str(dp_mode)).private
     except ModeError:
         return False
 

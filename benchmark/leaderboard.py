@@ -18,8 +18,7 @@ import pandas as pd
 
 from benchmark import schema
 from benchmark.rundir import RUN_FILES, is_complete, publish_run_files, write_atomic
-from benchmark.schema import (ATTACK_COLUMNS, ATTACK_DTYPES, COLUMNS, DP_LEVEL, DTYPES,  # noqa: F401 (re-exported)
-                              SCHEMA_VERSION)
+from benchmark.schema import ATTACK_COLUMNS, COLUMNS, DTYPES, SCHEMA_VERSION
 
 
 class LeaderboardError(ValueError):
@@ -106,11 +105,6 @@ def build_results(runs_dir: Path) -> dict[str, SuiteResults]:
     return {suite: SuiteResults(suite, pd.DataFrame(rows[suite], columns=COLUMNS),
                                 pd.DataFrame(attack_rows[suite], columns=ATTACK_COLUMNS), runs[suite])
             for suite in rows}
-
-
-def build_leaderboards(runs_dir: Path) -> dict[str, pd.DataFrame]:
-    """suite -> leaderboard DataFrame, from the complete runs under ``runs_dir``."""
-    return {suite: r.leaderboard for suite, r in build_results(runs_dir).items()}
 
 
 def _float(x: float) -> str:

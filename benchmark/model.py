@@ -7,14 +7,17 @@ diffusers' DDIM, DPM-Solver++ or full DDPM scheduler built from the training sch
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 
 from benchmark.model_configs import MODEL_CONFIGS, MODEL_INPUTS  # noqa: F401  (the registry lives there)
+from benchmark.samplers import get_sampler
+from benchmark.seeding import torch_seeded
 
 
 class ModelConfigError(ValueError):
@@ -26,7 +29,8 @@ def build_unet(name: str, *, in_channels: int, resolution: int, num_classes: int
     """The named UNet for images of ``in_channels`` x ``resolution`` x ``resolution``.
 
     ``num_classes`` turns on class conditioning (a learned class embedding added to the timestep
-    embedding, as in the seed paper's conditional runs). ``seed`` fixes the initial weights.
+    embedding, as in the seed paper's conditional runs). ``seed`` fixes the initial weights
+    without touching the process's global torch generator.
     """
     try:
         cfg = MODEL_CONFIGS[name]
@@ -37,12 +41,12 @@ def build_unet(name: str, *, in_channels: int, resolution: int, num_classes: int
         raise ModelConfigError(
             f"model {name!r} downsamples by {factor}; resolution {resolution} is not divisible by it"
         )
-    if seed is not None:
-        torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=resolution, in_channels=in_channels, out_channels=in_channels,
-        num_class_embeds=num_classes, **cfg,
-    )
+    # Without a seed the weights come from the caller's global generator.
+    with torch_seeded(seed) if seed is not None else contextlib.nullcontext():
+        return UNet2DModel(
+            sample_size=resolution, in_channels=in_channels, out_channels=in_channels,
+            num_class_embeds=num_classes, **cfg,
+        )
 
 
 def compile_forward(model: UNet2DModel) -> UNet2DModel:
@@ -120,13 +124,19 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
 
 def train_epochs(model: UNet2DModel, optimizer: torch.optim.Optimizer, scheduler: DDPMScheduler,
                  images: np.ndarray, labels: np.ndarray, *, epochs: int, batch_size: int,
-                 conditional: bool, device: str | torch.device, seed: int) -> dict:
-    """Plain (non-private) local training. Returns ``{"loss": mean loss, "steps": n}``."""
+                 conditional: bool, device: str | torch.device, seed: int, noise_seed: int | None = None) -> dict:
+    """Plain (non-private) training: a client's local epochs, and public pretraining.
+
+    ``seed`` draws the batches, ``noise_seed`` (default: ``seed``) the noise and timesteps.
+    Returns ``{"loss": mean loss over every step, "last_epoch_loss": the last epoch's mean, "steps": n}``.
+    """
     rng = np.random.default_rng(seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed if noise_seed is None else noise_seed)
     model.train()
     total, steps = 0.0, 0
+    epoch_total, epoch_steps = 0.0, 0
     for _ in range(epochs):
+        epoch_total, epoch_steps = 0.0, 0
         for xb, yb in batches(images, labels, batch_size, rng):
             x0 = to_model_range(xb).to(device)
             y = torch.as_tensor(yb, device=device) if conditional else None
@@ -134,29 +144,18 @@ def train_epochs(model: UNet2DModel, optimizer: torch.optim.Optimizer, scheduler
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach())
+            value = float(loss.detach())
+            total += value
+            epoch_total += value
             steps += 1
-    return {"loss": total / max(steps, 1), "steps": steps}
-
-
-# Evaluation samplers (a scenario's ``sampler``), each built from the training scheduler's config.
-# dpm-solver: DPM-Solver++ (2nd order multistep): good samples in 10-25 steps on well-trained models,
-# but worse than DDIM at 20 steps on the weakly trained unet-tiny measured (results/README.md).
-SAMPLER_SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpm-solver": DPMSolverMultistepScheduler}
-# DDPM and DDIM clip each step's predicted x0 to the data range [-1, 1] (the training scheduler's
-# clip_sample=True); DPM-Solver++ has no clip_sample, and without it a pixel-space model's samples
-# come out speckled (at 20 steps FID 270 without the clip, 214 with it; results/README.md). Its
-# dynamic thresholding with sample_max_value = 1 is exactly that clip (the threshold is clamped to 1).
-SAMPLER_OVERRIDES = {"dpm-solver": {"thresholding": True, "sample_max_value": 1.0}}
+            epoch_steps += 1
+    return {"loss": total / max(steps, 1), "last_epoch_loss": epoch_total / max(epoch_steps, 1), "steps": steps}
 
 
 def make_sampler(sampler: str, train_scheduler: DDPMScheduler):
-    """The evaluation scheduler ``sampler`` built from the training scheduler's config."""
-    try:
-        cls = SAMPLER_SCHEDULERS[sampler]
-    except KeyError:
-        raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLER_SCHEDULERS)})") from None
-    return cls.from_config(train_scheduler.config, **SAMPLER_OVERRIDES.get(sampler, {}))
+    """The evaluation scheduler ``sampler`` (a name of :data:`benchmark.samplers.SAMPLERS`) built
+    from the training scheduler's config."""
+    return get_sampler(sampler)(train_scheduler.config)
 
 
 @torch.no_grad()

@@ -117,6 +117,22 @@ def autocast(device: str, amp: str | None):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+@contextlib.contextmanager
+def tf32_matmuls(device: str, enabled: bool):
+    """TF32 for cuDNN convolutions and CUDA matmuls inside the block (on a CUDA device), and the
+    flags as they were after it: they are process-wide, and timing must not change what later
+    code in the process computes."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def make_train_step(model: torch.nn.Module, mode: str, *, batch: int, device: str, amp: str | None = None,
                     max_grad_norm: float = 1.0, noise_multiplier: float = 1.0, seed: int = 0,
                     compiled: bool = False):
@@ -183,7 +199,6 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
         raise PerfError(f"unknown mode(s) {', '.join(unknown)} (known: {', '.join(known)})")
     c, r = MODEL_INPUTS[model_name]
     if str(device).startswith("cuda"):
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         name = torch.cuda.get_device_name(torch.device(device))
     else:
         name = f"cpu ({torch.get_num_threads()} threads)"
@@ -200,66 +215,67 @@ def run_perf(model_name: str, *, batch: int, device: str = "cpu", modes: tuple[s
                            seed=0).to(device)
         return make_train_step(model, mode, batch=batch, device=device, amp=amp, compiled=compiled)
 
-    medians, peaks = {}, {}
-    if str(device).startswith("cuda") or compiled:
-        # A dedicated GPU: one mode at a time, so that each mode's peak memory is its own. Compiled
-        # modes too: alternating between UNet instances with different hooks thrashes dynamo's
-        # cache, so each mode starts from a reset dynamo and compiles in its warm-up.
-        for mode in order:
-            say(f"train {mode}")
-            gc.collect()  # the previous mode's model, optimizer state and Opacus hooks (cycles)
-            if compiled:
-                torch._dynamo.reset()
-            _peak_reset(device)
-            step, close = build(mode)
+    with tf32_matmuls(device, tf32):
+        medians, peaks = {}, {}
+        if str(device).startswith("cuda") or compiled:
+            # A dedicated GPU: one mode at a time, so that each mode's peak memory is its own. Compiled
+            # modes too: alternating between UNet instances with different hooks thrashes dynamo's
+            # cache, so each mode starts from a reset dynamo and compiles in its warm-up.
+            for mode in order:
+                say(f"train {mode}")
+                gc.collect()  # the previous mode's model, optimizer state and Opacus hooks (cycles)
+                if compiled:
+                    torch._dynamo.reset()
+                _peak_reset(device)
+                step, close = build(mode)
+                try:
+                    medians[mode] = _timed(step, steps=steps, warmup=warmup, device=device)
+                    peaks[mode] = _peak(device)
+                finally:
+                    close()
+                del step, close
+        else:
+            # A (shared) CPU: the modes take turns step by step, so that load from other processes
+            # falls on every mode alike and the ratios stay meaningful.
+            say(f"train {', '.join(order)} (interleaved)")
+            built = {mode: build(mode) for mode in order}
+            times = {mode: [] for mode in order}
             try:
-                medians[mode] = _timed(step, steps=steps, warmup=warmup, device=device)
-                peaks[mode] = _peak(device)
+                for i in range(warmup + steps):
+                    for mode in order:
+                        t0 = time.perf_counter()
+                        built[mode][0]()
+                        if i >= warmup:
+                            times[mode].append(time.perf_counter() - t0)
             finally:
-                close()
-            del step, close
-    else:
-        # A (shared) CPU: the modes take turns step by step, so that load from other processes
-        # falls on every mode alike and the ratios stay meaningful.
-        say(f"train {', '.join(order)} (interleaved)")
-        built = {mode: build(mode) for mode in order}
-        times = {mode: [] for mode in order}
-        try:
-            for i in range(warmup + steps):
-                for mode in order:
-                    t0 = time.perf_counter()
-                    built[mode][0]()
-                    if i >= warmup:
-                        times[mode].append(time.perf_counter() - t0)
-        finally:
-            for _step, close in built.values():
-                close()
-        medians = {mode: statistics.median(t) for mode, t in times.items()}
-    plain_ips = batch / medians[PLAIN]
-    for mode in order:
-        ips = batch / medians[mode]
-        report.rows.append(PerfRow("train", mode, batch, medians[mode], ips, ips / plain_ips, peaks.get(mode)))
-    if sample_steps > 0:
-        say(f"sample {sampler}")
-        model = build_unet(model_name, in_channels=c, resolution=r, seed=0).to(device)
-        sb = sample_batch or batch
-        _peak_reset(device)
-        with autocast(device, amp):
-            med = _timed(lambda: sample(model, make_scheduler(), sb, steps=sample_steps, sampler=sampler,
-                                        device=device, batch_size=sb),
-                         steps=max(1, steps // 2), warmup=1, device=device)
-        report.rows.append(PerfRow("sample", f"{sampler}-{sample_steps}", sb, med, sb / med, None, _peak(device)))
-    if fid_batch != 0:
-        import numpy as np
+                for _step, close in built.values():
+                    close()
+            medians = {mode: statistics.median(t) for mode, t in times.items()}
+        plain_ips = batch / medians[PLAIN]
+        for mode in order:
+            ips = batch / medians[mode]
+            report.rows.append(PerfRow("train", mode, batch, medians[mode], ips, ips / plain_ips, peaks.get(mode)))
+        if sample_steps > 0:
+            say(f"sample {sampler}")
+            model = build_unet(model_name, in_channels=c, resolution=r, seed=0).to(device)
+            sb = sample_batch or batch
+            _peak_reset(device)
+            with autocast(device, amp):
+                med = _timed(lambda: sample(model, make_scheduler(), sb, steps=sample_steps, sampler=sampler,
+                                            device=device, batch_size=sb),
+                             steps=max(1, steps // 2), warmup=1, device=device)
+            report.rows.append(PerfRow("sample", f"{sampler}-{sample_steps}", sb, med, sb / med, None, _peak(device)))
+        if fid_batch != 0:
+            import numpy as np
 
-        from benchmark.utility import inception_features
+            from benchmark.fid import inception_features
 
-        say("fid features")
-        n = fid_batch or min(batch, 64)
-        images = np.random.default_rng(0).integers(0, 256, (n, c, r, r), dtype=np.uint8)
-        inception_features(images[:2], device=device)  # loads (and caches) the network outside the timing
-        _peak_reset(device)
-        med = _timed(lambda: inception_features(images, device=device), steps=max(1, steps // 2), warmup=1,
-                     device=device)
-        report.rows.append(PerfRow("fid-features", "inception", n, med, n / med, None, _peak(device)))
+            say("fid features")
+            n = fid_batch or min(batch, 64)
+            images = np.random.default_rng(0).integers(0, 256, (n, c, r, r), dtype=np.uint8)
+            inception_features(images[:2], device=device)  # loads (and caches) the network outside the timing
+            _peak_reset(device)
+            med = _timed(lambda: inception_features(images, device=device), steps=max(1, steps // 2), warmup=1,
+                         device=device)
+            report.rows.append(PerfRow("fid-features", "inception", n, med, n / med, None, _peak(device)))
     return report

@@ -7,7 +7,7 @@ instead of a random initialisation. The checkpoint depends only on what it is co
 model config, the public data, the private data's image shape and classes, epochs, batch size,
 learning rate, timesteps): it is trained once, with a fixed seed (the same public checkpoint for every
 row and seed, as a downloaded one would be), and cached by the hash of that definition under
-``<cache>/pretrained/`` (:func:`benchmark.utility.cache_dir_path`; ``$FEDDP_CACHE``).
+``<cache>/pretrained/`` (:func:`benchmark.cache.cache_dir_path`; ``$FEDDP_CACHE``).
 
 A scenario with ``rounds = 0`` is the ``public-only`` reference: no private image touches the model,
 so its row shows what the private data adds (and its membership attacks are a null: no member was
@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from benchmark.cache import cache_dir_path
 from benchmark.data import ImageDataset, load_dataset
-from benchmark.model import build_unet, diffusion_loss, make_scheduler, to_model_range
+from benchmark.model import build_unet, make_scheduler, train_epochs
 from benchmark.rundir import write_json, write_torch
 from benchmark.scenarios import Scenario
 from benchmark.seeding import derive_seed
@@ -51,8 +51,6 @@ def definition(scenario: Scenario, image_shape: tuple[int, int, int], num_classe
 
 
 def checkpoint_path(defn: dict, cache_dir=None) -> Path:
-    from benchmark.utility import cache_dir_path
-
     key = hashlib.sha256(json.dumps(defn, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir_path(cache_dir) / "pretrained" / f"{defn['dataset']}-{defn['model']}-e{defn['epochs']}-{key}.pt"
 
@@ -98,23 +96,10 @@ def train_public(scenario: Scenario, public: ImageDataset, *, device: str = "cpu
     model = build_unet(scenario.model, in_channels=c, resolution=h,
                        num_classes=public.num_classes if scenario.class_conditional else None,
                        seed=derive_seed("pretrain-init", PRETRAIN_SEED)).to(device)
-    sched = make_scheduler(scenario.num_train_timesteps)
     opt = torch.optim.Adam(model.parameters(), lr=PRETRAIN_LEARNING_RATE)
-    rng = np.random.default_rng(derive_seed("pretrain-batches", PRETRAIN_SEED))
-    gen = torch.Generator(device=device).manual_seed(derive_seed("pretrain-noise", PRETRAIN_SEED) % 2**63)
-    model.train()
-    loss_sum, steps = 0.0, 0
-    for _ in range(scenario.pretrain_epochs):
-        loss_sum, steps = 0.0, 0
-        order = rng.permutation(len(public.labels))
-        for i in range(0, len(order), PRETRAIN_BATCH_SIZE):
-            idx = order[i:i + PRETRAIN_BATCH_SIZE]
-            x0 = to_model_range(public.images[idx]).to(device)
-            y = torch.as_tensor(public.labels[idx], device=device) if scenario.class_conditional else None
-            loss = diffusion_loss(model, sched, x0, y, generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.detach())
-            steps += 1
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, loss_sum / max(steps, 1)
+    stats = train_epochs(model, opt, make_scheduler(scenario.num_train_timesteps), public.images, public.labels,
+                         epochs=scenario.pretrain_epochs, batch_size=PRETRAIN_BATCH_SIZE,
+                         conditional=scenario.class_conditional, device=device,
+                         seed=derive_seed("pretrain-batches", PRETRAIN_SEED),
+                         noise_seed=derive_seed("pretrain-noise", PRETRAIN_SEED))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, stats["last_epoch_loss"]

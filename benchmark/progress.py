@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 from benchmark.scenarios import Scenario
-from privacy.modes import get_dp_mode
 
 # Within a stage, a "still in <stage>" line whenever no other line was reported for this long. 25 s,
 # not 30: the thread wakes late on a loaded machine (a fresh-clone run at 30 s saw a 30.7 s gap), and
@@ -59,21 +58,14 @@ class Progress:
             self._thread.join()
 
 
-def round_line(scenario: Scenario, r: int, metrics: dict, elapsed_s: float,
-               central_sigma: float | None = None) -> str:
-    """One line per finished round, with what is public: the loss without DP; under DP the epsilon
-    spent so far (local: the largest any client reported; central: the server's own accounting)."""
+def round_line(scenario: Scenario, r: int, metrics: dict, elapsed_s: float) -> str:
+    """One line per finished round, with what is public: under DP the epsilon spent so far (the
+    server's own accounting, which the mechanism reports with the round's metrics), else the
+    loss (a DP mechanism's clients do not report it)."""
     line = f"round {r}/{scenario.rounds} done ({elapsed_s:.0f} s)"
-    mode = get_dp_mode(scenario.dp_mode)
-    if central_sigma is not None:
-        from privacy.accounting import client_level_epsilon
-
-        eps = client_level_epsilon(noise_multiplier=central_sigma, rounds=r, delta=scenario.delta,
-                                   num_clients=scenario.num_clients)
-        line += f", epsilon so far {eps:.3g} of {scenario.target_epsilon:g}"
-    elif mode.private and metrics.get("epsilon") is not None:
+    if metrics.get("epsilon") is not None:
         line += f", epsilon so far {metrics['epsilon']:.3g} of {scenario.target_epsilon:g}"
-    elif not mode.private and metrics.get("train_loss") is not None:
+    elif metrics.get("train_loss") is not None:
         line += f", loss {metrics['train_loss']:.4g}"
     dropped = sum(int(metrics.get(k, 0)) for k in ("dropped_error", "dropped_timeout", "rejected_invalid"))
     return line + (f", {dropped} update(s) dropped" if dropped else "")

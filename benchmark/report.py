@@ -18,7 +18,6 @@ a function of the run folders, so rebuilding gives the same files.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from pathlib import Path
@@ -29,10 +28,10 @@ import pandas as pd
 from attacks.base import auc, draw_roc
 from attacks.base import best_attack as _best
 from benchmark import schema
-from benchmark.rundir import publish_run_files, write_atomic
-from privacy.modes import dp_mode_names, get_dp_mode
+from benchmark.rundir import publish_run_files, write_atomic, write_png
+from privacy.mechanisms import get_mechanism, mechanism_names
 
-NO_DP = next(n for n in dp_mode_names() if not get_dp_mode(n).private)  # the registry's non-private mode
+NO_DP = next(n for n in mechanism_names() if not get_mechanism(n).private)  # the registry's non-private mechanism
 
 
 class ReportError(ValueError):
@@ -59,12 +58,9 @@ def _figure(**kw):
     return plt, *plt.subplots(**kw)
 
 
-def _save(plt, fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buf.getvalue())
+def _save(fig, path: Path) -> Path:
+    """A report figure, at the report's resolution, closed after (:func:`benchmark.rundir.write_png`)."""
+    write_png(path, fig, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -148,7 +144,7 @@ def plot_frontier(df: pd.DataFrame, path: Path) -> Path | None:
     fig.text(0.01, -0.08, f"fid_impl: {impl}\n" + (
         "one seed per point: no error bars, the spread between runs is unknown (more seeds draw it)" if one_seed
         else "error bars and shaded bands: std over seeds"), fontsize=7)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def plot_attack_vs_epsilon(df: pd.DataFrame, path: Path) -> Path | None:
@@ -159,7 +155,7 @@ def plot_attack_vs_epsilon(df: pd.DataFrame, path: Path) -> Path | None:
     _lines(df, b, "mia_tpr_at_1pct_fpr", "mia_tpr_at_1pct_fpr_std", "TPR at 1% FPR (lower is better)",
            chance=0.01)
     fig.suptitle(f"{df['suite'].iloc[0]}: membership inference vs epsilon ({_subtitle(df)})", fontsize=9)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def attack_scores(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -217,7 +213,7 @@ def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
             best.append((row["scenario"], eps, n_non, top))
         seed = paths[0].name
         ax.set_title(f"{row['scenario']} ({eps}, {seed})", fontsize=8)
-        written.append(_save(plt, fig, out_dir / "roc" / f"{row['scenario']}-{row['scenario_hash']}.png"))
+        written.append(_save(fig, out_dir / "roc" / f"{row['scenario']}-{row['scenario_hash']}.png"))
     if best:
         plt, fig, ax = _figure(figsize=(9.6, 5.2))
         suite = str(df["suite"].iloc[0])
@@ -230,7 +226,7 @@ def plot_rocs(df: pd.DataFrame, runs: dict, out_dir: Path) -> list[Path]:
                   title="scenario (claimed epsilon): best attack", title_fontsize=7)
         ax.set_title(f"{suite}: best membership-inference attack per scenario\n(line style: dp_mode; "
                      f"log-log, the lower left is the low-FPR regime)", fontsize=9)
-        written.append(_save(plt, fig, out_dir / "roc.png"))
+        written.append(_save(fig, out_dir / "roc.png"))
     return written
 
 
@@ -248,7 +244,7 @@ def _distinct(lines, modes: list[str]) -> None:
     import matplotlib
 
     cmap = matplotlib.colormaps["tab20"]
-    names = dp_mode_names()
+    names = mechanism_names()
     for i, (line, mode) in enumerate(zip(lines, modes)):
         line.set_color(cmap((2 * i) % 20 + (i // 10) % 2))
         line.set_linestyle(_STYLES[names.index(mode) % len(_STYLES)] if mode in names else "-")
@@ -283,7 +279,7 @@ def plot_samples(df: pd.DataFrame, runs: dict, path: Path) -> Path | None:
         ax.imshow(img, interpolation="nearest")
         eps = f"eps {row['epsilon']:.3g}" if _finite(row["epsilon"]) else "no DP"
         ax.set_title(f"{row['scenario']}\n{eps}, FID {_fmt(row['fid'], '.1f')}", fontsize=7)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -1,7 +1,7 @@
 """The run folder: its layout, its completeness, atomic writes and provenance.
 
-A leaf module (standard library and numpy only; torch and Pillow are imported where a function
-needs them), so that everything that writes or reads run folders and results (runner, attacks,
+A leaf module (standard library and numpy only; torch, Pillow and matplotlib are imported where a
+function needs them), so that everything that writes or reads run folders and results (runner, attacks,
 leaderboard, report, sampler-cost) imports it without importing each other.
 
 A run folder is ``<out>/<suite>/<scenario>-<hash>/seed-<n>/`` and holds
@@ -9,7 +9,7 @@ A run folder is ``<out>/<suite>/<scenario>-<hash>/seed-<n>/`` and holds
     scenario.json     the scenario as run (its hash names the folder)
     partition.json    every client's member (train) and held-out indices
     history.json      the partitions sampled each round, per-round training loss (none under DP)
-                      and the server's privacy accounting (central_dp / local_dp: every client's spend)
+                      and the mechanism's ``privacy`` record (its figures and guarantees)
     global_model.pt   the final global model (a torch state dict)
     samples.npz       the generated images (uint8 NCHW) and their labels
     samples.png       a grid of generated samples
@@ -121,18 +121,40 @@ def write_torch(path: Path, obj) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def write_png(path: Path, fig, **savefig_kw) -> None:
-    """Save a matplotlib figure as PNG, atomically, without a changing 'Software' stamp."""
+# PNG: the one writer of every figure and image grid ------------------------------------------------
+# The same figure or pixels give the same bytes: matplotlib's 'Software' stamp (its version) is left
+# out, and Pillow writes no text chunk unless asked. Both go through write_atomic.
+def write_png(path: Path, fig, **savefig_kw) -> Path:
+    """A matplotlib figure as PNG (``savefig_kw``: dpi, bbox_inches, ...); the figure is closed after."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None}, **savefig_kw)
-    write_atomic(path, buf.getvalue())
+    plt.close(fig)
+    return _write_png_bytes(path, buf.getvalue())
+
+
+def write_png_pixels(path: Path, pixels: np.ndarray) -> Path:
+    """uint8 pixels as PNG: (H, W) grayscale or (H, W, 3) RGB."""
+    from PIL import Image
+
+    if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
+        raise ValueError(f"PNG pixels must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return _write_png_bytes(path, buf.getvalue())
+
+
+def _write_png_bytes(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    return path
 
 
 def sample_grid_png(images: np.ndarray, path: Path, ncol: int = 10) -> None:
     """Tile uint8 NCHW images into one PNG. Images smaller than 16 px are blown up (nearest
     neighbour) to 32 px or more, so that an 8x8 digit can be judged by eye."""
-    from PIL import Image
-
     up = max(1, 32 // max(images.shape[2], 1)) if images.shape[2] < 16 else 1
     if up > 1:
         images = images.repeat(up, axis=2).repeat(up, axis=3)
@@ -142,10 +164,7 @@ def sample_grid_png(images: np.ndarray, path: Path, ncol: int = 10) -> None:
     for i, img in enumerate(images):
         r, q = divmod(i, ncol)
         grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = img.transpose(1, 2, 0)
-    mode = "L" if c == 1 else "RGB"
-    buf = io.BytesIO()
-    Image.fromarray(grid[..., 0] if c == 1 else grid, mode=mode).save(buf, format="PNG")
-    write_atomic(path, buf.getvalue())
+    write_png_pixels(path, grid[..., 0] if c == 1 else grid)
 
 
 # Provenance -------------------------------------------------------------------------------------------

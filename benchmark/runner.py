@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,8 +25,8 @@ import torch
 from benchmark.data import load_dataset
 from benchmark.devices import resolve_device  # noqa: F401  (re-exported for callers of the runner)
 from benchmark import errors
-from benchmark.errors import VerificationError
 from benchmark.federation import task
+from benchmark.federation.partition_files import load_federated_data
 from benchmark.federation.simulation import simulate
 from benchmark.model import make_scheduler, sample
 from benchmark.progress import Progress, round_line
@@ -34,7 +35,7 @@ from benchmark.rundir import (environment, is_complete, run_dir, sample_grid_png
 from benchmark.scenarios import Scenario
 from benchmark.schema import check_metrics
 from benchmark.seeding import derive_seed
-from privacy.modes import get_dp_mode
+from privacy.mechanisms import get_mechanism
 
 
 class RunError(ValueError):
@@ -56,49 +57,20 @@ class RunOptions:
 
 
 def privacy_metrics(scenario: Scenario, history: dict) -> dict:
-    """The privacy columns of a run, from what the federation recorded."""
-    mode = get_dp_mode(scenario.dp_mode)
-    if not mode.private:
-        return {"epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None,
-                "max_grad_norm": None, "sample_rate": None}
-    if mode.server_adds_noise:
-        c = history["central_dp"]
-        return {"epsilon": c["epsilon"], "delta": scenario.delta, "accountant": c["accountant"],
-                "noise_multiplier": c["noise_multiplier"], "max_grad_norm": c["max_grad_norm"],
-                "sample_rate": c["sample_rate"], "epsilon_target": scenario.target_epsilon}
-    local = history["local_dp"]
-    return {
-        # The largest spend of any client (clients hold disjoint data), as the server computed it from
-        # each client's plan and the rounds it was sampled in (never from what a client remembers).
-        "epsilon": local["epsilon"], "delta": scenario.delta,
-        "accountant": local["accountant"], "noise_multiplier": local["noise_multiplier"],
-        "max_grad_norm": mode.clip(scenario.max_grad_norm),
-        "sample_rate": local["sample_rate"], "epsilon_target": scenario.target_epsilon,
-        "grad_sample_mode": scenario.grad_sample_mode, "noise_multiplicity": scenario.noise_multiplicity,
-    }
+    """The privacy columns of a run, from the ``privacy`` record the federation's server wrote."""
+    return get_mechanism(scenario.dp_mode).columns(scenario, history["privacy"])
 
 
 def verify_before_dp(scenarios, opts: RunOptions) -> dict:
-    """``bench verify-dp`` once per (model, input shape, mode) used by a local-DP scenario."""
-    from privacy.verify import verify_dp
-
-    reports = {}
+    """Each scenario's mechanism's checks before any training (``bench verify-dp`` for DP-SGD),
+    each done once per suite; returns one line per check that passed."""
+    done: dict = {}
     device = resolve_device(opts.device)
     for s in scenarios:
-        if not get_dp_mode(s.dp_mode).clients_run_dpsgd:
-            continue
-        ds = load_dataset(s.dataset, data_root=opts.data_root, split="test")
-        c, r = ds.images.shape[1], ds.images.shape[2]
-        key = (s.model, c, r, s.class_conditional, s.grad_sample_mode)
-        if key in reports:
-            continue
-        rep = verify_dp(s.model, device=device, in_channels=c, resolution=r,
-                        num_classes=ds.num_classes if s.class_conditional else None, modes=(s.grad_sample_mode,))
-        if not rep.passed:
-            raise VerificationError(f"per-sample gradients of {s.model} ({s.grad_sample_mode}) fail verification: "
-                           + "; ".join(rep.modes[0].problems))
-        reports[key] = rep
-    return reports
+        get_mechanism(s.dp_mode).preflight(
+            s, test_split=lambda s=s: load_dataset(s.dataset, data_root=opts.data_root, split="test"),
+            device=device, done=done)
+    return done
 
 
 def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
@@ -134,10 +106,6 @@ def run_one(scenario: Scenario, seed: int, opts: RunOptions) -> Path:
         raise
 
 
-# The stages of one run, in order. Each reports itself through ``RunOptions.report`` when it
-# starts, so a long run is never silent (a CI log shows the current stage of every run).
-STAGES = ("train", "sample", "score", "attack", "record")
-
 def _run_in(work: Path, final: Path, scenario: Scenario, seed: int, opts: RunOptions) -> Path:
     progress = Progress(opts.report, f"{scenario.name} seed {seed}")
     try:
@@ -151,7 +119,7 @@ def _run_stages(work: Path, final: Path, scenario: Scenario, seed: int, opts: Ru
     device = resolve_device(opts.device)
     stage = progress.enter
 
-    fed = task.load_federated_data(scenario, seed, opts.data_root)
+    fed = load_federated_data(scenario, seed, opts.data_root)
     write_json(work / "scenario.json", scenario.to_dict() | {"hash": scenario.hash, "seed": seed})
     write_json(work / "partition.json", fed.partition_record())
 
@@ -188,14 +156,6 @@ def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opt
         from tqdm import tqdm
         bar = tqdm(total=scenario.rounds, desc=f"{scenario.name} seed {seed}: rounds", unit="round",
                    leave=False, file=sys.stderr)
-    sigma = None
-    mode = get_dp_mode(scenario.dp_mode)
-    # Fixed client sampling (Flower's wrappers): the server's plan, public and the same as its own.
-    if mode.server_adds_noise and getattr(mode, "client_sampling", "fixed") == "fixed":
-        from privacy.central import calibrate_central
-
-        sigma = calibrate_central(target_epsilon=scenario.target_epsilon, delta=scenario.delta,
-                                  rounds=scenario.rounds, num_clients=scenario.num_clients)
     t0 = time.monotonic()
 
     def on_round(r: int, metrics: dict) -> None:
@@ -204,7 +164,7 @@ def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opt
         if progress is not None:
             elapsed = time.monotonic() - t0
             try:
-                line = round_line(scenario, r, metrics, elapsed, sigma)
+                line = round_line(scenario, r, metrics, elapsed)
             except Exception:  # noqa: BLE001 - a progress line never fails a run
                 line = f"round {r}/{scenario.rounds} done ({elapsed:.0f} s)"
             progress.say(line)
@@ -220,7 +180,8 @@ def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opt
                                     say=progress.say if progress is not None else None)
             if scenario.rounds == 0:  # public-only: the checkpoint is the model, no private image seen
                 write_torch(work / "global_model.pt", torch.load(ckpt, map_location="cpu", weights_only=True))
-                history = {"train_s": 0.0, "central_dp": {}, "pretrained": ckpt.name, "rounds": []}
+                history = {"train_s": 0.0, "privacy": get_mechanism(scenario.dp_mode).record(scenario, {}), "pretrained": ckpt.name,
+                    "rounds": []}
                 write_json(work / "history.json", history)
                 return history
             run_config["init-weights"] = str(ckpt)
@@ -260,7 +221,7 @@ def sample_stage(scenario: Scenario, seed: int, work: Path, fed, device: str):
 def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np.ndarray, device: str,
                 opts: RunOptions) -> dict:
     """Utility: FID and KID against the test split's fixed reference, downstream accuracy."""
-    from benchmark.utility import compute_fid, fid_floor, fid_reference
+    from benchmark.fid import compute_fid, fid_floor, fid_reference
 
     test = load_dataset(scenario.dataset, data_root=opts.data_root, split="test")
     real, real_key = fid_reference(test, scenario.fid_n_samples)
@@ -276,7 +237,7 @@ def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np
         floor = fid_floor(train, test, scenario.fid_n_samples, device=device, extractor=scenario.fid_impl)
         out |= {"fid_floor": floor.fid, "kid_floor": floor.kid}
     if scenario.class_conditional:
-        from benchmark.utility import downstream_accuracy
+        from benchmark.downstream import downstream_accuracy
 
         n = scenario.downstream_n_samples or scenario.fid_n_samples
         fake, fake_labels = fake[:n], fake_labels[:n]
@@ -330,9 +291,15 @@ def failed_audits(paths, confidence: float = 0.95, audit=None) -> list[str]:
             f"confidence) exceeds the audited epsilon {claim:.3g}" for path, lb, claim in audit.failed]
 
 
-def plan(scenarios: tuple[Scenario, ...], seeds: tuple[int, ...] | None,
-         opts: RunOptions) -> list[tuple[Scenario, int, Path, bool]]:
-    """Every (scenario, seed, folder, already complete) the suite will visit, checked up front."""
+class PlannedRun(NamedTuple):
+    scenario: Scenario
+    seed: int
+    path: Path      # the run folder
+    done: bool      # already complete
+
+
+def plan(scenarios: tuple[Scenario, ...], seeds: tuple[int, ...] | None, opts: RunOptions) -> list[PlannedRun]:
+    """Every run the suite will visit, checked up front."""
     out = []
     for s in scenarios:
         for seed in (seeds or s.seeds):
@@ -341,20 +308,18 @@ def plan(scenarios: tuple[Scenario, ...], seeds: tuple[int, ...] | None,
             if done and not opts.resume:
                 raise RunError(f"run folder {path} exists; pass --resume to skip completed runs "
                                f"or choose another --out")
-            out.append((s, seed, path, done))
+            out.append(PlannedRun(s, seed, path, done))
     return out
 
 
 def check_fid_available(scenarios) -> None:
     """Fail before any training when a scenario's FID network is not installed."""
-    from benchmark.utility import FIDUnavailableError, ensure_inception_file, pytorch_fid_extractor
+    from benchmark.fid_extractors import get_extractor
+    from benchmark.inception import FIDUnavailableError
 
-    for impl in sorted({s.fid_impl for s in scenarios}):
+    for name in sorted({s.fid_impl for s in scenarios}):
         try:
-            if impl == "clean":
-                ensure_inception_file()
-            else:
-                pytorch_fid_extractor("cpu")
+            get_extractor(name).check()
         except FIDUnavailableError as e:
             raise RunError(str(e).splitlines()[0]) from e
 
@@ -374,12 +339,11 @@ def check_data(work, opts: RunOptions) -> None:
         if done:
             continue
         split(scenario.dataset, "test")
-        fed = task.load_federated_data(scenario, seed, opts.data_root, dataset=split(scenario.dataset, "train"))
-        if get_dp_mode(scenario.dp_mode).sample_level:
-            n = max(len(c.train_idx) for c in fed.partition.clients)
-            if scenario.delta >= 1 / n:
-                raise RunError(f"scenario {scenario.name!r}: sample-level delta={scenario.delta:g} must be "
-                               f"below 1/n = {1 / n:g} (a client holds n = {n} training images)")
+        fed = load_federated_data(scenario, seed, opts.data_root, dataset=split(scenario.dataset, "train"))
+        problem = get_mechanism(scenario.dp_mode).data_problem(scenario, [len(c.train_idx)
+                                                                         for c in fed.partition.clients])
+        if problem:
+            raise RunError(f"scenario {scenario.name!r}: {problem}")
 
 
 def check_writable(out_dir: Path) -> None:

@@ -36,7 +36,7 @@ class SamplerCostError(ValueError):
 
 def parse_specs(text: str, num_train_timesteps: int | None = None) -> list[tuple[str, int]]:
     """``"ddim:50,dpm-solver:10"`` -> ``[("ddim", 50), ("dpm-solver", 10)]``, checked."""
-    from benchmark.model import SAMPLER_SCHEDULERS
+    from benchmark.samplers import SAMPLERS  # torch-free
 
     specs = []
     for part in (p.strip() for p in text.split(",")):
@@ -44,8 +44,8 @@ def parse_specs(text: str, num_train_timesteps: int | None = None) -> list[tuple
         if not m:
             raise SamplerCostError(f"sampler spec {part!r} is not SAMPLER:STEPS (e.g. ddim:50)")
         name, steps = m.group(1), int(m.group(2))
-        if name not in SAMPLER_SCHEDULERS:
-            raise SamplerCostError(f"unknown sampler {name!r} in {part!r} (known: {', '.join(SAMPLER_SCHEDULERS)})")
+        if name not in SAMPLERS:
+            raise SamplerCostError(f"unknown sampler {name!r} in {part!r} (known: {', '.join(SAMPLERS)})")
         _check_steps(name, steps, num_train_timesteps)
         if (name, steps) in specs:
             raise SamplerCostError(f"sampler spec {part!r} is given twice")
@@ -138,7 +138,8 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
     from benchmark.rundir import package_version as _version
     from benchmark.rundir import write_atomic
     from benchmark.seeding import derive_seed
-    from benchmark.utility import EXTRACTORS, FID_FLOOR_SEED, compute_fid, fid_reference
+    from benchmark.fid import compute_fid, fid_floor, fid_reference
+    from benchmark.fid_extractors import get_extractor
 
     say = progress or (lambda _m: None)
     run = Path(run)
@@ -155,7 +156,8 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
     real, real_key = fid_reference(test, n)
     report = SamplerCostReport(
         run=str(run), scenario=scenario.name, scenario_hash=scenario_hash, seed=seed, model=scenario.model,
-        dataset=scenario.dataset, n=n, device=str(device), fid_impl=EXTRACTORS[scenario.fid_impl] if score else None,
+        dataset=scenario.dataset, n=n, device=str(device),
+        fid_impl=get_extractor(scenario.fid_impl).impl if score else None,
         fid_reference=real_key, versions={d: _version(d) for d in ("torch", "diffusers")})
 
     model = None
@@ -180,14 +182,14 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
             res = compute_fid(real, images, device=device, real_key=real_key, extractor=scenario.fid_impl)
             row.fid, row.kid = float(res.fid), float(res.kid)
 
-    # The floor: n real training images (never in the reference, which is test data).
+    # The floor: n real training images (never in the reference, which is test data), as runs score it.
     if score:
         if n > len(train.labels):
             raise SamplerCostError(f"n = {n} is more than the {len(train.labels)} training images of the floor row")
-        idx = np.sort(np.random.default_rng(FID_FLOOR_SEED).permutation(len(train.labels))[:n])
         floor = SamplerCostRow("real", 0, n)
         say("real training images (the FID floor at this n)")
-        score_row(floor, train.images[idx])
+        res = fid_floor(train, test, n, device=device, extractor=scenario.fid_impl)
+        floor.fid, floor.kid = float(res.fid), float(res.kid)
         report.rows.append(floor)
 
     for name, steps in specs:

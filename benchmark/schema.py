@@ -23,12 +23,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from privacy.modes import dp_mode_names, get_dp_mode
+from privacy.mechanisms import get_mechanism, mechanism_names
 
 # Version 2: schema_version column, run date, mia_best_attack, a *_std column for every metric the
 # regression gate compares, attacks.csv. Version 3: the audit columns (epsilon_audited, audit_unit,
 # audit_ceiling, audit_verdict; epsilon_empirical_lb a bound for the row, no longer a mean over seeds).
-# Version 4: batch_size, pretrain, pretrain_epochs (issue 16: public pretraining, per-row budgets).
+# Version 4: batch_size, pretrain, pretrain_epochs (public pretraining, per-row budgets).
 # Bump it whenever a column is added, removed or changes meaning.
 SCHEMA_VERSION = 4
 
@@ -49,7 +49,6 @@ AGGREGATIONS = {
     "seeds": "sorted, space-separated",
     "std": "std (ddof=1; empty for one seed)",
 }
-DP_LEVEL = {name: get_dp_mode(name).dp_level for name in dp_mode_names()}  # privacy.modes is the one list
 
 
 class SchemaError(ValueError):
@@ -176,9 +175,10 @@ LEADERBOARD: list[Column] = [
               "(benchmark.pretrain); empty: random initialisation"),
     _scenario("pretrain_epochs", "int", "epochs of public pretraining (0: none)"),
     _scenario("model", "str", "UNet config (`bench list --models`)"),
-    _scenario("dp_mode", "str", "`none`, `local-dpsgd`, `central-dp`, `central-dp-sampled` (privacy/modes.py)", report=Shown("DP", always=True)),
+    _scenario("dp_mode", "str", ", ".join(f"`{n}`" for n in mechanism_names(plugins=False)) + " (privacy/mechanisms)",
+              report=Shown("DP", always=True)),
     Column("dp_level", "str", "derived", "first", "`sample` (local DP-SGD) or `client` (central DP); empty without DP",
-           derive=lambda s: DP_LEVEL.get(s["scenario"][0]["dp_mode"], "")),
+           derive=lambda s: get_mechanism(s["scenario"][0]["dp_mode"]).dp_level),  # unknown: one-line error
     _metric("epsilon", "float", "max", "claimed epsilon at `delta` (max over clients and seeds); empty without DP",
             better="lower = more private", report=Shown("epsilon ↓"), **_NO_DP),
     _scenario("delta", "float", "delta of the DP guarantee", report=Shown("delta", fmt="g", when="epsilon")),
@@ -220,7 +220,7 @@ LEADERBOARD: list[Column] = [
             **_OPTIONAL),
     _metric("epsilon_audited", "float", "max", "the epsilon the audit holds the row to: the claim for the unit the "
             "attacks test (`audit_unit`); a client-level claim is turned into its image-level epsilon "
-            "(`privacy.accounting.image_level_epsilon`); empty without DP", **_OPTIONAL),
+            "(the mechanism's `image_epsilon`, `privacy.mechanisms`); empty without DP", **_OPTIONAL),
     _metric("audit_unit", "str", "joined", "what the audit's candidates are: `image` (every membership attack); "
             "empty without DP", **_OPTIONAL),
     Column("epsilon_empirical_lb", "float", "derived", "max", "audit: a 95 % lower bound on epsilon for the row: the "

@@ -1,6 +1,6 @@
 """Differential privacy for the federation: DP-SGD on clients (Opacus), central DP (Flower), accounting.
 
-:mod:`privacy.modes` (torch-free) defines the DP modes and grad-sample modes; importing the package
-imports nothing heavy. The Opacus Conv2d grad-sampler fix (:mod:`privacy.grad_samplers`) is
-installed by the modules that build DP-SGD steps (:mod:`privacy.dpsgd`, :mod:`privacy.mixed_ghost`).
+:mod:`privacy.mechanisms` (torch-free) holds the DP mechanisms, one object per ``dp_mode``, and
+:mod:`privacy.modes` the grad-sample modes; importing the package imports nothing heavy. The Opacus Conv2d grad-sampler fix (:mod:`privacy.grad_samplers`) is
+installed by :func:`privacy.dpsgd.make_dp_step`, the one door to a DP-SGD step.
 """

@@ -31,7 +31,7 @@ sensitivity ``C (1 + z_update^2 / (4 sigma_b^2))^1/2 = z_update C / z``, on the 
 i.e. the sampled Gaussian of multiplier ``z``. The accountant charges ``z``, so a row with adaptive
 clipping carries a true epsilon (the clip norm of a round is a function of earlier releases only).
 
-Image level (what a membership audit tests): :func:`image_level_epsilon`.
+Image level (what a membership audit tests): each mechanism's ``image_epsilon`` (:mod:`privacy.mechanisms`).
 
 Every function refuses bad values with a one-line :class:`AccountingError`.
 """
@@ -168,53 +168,17 @@ def client_level_noise(*, target_epsilon: float, rounds: int, delta: float, num_
     return hi
 
 
-def image_level_epsilon(dp_mode: str, *, epsilon: float, noise_multiplier: float, rounds: int, delta: float,
-                        num_clients: int, clients_per_round: int = 1, sample_rate: float | None = None) -> float:
-    """The epsilon that holds for one *image* (what a membership audit tests) of a run that claims
-    ``epsilon`` for its DP mode's unit.
-
-    Where the unit is an image (``image_sensitivity`` 1: local DP-SGD) it is the claim. Where one
-    image moves what the accountant bounds by ``image_sensitivity`` times the unit's sensitivity
-    (central DP: one image can move its client's clipped update by up to 2C, the accountant charges C
-    per client), it is the same accountant at ``noise_multiplier / image_sensitivity``. The mode's
-    registry entry (:class:`privacy.modes.DPMode`) says which.
-    """
-    from privacy.modes import get_dp_mode
-
-    mode = get_dp_mode(dp_mode)
-    if not mode.private or mode.image_sensitivity is None:
-        raise AccountingError(f"dp_mode {dp_mode!r} claims no epsilon")
-    if mode.image_sensitivity == 1:
-        return float(epsilon)
-    if not mode.server_adds_noise:
-        raise AccountingError(f"dp_mode {dp_mode!r}: no image-level accountant for sensitivity "
-                              f"{mode.image_sensitivity:g}")
-    if mode.client_sampling == "poisson":
-        # Poisson-sampled clients (privacy.central_sampled): the same amplified accountant at the same
-        # client rate q. With adaptive clipping ``noise_multiplier`` is the effective z of both
-        # releases; an image flips its client's clipped-count bit by 1 where a client moves the
-        # centred sum by 1/2, so that release's sensitivity doubles too and z/2 still holds.
-        if sample_rate is None:
-            raise AccountingError(f"dp_mode {dp_mode!r}: the image-level epsilon needs the client sample rate")
-        return client_sampled_epsilon(noise_multiplier=noise_multiplier / mode.image_sensitivity,
-                                      sample_rate=sample_rate, rounds=rounds, delta=delta)
-    return client_level_epsilon(noise_multiplier=noise_multiplier / mode.image_sensitivity, rounds=rounds,
-                                delta=delta, num_clients=num_clients, clients_per_round=clients_per_round)
-
-
 # Client level with amplification by Poisson client sampling ------------------------------------
 SAMPLED_CLIENT_ACCOUNTANT = "opacus-rdp-poisson-clients"
 EPSILON_TOLERANCE = 0.005  # calibration: epsilon within [target - tol, target]
 
 
 def client_sampled_epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """Epsilon of ``rounds`` Poisson-sampled Gaussian releases (Opacus RDP, add/remove one client)."""
-    from opacus.accountants import create_accountant
-
+    """Epsilon of ``rounds`` Poisson-sampled Gaussian releases (Opacus RDP, add/remove one client;
+    through :func:`rdp_epsilon`, the same value with the per-round RDP cached: the server asks after
+    every round for the progress line)."""
     check_privacy_params(delta=delta, sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=rounds)
-    acc = create_accountant("rdp")
-    acc.history = [(noise_multiplier, sample_rate, rounds)]
-    return float(acc.get_epsilon(delta))
+    return rdp_epsilon([(noise_multiplier, sample_rate, rounds)], delta)
 
 
 def client_sampled_epsilon_dp_accounting(*, noise_multiplier: float, sample_rate: float, rounds: int,

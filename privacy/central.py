@@ -4,7 +4,7 @@ The server clips each sampled client's model update to ``clipping_norm`` (L2, ov
 averages them with *equal* weights (weighted FedAvg would let one client's weight exceed
 1/clients_per_round and break the sensitivity bound), and adds Gaussian noise with standard
 deviation ``noise_multiplier * clipping_norm / clients_per_round`` to the average: Flower's
-``DifferentialPrivacyServerSideFixedClipping`` wrapping :class:`SeededFedAvg`, with Flower's own
+``DifferentialPrivacyServerSideFixedClipping`` wrapping the sampling FedAvg, with Flower's own
 RDP accountant attached (``NO_AMPLIFICATION``: we claim no amplification from sampling a fixed
 number of clients per round, so every round is charged in full to every client).
 
@@ -14,7 +14,7 @@ instead: the server sends the clipping norm and each client clips its own update
 :func:`central_clipping_mod`, which applies that mod only when the server asked for it, so the
 same ClientApp serves every scenario.
 
-Flower 1.42 traps (the server's reply screening in ``benchmark/federation/server_app.py`` runs
+Flower 1.42 traps (the server's reply screening, :mod:`benchmark.federation.screening`, runs
 before this wrapper because of the first two): clipping subtracts arrays without checking shapes
 (a wrong-shaped update crashes the run) and turns a NaN update into NaN; unequal client weights
 raise ``ValueError`` (the whole run, not the round); with the accountant attached it skips a round
@@ -39,12 +39,9 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_stdv
 from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
                                      DifferentialPrivacyServerSideFixedClipping, FedAvg)
 
-from privacy.accounting import client_accountant, client_level_noise
-from privacy.modes import CENTRAL_DP
+from privacy.accounting import client_accountant
+from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
 from privacy.noise import secret_numpy_rng
-
-DEFAULT_UPDATE_CLIP = CENTRAL_DP.default_clip  # one source: the central-dp entry of privacy.modes
-UNIFORM_WEIGHT_KEY = "dp-weight"  # every client reports 1.0: equal weights in the average
 
 
 NOISE_METHOD = "_add_noise_to_aggregated_arrays"  # the one method of Flower's wrappers we override
@@ -81,11 +78,6 @@ class SecretNoiseClientSideFixedClipping(_SecretNoise, DifferentialPrivacyClient
     def __init__(self, *args, noise_rng: np.random.Generator | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.noise_rng = noise_rng or secret_numpy_rng()
-
-
-def calibrate_central(*, target_epsilon: float, delta: float, rounds: int, num_clients: int) -> float:
-    """Noise multiplier for ``target_epsilon`` after all ``rounds`` (each charged in full)."""
-    return client_level_noise(target_epsilon=target_epsilon, rounds=rounds, delta=delta, num_clients=num_clients)
 
 
 def wrap_central_dp(strategy: FedAvg, *, noise_multiplier: float, clipping_norm: float,

@@ -42,9 +42,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from privacy.accounting import SAMPLED_CLIENT_ACCOUNTANT, adaptive_update_noise, client_sampled_epsilon
+from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
 from privacy.noise import secret_numpy_rng
-
-UNIFORM_WEIGHT_KEY = "dp-weight"  # what every client reports (1.0); the sum has no weights
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ which float rounding makes one short for some n), and the accountant is charged 
 ``(noise_multiplier, sample_rate, steps)`` (checked after every round). The client keeps its
 accountant's history in its Flower context and reports its spend; the server recomputes every
 client's spend from the plan and the rounds it sampled the client in, and that figure is the one
-published (``benchmark.federation.server_app``).
+published (:mod:`privacy.ledger`).
 
 The Poisson sampling and the Gaussian noise are secret: their generators are seeded from OS
 entropy (:mod:`privacy.noise`), never from the run seed, so published results cannot replay them.
@@ -21,7 +21,8 @@ Grad-sample modes (:mod:`privacy.modes`): ``hooks`` (per-sample gradients), ``gh
 ghost clipping: norms without materialising per-sample gradients where a norm sampler exists, then
 a second backward), ``mixed-ghost`` and ``mixed-ghost-bk`` (:mod:`privacy.mixed_ghost`: per-layer
 cost-chosen ghost norms for Conv2d/Linear/GroupNorm, then Opacus' second backward resp.
-book-keeping with one backward). All run with the Conv2d fix of :mod:`privacy.grad_samplers` and
+book-keeping with one backward). All run with the Conv2d fix of :mod:`privacy.grad_samplers`
+(:func:`make_dp_step` installs it) and
 pass ``bench verify-dp``.
 
 :func:`make_dp_step` is the one door to a DP-SGD step: training (:func:`dp_train_epochs`),
@@ -46,20 +47,18 @@ import numpy as np
 import torch
 
 from benchmark.model import diffusion_loss, make_scheduler, to_model_range
-from privacy import grad_samplers as _grad_samplers  # noqa: F401  (installs the Conv2d fix)
+from privacy import grad_samplers
 from privacy.accounting import sample_level_noise
 from privacy.mixed_ghost import dp_backward, quiet_output_hooks
-from privacy.modes import LOCAL_DPSGD, GradSampleMode, ModeError, get_grad_sample_mode, grad_sample_mode_names
-
-DEFAULT_MAX_GRAD_NORM = LOCAL_DPSGD.default_clip  # one source: the local-dpsgd entry of privacy.modes
+from privacy.modes import GradSampleMode, ModeError, get_grad_sample_mode, grad_sample_mode_names
 
 # Clip margin per norm precision: a DP step clips to C / (1 + margin), so that a per-sample norm
 # computed up to that relative error still leaves every contribution <= C. The noise std and the
 # accountant keep C (the sensitivity is then over-, never under-estimated). float32/float64: 0, so
 # CPU figures are unchanged (norms agree to ~1e-7, Opacus' +1e-6 in the factor covers the rest).
 # TF32 (CUDA convolutions by torch's default, cudnn.allow_tf32 = True; matmuls when enabled):
-# 10-bit mantissas, unit roundoff 2^-11; ghost and mixed-ghost norms off by ~1e-3 relative
-# (issue 15): 2^-7 ~ 7.8e-3 leaves a factor ~8. bf16 autocast (perf/verify --amp bf16 only, never
+# 10-bit mantissas, unit roundoff 2^-11; ghost and mixed-ghost norms off by ~1e-3 relative:
+# 2^-7 ~ 7.8e-3 leaves a factor ~8. bf16 autocast (perf/verify --amp bf16 only, never
 # training): 8-bit mantissas, norms agree to AMP_TOL = 3e-2 of privacy.verify: 2^-5 ~ 3.1e-2.
 CLIP_MARGINS = {"float64": 0.0, "float32": 0.0, "tf32": 2.0 ** -7, "bf16": 2.0 ** -5}
 
@@ -119,7 +118,7 @@ class LocalDPPlan:
 
 @functools.lru_cache(maxsize=1024)  # a pure function; calibration searches the accountant (1-3 s)
 def plan_local_dp(*, n_train: int, batch_size: int, rounds: int, local_epochs: int, target_epsilon: float,
-                  delta: float, max_grad_norm: float = DEFAULT_MAX_GRAD_NORM, accountant: str = "rdp",
+                  delta: float, max_grad_norm: float, accountant: str = "rdp",
                   grad_sample_mode: str = "hooks", noise_multiplicity: int = 1) -> LocalDPPlan:
     """Calibrate the noise for a client with ``n_train`` images (worst case: every round).
 
@@ -233,7 +232,7 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
     optimizer-side ``secure_mode`` (each value the halved sum of four Gaussians, against
     floating-point attacks; it needs no ``torchcsprng``).
 
-    Precision margin (issue 15): per-sample norms are only as exact as the arithmetic that computes
+    Precision margin: per-sample norms are only as exact as the arithmetic that computes
     them, and on CUDA that is TF32 for convolutions by torch's default (``cudnn.allow_tf32``), so
     ghost-family norms can be ~1e-3 low and a clipped contribution ~1e-3 above C. Every mode
     therefore clips to ``max_grad_norm / (1 + margin)`` (:func:`margin_clip_norm`), the margin
@@ -255,6 +254,7 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
                                first.dtype if first is not None else torch.float32, amp=amp)
     margin = precision_margin(precision) if clip_margin is None else clip_margin
     clip_norm = margin_clip_norm(max_grad_norm, margin)
+    grad_samplers.install()  # the Conv2d fix every mode's per-sample gradients or norms rely on
     module = mode.wrap(model, max_grad_norm=clip_norm)  # the ghost family's clip factors (get_clipping_coef)
     optim_class = _margin_clipped(get_optimizer_class(clipping="flat", distributed=False,
                                                       grad_sample_mode="ghost" if mode.ghost_family else "hooks"))

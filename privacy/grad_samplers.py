@@ -13,8 +13,10 @@ The fix makes the activations (and backprops) contiguous before Opacus' own
 ``compute_conv_grad_sample`` runs. It is registered with ``register_grad_sampler`` for
 ``nn.Conv2d``, which replaces the entry in ``GradSampleModule.GRAD_SAMPLERS``: the hooks mode and
 the ghost/fast-gradient-clipping modes (which share that registry for layers without a norm
-sampler) both pick it up. Importing :mod:`privacy` installs it; ``bench verify-dp`` checks it on
-the real model against an explicit per-sample loop.
+sampler) both pick it up. :func:`install` puts it there; :func:`privacy.dpsgd.make_dp_step`, the one
+door to a DP-SGD step (training, ``bench verify-dp``, ``bench perf``), calls it before it wraps a
+model, so nothing depends on which module happened to be imported first. ``bench verify-dp`` checks
+it on the real model against an explicit per-sample loop.
 """
 
 from __future__ import annotations
@@ -28,11 +30,19 @@ from opacus.grad_sample.conv import compute_conv_grad_sample
 OPACUS_CONV2D_GRAD_SAMPLER = compute_conv_grad_sample  # the stock one, kept for the regression test
 
 
-@register_grad_sampler([torch.nn.Conv2d])
 def contiguous_conv2d_grad_sample(layer: torch.nn.Conv2d, activations: list[torch.Tensor],
                                   backprops: torch.Tensor) -> dict[torch.nn.Parameter, torch.Tensor]:
     """Opacus' Conv2d grad sampler on contiguous (NCHW) activations and backprops."""
     return compute_conv_grad_sample(layer, [a.contiguous() for a in activations], backprops.contiguous())
+
+
+_held_stock = False  # inside stock_opacus_conv2d(): install() leaves Opacus' own sampler in place
+
+
+def install() -> None:
+    """Register the fixed Conv2d grad sampler with Opacus (idempotent)."""
+    if not _held_stock:
+        register_grad_sampler([torch.nn.Conv2d])(contiguous_conv2d_grad_sample)
 
 
 def installed() -> bool:
@@ -44,11 +54,15 @@ def installed() -> bool:
 
 @contextlib.contextmanager
 def stock_opacus_conv2d():
-    """Temporarily put Opacus' own Conv2d grad sampler back (to show what the fix fixes)."""
+    """Opacus' own Conv2d grad sampler for the length of the block, :func:`install` held off (to
+    show what the fix fixes); the fix is back after it."""
+    global _held_stock
     from opacus.grad_sample import GradSampleModule
 
     GradSampleModule.GRAD_SAMPLERS[torch.nn.Conv2d] = OPACUS_CONV2D_GRAD_SAMPLER
+    _held_stock = True
     try:
         yield
     finally:
-        GradSampleModule.GRAD_SAMPLERS[torch.nn.Conv2d] = contiguous_conv2d_grad_sample
+        _held_stock = False
+        install()

@@ -1,13 +1,6 @@
-"""The DP modes of a scenario and the grad-sample modes of DP-SGD: each defined once, here.
+"""The grad-sample modes of DP-SGD, each defined once here, and the registry type the DP
+mechanisms (:mod:`privacy.mechanisms`) share.
 
-Two registries of frozen entries, read by everything that used to re-derive a mode's meaning from
-its name (scenario validation, the runner's privacy columns and verify gate, the leaderboard's
-``dp_level``, the federation's server and client apps, the attacker's view, the CLI's ``--modes``):
-
-``DPMode``          ``none``, ``local-dpsgd``, ``central-dp``, ``central-dp-sampled``: the privacy
-                    unit (``dp_level``), who adds noise (clients through DP-SGD, or the server),
-                    which accountants apply, the default clipping norm, how the server samples
-                    clients (fixed or Poisson).
 ``GradSampleMode``  ``hooks``, ``ghost``, ``mixed-ghost``, ``mixed-ghost-bk``: how a DP-SGD step gets
                     its per-sample norms and clipped gradient. ``wrap`` builds the Opacus grad-sample
                     module around a model; :func:`privacy.dpsgd.make_dp_step`, the one construction
@@ -32,46 +25,7 @@ from typing import Any
 
 
 class ModeError(ValueError):
-    """An unknown or duplicate DP / grad-sample mode (one-line message)."""
-
-
-# ----------------------------------------------------------------------------------- DP modes
-@dataclass(frozen=True)
-class DPMode:
-    name: str
-    description: str
-    dp_level: str                    # the privacy unit: "" (no DP), "sample" (an image) or "client"
-    clients_run_dpsgd: bool          # clients clip per sample and add noise (Opacus) before sending
-    server_adds_noise: bool          # the server clips updates and noises the aggregate (Flower)
-    accountants: tuple[str, ...]     # the accountants a scenario may ask for
-    default_clip: float | None       # per-sample clip (local) / per-update clip (central)
-    # central DP: "fixed" (Flower's wrappers: a fixed number of clients per round, no amplification)
-    # or "poisson" (privacy.central_sampled: each client in with probability q, amplified accounting)
-    client_sampling: str = "fixed"
-    # How far one image can move what the accountant bounds, in multiples of the sensitivity the
-    # accountant charges for its unit: 1 where the unit is an image; 2 where it is a client (one
-    # image can move a client's clipped update anywhere in the ball of radius C: up to 2C apart).
-    # The image-level guarantee is the same accountant at noise multiplier / image_sensitivity
-    # (privacy.accounting.image_level_epsilon). None without DP.
-    image_sensitivity: float | None = None
-
-    @property
-    def private(self) -> bool:
-        return self.clients_run_dpsgd or self.server_adds_noise
-
-    @property
-    def sample_level(self) -> bool:
-        """One image is the privacy unit: delta must be below 1/n for every client's n images."""
-        return self.dp_level == "sample"
-
-    @property
-    def client_level(self) -> bool:
-        """One client is the privacy unit: delta must be below 1/num_clients."""
-        return self.dp_level == "client"
-
-    def clip(self, max_grad_norm: float | None) -> float | None:
-        """The clipping norm a scenario runs with: its own, or this mode's default."""
-        return max_grad_norm or self.default_clip
+    """An unknown or duplicate DP mechanism or grad-sample mode (one-line message)."""
 
 
 class _Registry(dict):
@@ -87,43 +41,20 @@ class _Registry(dict):
         self[entry.name] = entry
         return entry
 
+    @contextlib.contextmanager
+    def holding(self, entry):
+        """``entry`` is registered inside the block and removed after it."""
+        self.register(entry)
+        try:
+            yield entry
+        finally:
+            del self[entry.name]
+
     def get_entry(self, name: str):
         try:
             return self[name]
         except (KeyError, TypeError):
             raise ModeError(f"unknown {self.what} {name!r} (known: {', '.join(self)})") from None
-
-
-_DP_MODES = _Registry("dp_mode")
-
-
-def register_dp_mode(mode: DPMode) -> DPMode:
-    return _DP_MODES.register(mode)
-
-
-def get_dp_mode(name: str) -> DPMode:
-    return _DP_MODES.get_entry(name)
-
-
-def dp_mode_names() -> tuple[str, ...]:
-    return tuple(_DP_MODES)
-
-
-NO_DP = register_dp_mode(DPMode(
-    "none", "no differential privacy", dp_level="", clients_run_dpsgd=False, server_adds_noise=False,
-    accountants=(), default_clip=None))
-LOCAL_DPSGD = register_dp_mode(DPMode(
-    "local-dpsgd", "sample-level DP: every client trains with DP-SGD (Opacus)", dp_level="sample",
-    clients_run_dpsgd=True, server_adds_noise=False, accountants=("rdp", "prv"), default_clip=1.0,
-    image_sensitivity=1.0))
-CENTRAL_DP = register_dp_mode(DPMode(
-    "central-dp", "client-level DP: the server clips updates and noises their average (Flower)",
-    dp_level="client", clients_run_dpsgd=False, server_adds_noise=True, accountants=("rdp",), default_clip=0.5,
-    image_sensitivity=2.0))
-CENTRAL_DP_SAMPLED = register_dp_mode(DPMode(
-    "central-dp-sampled", "client-level DP: Poisson-sampled clients, clipped sum + noise over q N, amplified "
-    "accounting (privacy.central_sampled)", dp_level="client", clients_run_dpsgd=False, server_adds_noise=True,
-    accountants=("rdp",), default_clip=0.5, client_sampling="poisson", image_sensitivity=2.0))
 
 
 # --------------------------------------------------------------------------- grad-sample modes
@@ -152,14 +83,10 @@ def grad_sample_mode_names() -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def registered(mode: DPMode | GradSampleMode) -> Iterator[DPMode | GradSampleMode]:
+def registered(mode: GradSampleMode) -> Iterator[GradSampleMode]:
     """``mode`` is registered inside the block and removed after it (tests of a new mode)."""
-    table = _DP_MODES if isinstance(mode, DPMode) else _GRAD_SAMPLE_MODES
-    table.register(mode)
-    try:
+    with _GRAD_SAMPLE_MODES.holding(mode):
         yield mode
-    finally:
-        del table[mode.name]
 
 
 def _wrap_hooks(model, *, max_grad_norm: float):

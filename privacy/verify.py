@@ -18,7 +18,7 @@ In every mode the clip factors Opacus applied are checked against the reference:
 contribution ``factor_i * g_i`` must not exceed the clipping norm. That is the property the DP
 guarantee rests on, and the one the stock Opacus Conv2d grad sampler breaks on this model.
 
-Precision (issue 15): the modes run in the arithmetic training uses, i.e. under the backend flags
+Precision: the modes run in the arithmetic training uses, i.e. under the backend flags
 as they are (training never changes them; on CUDA torch's default keeps cuDNN's TF32 convolutions
 on), with the clip margin :func:`privacy.dpsgd.make_dp_step` applies for that precision. The
 reference is the yardstick and runs in full float32 (TF32 off). The comparisons of gradients,

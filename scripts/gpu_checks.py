@@ -52,7 +52,7 @@ for name, bs in ((("unet-tiny", 2),) if small else (("unet-tiny", 8), ("unet-28"
 
 
 # 2. bench perf (benchmark/perf.py): plain and every DP mode, sampling and FID features, TF32 on,
-# in float32 and with bf16 autocast. Issue 7's bar: the fastest correct DP mode >= 0.8x plain on
+# in float32 and with bf16 autocast. The bar: the fastest correct DP mode >= 0.8x plain on
 # unet-32 and >= 0.5x on unet-28, peak memory <= 1.5x plain.
 from benchmark.perf import run_perf  # noqa: E402
 

@@ -8,7 +8,7 @@
 #   SUITE=privacy SEEDS=0,1,2 scripts/regression.sh        # the whole privacy suite (hours on one GPU)
 #
 # Settings (environment): SUITE (regression), SCALE (gpu), DEVICE (cuda at gpu scale, else cpu),
-# SEEDS (the suite's own, fixed in benchmark/scenarios.py), WORK (regression-work: runs, new
+# SEEDS (the suite's own, fixed per scale in benchmark/scales.py), WORK (regression-work: runs, new
 # leaderboard, comparison), BASELINE (results/$SUITE/leaderboard.csv), RESUME=1 (keep the completed
 # runs of an interrupted WORK), COMPARE_ARGS (e.g. "--sigmas 2 --margin fid=5%"), BENCH (bench).
 set -euo pipefail

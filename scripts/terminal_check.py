@@ -1,4 +1,4 @@
-"""Check a captured ``bench run`` terminal (issue 17): how many lines are not the tool's own, and the
+"""Check a captured ``bench run`` terminal: how many lines are not the tool's own, and the
 longest silence between the tool's lines.
 
 Input: the run's stdout+stderr, each line prefixed with its arrival time in seconds (``T line``),

@@ -17,25 +17,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node, except those under ``if TYPE_CHECKING:`` (annotations only, never imported)."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            stack.extend(node.orelse)
-            continue
-        stack.extend(ast.iter_child_nodes(node))
-
-
 def import_graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports anywhere (top level or inside a function)."""
+    """module -> the project modules it imports anywhere (top level, inside a function, or under
+    ``if TYPE_CHECKING:``: an annotation-only import is still a loop a reader must follow)."""
     files = {_module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
         pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
-        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -91,6 +80,7 @@ def test_the_graph_sees_imports():
     g = import_graph()
     assert "benchmark.rundir" in g["benchmark.runner"]      # a top-level import
     assert "benchmark.leaderboard" in g["benchmark.cli"]    # an import inside a function
+    assert "attacks.base" in g["attacks.registry"]          # an import under TYPE_CHECKING
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -119,7 +109,7 @@ print(json.dumps(out))
 
 
 def test_light_commands_import_neither_torch_nor_flower(tmp_path, fake_run):
-    from benchmark.scenarios import get_suite
+    from benchmark.suites import get_suite
 
     results, runs = tmp_path / "results", tmp_path / "runs"
     for scenario in get_suite("smoke"):
@@ -148,7 +138,7 @@ def test_a_new_dataset_is_one_registry_entry(monkeypatch):
     import numpy as np
 
     from benchmark import data
-    from benchmark.federation.task import load_federated_data
+    from benchmark.federation.partition_files import load_federated_data
     from benchmark.scenarios import Scenario
 
     def load_stripes(root, split):
@@ -164,3 +154,66 @@ def test_a_new_dataset_is_one_registry_entry(monkeypatch):
     assert fed.dataset.name == "stripes" and len(fed.partition.clients) == 3
     held = set(np.concatenate([c.heldout_idx for c in fed.partition.clients]).tolist())
     assert not held & set(fed.partition.members().tolist())
+
+
+# ------------------------------------------------------------------ a DP mechanism is one object
+DP_FLAGS = {"clients_run_dpsgd", "server_adds_noise", "client_sampling", "image_sensitivity"}
+
+
+def dp_mode_branches(source: str, names, plain: str) -> list[str]:
+    """What in ``source`` reads a DP mechanism's flags or branches on a mechanism's name: a flag
+    read, a comparison with a name (``==``, ``in`` a literal), a dict or ``match`` keyed by one.
+    ``plain``, the non-private mechanism's name, is an ordinary word ("none"): it counts only in a
+    comparison whose other side names a mode."""
+    def named(node, strict=True) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names and (node.value != plain or not strict)
+        return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(named(e, strict) for e in node.elts)
+
+    def compares_a_mode(node: ast.Compare) -> bool:
+        sides = (node.left, *node.comparators)
+        return any(named(n) for n in sides) or (
+            any(named(n, strict=False) for n in sides) and "mode" in ast.unparse(node))
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in DP_FLAGS or isinstance(node, ast.Name) and node.id in DP_FLAGS:
+            found.append(f"line {node.lineno}: reads {ast.unparse(node)}")
+        elif isinstance(node, ast.Compare) and compares_a_mode(node):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Dict) and any(k is not None and named(k) for k in node.keys):
+            found.append(f"line {node.lineno}: a dict keyed by a DP mode")
+        elif isinstance(node, ast.match_case) and any(named(p.value) for p in ast.walk(node.pattern)
+                                                      if isinstance(p, ast.MatchValue)):
+            found.append(f"line {node.pattern.lineno}: case {ast.unparse(node.pattern)}")
+    return found
+
+
+def test_the_branch_finder_finds_branches():
+    names = {"local-dpsgd", "central-dp"}
+    planted = ("if mode.clients_run_dpsgd:\n    pass\n"
+               "x = s.dp_mode == 'central-dp'\n"
+               "y = s.dp_mode in ('none', 'local-dpsgd')\n"
+               "z = {'central-dp': 1}[s.dp_mode]\n"
+               "match s.dp_mode:\n    case 'local-dpsgd':\n        pass\n")
+    assert sorted(f.split(":")[0] for f in dp_mode_branches(planted, names | {"none"}, "none")) == [
+        f"line {i}" for i in (1, 3, 4, 5, 7)]
+    # The non-private mechanism's name is an ordinary word: only compared with a mode it is a branch.
+    assert dp_mode_branches("r = reduction == 'none'", names | {"none"}, "none") == []
+    assert len(dp_mode_branches("r = s.dp_mode != 'none'", names | {"none"}, "none")) == 1
+    # Declaring a scenario of a mechanism is not a branch.
+    assert dp_mode_branches("Scenario(name='a', dp_mode='local-dpsgd')\nm = get_mechanism(s.dp_mode)", names, "none") == []
+
+
+def test_nothing_outside_privacy_reads_a_mechanisms_flags_or_branches_on_its_name():
+    """What a DP mode does lives in its mechanism (privacy/mechanisms): everything else asks it."""
+    from privacy.mechanisms import NO_DP, mechanism_names
+
+    names = set(mechanism_names())
+    found = {}
+    for pkg in ("benchmark", "attacks", "scripts"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            hits = dp_mode_branches(path.read_text(), names, NO_DP.name)
+            if hits:
+                found[str(path.relative_to(REPO))] = hits
+    assert not found, found

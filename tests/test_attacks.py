@@ -220,44 +220,60 @@ def test_central_dp_rows_are_audited_at_their_image_level_epsilon():
     to 2C: the accountant at sigma / 2); local rows are audited at their claim."""
     import csv
 
+    from types import SimpleNamespace
+
     from conftest import REPO
-    from privacy.accounting import client_level_epsilon, image_level_epsilon
+    from privacy.accounting import client_level_epsilon
+    from privacy.mechanisms import CENTRAL_DP, LOCAL_DPSGD
 
     rows = list(csv.DictReader((REPO / "tests" / "data" / "grid-cpu-c0c1ca9-leaderboard.csv").open()))
     want = {"central-eps1": 2.14, "central-eps4": 8.98, "central-eps10": 24.0}
     seen = set()
     for r in rows:
         tag = next((k for k in want if r["scenario"].endswith(k)), None)
+        columns = {"epsilon": float(r["epsilon"] or "nan"), "noise_multiplier": float(r["noise_multiplier"] or "nan")}
         if r["dp_mode"] == "local-dpsgd":
-            assert image_level_epsilon("local-dpsgd", epsilon=float(r["epsilon"]), noise_multiplier=1.0, rounds=2,
-                                       delta=1e-5, num_clients=4) == float(r["epsilon"])
+            assert LOCAL_DPSGD.audited_epsilon(SimpleNamespace(), columns) == float(r["epsilon"])
         if tag is None:
             continue
         kw = dict(rounds=int(r["rounds"]), delta=float(r["delta"]), num_clients=int(r["num_clients"]),
                   clients_per_round=int(r["clients_per_round"]))
         sigma = float(r["noise_multiplier"])
         assert client_level_epsilon(noise_multiplier=sigma, **kw) == pytest.approx(float(r["epsilon"]), rel=1e-6)
-        img = image_level_epsilon("central-dp", epsilon=float(r["epsilon"]), noise_multiplier=sigma, **kw)
+        img = CENTRAL_DP.audited_epsilon(SimpleNamespace(name=r["scenario"], dp_mode=r["dp_mode"], **kw), columns)
         assert img == pytest.approx(want[tag], rel=2e-3)
         seen.add(tag)
     assert seen == set(want)
 
 
-def test_the_image_level_epsilon_reads_the_mode_registry():
-    """A registered mode whose image moves the update by 4 sensitivities is accounted at sigma / 4
-    (no dp_mode string is compared); a mode without DP claims nothing."""
-    from privacy.accounting import AccountingError, client_level_epsilon, image_level_epsilon
-    from privacy.modes import DPMode, registered
+def test_the_image_level_epsilon_is_the_mechanisms():
+    """A mechanism whose image moves the update by 4 sensitivities is accounted at sigma / 4; the
+    audit asks the row's mechanism (no dp_mode string is compared); a row without DP claims
+    nothing, and a claim its mechanism does not make (a planted bug) is held to as printed."""
+    from types import SimpleNamespace
 
-    kw = dict(rounds=2, delta=1e-5, num_clients=4)
-    mode = DPMode("quad-test", "test", dp_level="client", clients_run_dpsgd=False, server_adds_noise=True,
-                  accountants=("rdp",), default_clip=1.0, image_sensitivity=4.0)
-    with registered(mode):
-        four = image_level_epsilon("quad-test", epsilon=1.0, noise_multiplier=8.0, **kw)
+    from attacks.evaluate import audited_epsilon
+    from privacy.accounting import AccountingError, client_level_epsilon
+    from privacy.mechanisms import CENTRAL_DP, NO_DP, registered
+    from privacy.mechanisms.central import CentralDP
+
+    class Quad(CentralDP):
+        name = "quad-test"
+        image_sensitivity = 4.0
+
+    kw = dict(rounds=2, delta=1e-5, num_clients=4, clients_per_round=1)
+    columns = {"epsilon": 1.0, "noise_multiplier": 8.0}
+    with registered(Quad()):
+        four = audited_epsilon(SimpleNamespace(name="q", dp_mode="quad-test", **kw), columns)
     assert four == pytest.approx(client_level_epsilon(noise_multiplier=2.0, **kw))
-    assert four > image_level_epsilon("central-dp", epsilon=1.0, noise_multiplier=8.0, **kw)
-    with pytest.raises(AccountingError, match="claims no epsilon"):
-        image_level_epsilon("none", epsilon=1.0, noise_multiplier=1.0, **kw)
+    central = SimpleNamespace(name="c", dp_mode="central-dp", **kw)
+    assert four > CENTRAL_DP.audited_epsilon(central, columns) > 1.0
+    assert [g.unit for g in CENTRAL_DP.guarantees(central, columns)] == ["client", "image"]
+    with pytest.raises(AccountingError, match="needs its noise multiplier"):
+        CENTRAL_DP.audited_epsilon(central, {"epsilon": 1.0, "noise_multiplier": None})
+    none = SimpleNamespace(name="n", dp_mode="none", **kw)
+    assert NO_DP.audited_epsilon(none, {"epsilon": None}) is None and NO_DP.guarantees(none, {}) == []
+    assert NO_DP.audited_epsilon(none, {"epsilon": 3.0}) == 3.0
 
 
 # Image similarity -------------------------------------------------------------------------------
@@ -331,7 +347,7 @@ def _scenario(**kw):
 
 
 def test_canaries_are_planted_in_client_0_and_recorded():
-    from benchmark.federation.task import load_federated_data
+    from benchmark.federation.partition_files import load_federated_data
 
     plain = load_federated_data(_scenario(), 0, None)
     fed = load_federated_data(_scenario(canaries=10), 0, None)
@@ -387,7 +403,8 @@ def test_run_attacks_writes_every_file_and_column(tmp_path):
     import json
 
     from attacks.evaluate import run_attacks
-    from benchmark.federation.task import build_model, load_federated_data
+    from benchmark.federation.partition_files import load_federated_data
+    from benchmark.federation.task import build_model
 
     sc = _scenario(canaries=8, dp_mode="local-dpsgd", target_epsilon=1.0, delta=1e-5)
     fed = load_federated_data(sc, 0, None)
@@ -446,11 +463,12 @@ def test_the_attack_budget_is_part_of_a_scenarios_identity(monkeypatch):
     """Runs attacked with another budget never mix with old ones in a leaderboard."""
     import dataclasses
 
-    from attacks import base
+    from benchmark.scales import SCALES
 
     with_attacks, without = _scenario(), _scenario(attacks=())
     h1, h0 = with_attacks.hash, without.hash
-    monkeypatch.setitem(base.BUDGETS, "cpu", dataclasses.replace(base.BUDGETS["cpu"], inversion_iters=11))
+    cpu = SCALES["cpu"]
+    monkeypatch.setitem(SCALES, "cpu", dataclasses.replace(cpu, attack_budget={**cpu.attack_budget, "inversion_iters": 11}))
     assert with_attacks.hash != h1
     assert without.hash == h0
 
@@ -461,7 +479,7 @@ def test_the_registry_is_the_scenarios_list_and_needs_no_torch():
     import sys
 
     from attacks.registry import attack_names, membership_attack_names
-    from benchmark.scenarios import ATTACKS
+    from benchmark.suites import ATTACKS
 
     assert ATTACKS == attack_names() == ("mia-loss", "mia-secmi", "mia-pia", "inversion")  # order is in the hash
     assert membership_attack_names() == ("mia-loss", "mia-secmi", "mia-pia")
@@ -553,18 +571,17 @@ def test_best_attack_tie_rule_and_the_roc_drawing_floor():
 @pytest.fixture(scope="module")
 def toy_fed():
     """A tiny federation's data and untrained model (the attacks a scenario lists do not change them)."""
-    from benchmark.federation.task import build_model, load_federated_data
+    from benchmark.federation.partition_files import load_federated_data
+    from benchmark.federation.task import build_model
 
     fed = load_federated_data(_scenario(), 0, None)
     return fed, build_model(_scenario(), fed.dataset, seed=0)
 
 
 def _toy_run(tmp_path, monkeypatch, toy_fed, attacks, **budget):
-    """The tiny run attacked by ``attacks`` (names the test registered; scenarios.ATTACKS is read at import)."""
+    """The tiny run attacked by ``attacks`` (names the test registered: scenario validation reads the registry)."""
     from attacks.evaluate import run_attacks
-    from benchmark import scenarios
 
-    monkeypatch.setattr(scenarios, "ATTACKS", scenarios.ATTACKS + attacks)
     fed, model = toy_fed
     cols = run_attacks(_scenario(attacks=attacks), 0, model, fed, {"epsilon": None}, tmp_path, device="cpu",
                        budget=AttackBudget(**budget))

@@ -90,7 +90,8 @@ def test_inversion_of_a_batch1_gradient_with_and_without_dp():
     them (secret randomness) it explains the raw update (cosine > 0.8) but not the DP one (< 0.3),
     and the image is not separated from the noise at this budget (see attacks.inversion)."""
     from attacks import inversion as inv
-    from attacks.base import AttackBudget
+    from attacks.base import AttackBudget, match_scores
+    from attacks.observe import RANDOMNESS, client_update
     from benchmark.data import load_dataset
     from benchmark.model import build_unet, make_scheduler, to_model_range
 
@@ -101,11 +102,11 @@ def test_inversion_of_a_batch1_gradient_with_and_without_dp():
     budget = AttackBudget(inversion_iters=100)
     out = {}
     for name, dp in (("plain", {}), ("dp", {"clip": 1.0, "noise_multiplier": 1.0})):
-        upd = inv.client_update(model, sched, x, None, kind="gradient", generator=torch.Generator().manual_seed(0), **dp)
-        for randomness in inv.RANDOMNESS:
+        upd = client_update(model, sched, x, None, kind="gradient", generator=torch.Generator().manual_seed(0), **dp)
+        for randomness in RANDOMNESS:
             rec, cos = inv.invert(model, sched, upd, shape=(1, 28, 28), budget=budget, randomness=randomness,
                                   generator=torch.Generator().manual_seed(1))
-            out[name, randomness] = (cos, inv.match_scores(ds.images[:1], rec))
+            out[name, randomness] = (cos, match_scores(ds.images[:1], rec))
     print({k: (round(c, 3), round(m["psnr"], 2), round(m["ssim"], 3)) for k, (c, m) in out.items()})
     plain, dp = out["plain", "known"][1], out["dp", "known"][1]
     assert plain["psnr"] > 35 and plain["ssim"] > 0.95          # measured: 44.9 dB, SSIM 1.000

@@ -1,4 +1,4 @@
-"""central-dp-sampled (issue 18): Poisson client sampling, clipped sum + noise over q N, amplified
+"""central-dp-sampled: Poisson client sampling, clipped sum + noise over q N, amplified
 accounting cross-checked against a second accountant, adaptive clipping charged at its effective noise,
 dropouts that cost nothing; the cross-device suite and ``bench account`` for the mode.
 
@@ -13,8 +13,9 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from benchmark.federation.server_app import ScreenedAggregation
-from benchmark.scenarios import HASH_NEUTRAL_DEFAULTS, Scenario, ScenarioError, get_suite
+from benchmark.federation.screening import ScreenedAggregation
+from benchmark.scenarios import HASH_NEUTRAL_DEFAULTS, Scenario, ScenarioError
+from benchmark.suites import get_suite
 from privacy.accounting import AccountingError, client_level_noise
 from privacy.central_sampled import AdaptiveClipping, PoissonSampledDP
 from privacy.accounting import (adaptive_update_noise, client_sampled_epsilon, client_sampled_epsilon_dp_accounting,
@@ -226,11 +227,14 @@ def test_sampled_scenario_validation(fields, match):
 
 
 def test_server_glue_builds_the_calibrated_strategy():
-    from benchmark.federation.sampled import sampled_strategy
+    from privacy.mechanisms import CENTRAL_DP_SAMPLED
 
     sc = get_suite("cross-device", "cpu")
     sc = {s.name: s for s in sc}["cross-device-iid-sampled-adaptive-eps10"]
-    s, info = sampled_strategy(sc, {p: p for p in range(sc.num_clients)})
+    side = CENTRAL_DP_SAMPLED.server_side(sc, None, partition_to_node={p: p for p in range(sc.num_clients)},
+                                          num_images={})
+    s, info = side.strategy, side.record()
+    assert side.sampled is s.sampled and info["releases"] == 0 and info["mechanism"] == "central-dp-sampled"
     assert info["sample_rate"] == 0.1 and info["expected_clients"] == pytest.approx(20)
     assert info["update_noise_multiplier"] > info["noise_multiplier"] == s.noise_multiplier
     assert client_sampled_epsilon_dp_accounting(noise_multiplier=s.noise_multiplier, sample_rate=0.1, rounds=sc.rounds,
@@ -274,7 +278,7 @@ def test_run_federation_dispatches_the_sampled_mode_and_records_its_privacy(tmp_
     nodes = {p: 500 + p for p in range(sc.num_clients)}
     monkeypatch.setattr(server_app, "discover_partitions", lambda grid, n, timeout: nodes)
     # The calibration is tested above; a fixed z keeps this test fast.
-    monkeypatch.setattr("benchmark.federation.sampled.client_sampled_noise", lambda **kw: 1.0)
+    monkeypatch.setattr("privacy.accounting.client_sampled_noise", lambda **kw: 1.0)
 
     class Grid:
         calls = 0
@@ -291,7 +295,7 @@ def test_run_federation_dispatches_the_sampled_mode_and_records_its_privacy(tmp_
 
     history = server_app.run_federation(Grid(), {"scenario": sc.to_json(), "seed": 0, "out-dir": str(tmp_path / "out"),
                                                  "partition-dir": str(tmp_path / "parts")})
-    c = history["central_dp"]
+    c = history["privacy"]
     assert c["accountant"] == "opacus-rdp-poisson-clients" and c["releases"] == 2 and c["sample_rate"] == 0.5
     assert c["epsilon"] == pytest.approx(client_sampled_epsilon_dp_accounting(
         noise_multiplier=c["noise_multiplier"], sample_rate=0.5, rounds=2, delta=1e-3), rel=0.01)
@@ -306,11 +310,13 @@ def test_image_level_epsilon_of_the_sampled_mode_is_the_amplified_accountant_at_
     """One image moves its client's clipped update by up to 2C: the image-level guarantee of a
     Poisson-sampled central row is the same amplified accountant at z / 2 (checked against Google's
     accountant, an independent implementation), and it is weaker than the client-level claim."""
-    from privacy.accounting import image_level_epsilon
+    from types import SimpleNamespace
+
     from privacy.accounting import client_sampled_epsilon_dp_accounting, client_sampled_noise
+    from privacy.mechanisms import CENTRAL_DP_SAMPLED
 
     z = client_sampled_noise(target_epsilon=4.0, sample_rate=0.1, rounds=5, delta=1e-5)
-    img = image_level_epsilon("central-dp-sampled", epsilon=4.0, noise_multiplier=z, rounds=5, delta=1e-5,
-                              num_clients=200, sample_rate=0.1)
+    row = SimpleNamespace(name="s", dp_mode="central-dp-sampled", rounds=5, delta=1e-5, num_clients=200)
+    img = CENTRAL_DP_SAMPLED.audited_epsilon(row, {"epsilon": 4.0, "noise_multiplier": z, "sample_rate": 0.1})
     ref = client_sampled_epsilon_dp_accounting(noise_multiplier=z / 2, sample_rate=0.1, rounds=5, delta=1e-5)
     assert img == pytest.approx(ref, rel=0.01) and img > 4.0

@@ -170,7 +170,7 @@ def test_dry_run_and_list(tmp_path, capsys):
 def test_dry_run_on_a_partly_done_folder_reports_and_never_refuses(tmp_path, capsys, fake_run):
     """One run complete, one half-written (no completion marker), a stale .partial folder: the dry
     run lists done / todo, exits 0, says a real run needs --resume, and touches nothing."""
-    from benchmark.scenarios import get_suite
+    from benchmark.suites import get_suite
 
     iid, skew = get_suite("smoke")
     fake_run(tmp_path, iid, 0)
@@ -347,7 +347,7 @@ def test_bad_dataset_files_are_one_line_and_write_nothing(tmp_path, capsys, data
 @pytest.mark.slow
 def test_same_scenario_and_seed_give_the_same_metrics(tmp_path, feddp_cache):
     """The smoke suite on CPU, twice: identical models, samples and metrics (timings aside) for
-    non-DP rows; a DP row is reproducible up to its DP noise, drawn from OS entropy (issue 15):
+    non-DP rows; a DP row is reproducible up to its DP noise, drawn from OS entropy:
     its partition and privacy columns agree, its models differ."""
     import json
 
@@ -362,7 +362,7 @@ def test_same_scenario_and_seed_give_the_same_metrics(tmp_path, feddp_cache):
         runs.append(out)
     a_runs = sorted(p.relative_to(runs[0]) for p in runs[0].glob("smoke/*/seed-*"))
     assert len(a_runs) == 2 and a_runs == sorted(p.relative_to(runs[1]) for p in runs[1].glob("smoke/*/seed-*"))
-    from privacy.modes import get_dp_mode
+    from privacy.mechanisms import get_mechanism
 
     timing = {"train_s", "sample_s", "fid_s"}
     # What a DP row's noise does not touch: its plan and the server's accounting.
@@ -374,7 +374,7 @@ def test_same_scenario_and_seed_give_the_same_metrics(tmp_path, feddp_cache):
         ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
         sa, sb = (torch.load(d / "global_model.pt", weights_only=True) for d in (a, b))
         assert (a / "partition.json").read_bytes() == (b / "partition.json").read_bytes()
-        if get_dp_mode(ma["dp_mode"]).private:
+        if get_mechanism(ma["dp_mode"]).private:
             assert {k: ma.get(k) for k in noise_free} == {k: mb.get(k) for k in noise_free}
             assert ma["final_train_loss"] is None  # no loss leaves a DP client
             assert any(not torch.equal(sa[k], sb[k]) for k in sa)  # the DP noise differs

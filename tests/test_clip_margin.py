@@ -1,4 +1,4 @@
-"""The clip margin of privacy.dpsgd.make_dp_step (issue 15, defect 8): per-sample norms computed in
+"""The clip margin of privacy.dpsgd.make_dp_step: per-sample norms computed in
 a lower precision (TF32 convolutions on CUDA, bf16 autocast) may come out low, so every DP step
 clips to C / (1 + margin) while its noise and accounting keep C. On CPU (float32/float64) the
 margin is 0 and nothing changes. The CUDA side is in tests/test_gpu.py; here the margin logic

@@ -9,7 +9,7 @@ import pytest
 from benchmark import compare as cmp
 from benchmark.cli import main
 from benchmark.leaderboard import read_leaderboard, summarize
-from benchmark.scenarios import get_scenario
+from benchmark.suites import get_scenario
 from conftest import write_fake_run
 
 SCENARIOS = ("grid-iid-nodp", "grid-iid-local-eps4", "grid-iid-central-eps4")

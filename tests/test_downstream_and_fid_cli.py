@@ -6,7 +6,8 @@ from PIL import Image
 
 from benchmark.cli import main
 from benchmark.data import load_dataset
-from benchmark.utility import ImageLoadError, downstream_accuracy, load_images
+from benchmark.downstream import downstream_accuracy
+from benchmark.images import ImageLoadError, load_images
 
 
 @pytest.fixture(scope="module")
@@ -92,29 +93,58 @@ def _write_pytorch_fid_weights(path):
 
 
 def test_pytorch_fid_impl_uses_cached_weights_only(tmp_path, monkeypatch, feddp_cache, mnist):
-    from benchmark import utility as U
+    from benchmark import fid, inception
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr("torch.hub._hub_dir", None)
     images = mnist[0].images[:6]
-    with pytest.raises(U.FIDUnavailableError, match="pt_inception-2015-12-05-6726825d.pth") as err:
-        U.compute_fid(images, images[::-1].copy(), extractor="pytorch-fid")
+    with pytest.raises(inception.FIDUnavailableError, match="pt_inception-2015-12-05-6726825d.pth") as err:
+        fid.compute_fid(images, images[::-1].copy(), extractor="pytorch-fid")
     assert str(tmp_path / "torch") in str(err.value) and "\n" not in str(err.value)
 
     def no_download(*a, **k):
         raise AssertionError("pytorch-fid tried to download its weights")
 
     monkeypatch.setattr("torch.hub.download_url_to_file", no_download)
-    _write_pytorch_fid_weights(U.pytorch_fid_weights_path())
-    res = U.compute_fid(images, images[::-1].copy(), extractor="pytorch-fid")
+    _write_pytorch_fid_weights(inception.pytorch_fid_weights_path())
+    res = fid.compute_fid(images, images[::-1].copy(), extractor="pytorch-fid")
     assert res.fid_impl.startswith("pytorch-fid-") and np.isfinite(res.fid)
-    assert U.inception_features(images[:2], extractor="pytorch-fid").shape == (2, 2048)
+    assert fid.inception_features(images[:2], extractor="pytorch-fid").shape == (2, 2048)
     with pytest.raises(ValueError, match="unknown FID extractor"):
-        U.inception_features(images[:2], extractor="tf")
+        fid.inception_features(images[:2], extractor="tf")
+
+
+def test_downstream_accuracy_leaves_the_global_generator_and_matches_seeding_it(monkeypatch):
+    """The classifier starts from the weights a global ``torch.manual_seed(seed)`` gives (its only
+    torch draws), whatever the caller's generator holds, and the caller's generator is untouched."""
+    import torch
+
+    from benchmark import downstream
+
+    data = load_dataset("digits-embedded")
+    images, labels = data.images[:64], data.labels[:64]
+    make, initial = downstream._classifier, []
+
+    def recording(*args):
+        model = make(*args)
+        initial.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(downstream, "_classifier", recording)
+    accs = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        before = torch.get_rng_state()
+        accs.append(downstream.downstream_accuracy(images, labels, images, labels, num_classes=10, steps=3, seed=7))
+        assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(7)
+    old = make(1, 10).state_dict()
+    assert all(torch.equal(w[k], old[k]) for w in initial for k in old) and len(initial) == 2
+    assert accs[0] == accs[1]
 
 
 def test_downstream_steps_are_passes_over_the_set_with_a_floor():
-    from benchmark.utility import downstream_steps
+    from benchmark.downstream import downstream_steps
 
     assert downstream_steps(16) == downstream_steps(200) == downstream_steps(400) == 200  # the old fixed 200
     assert downstream_steps(2000) == 1000 and downstream_steps(2001) == 1001  # 32 passes at batch 64
@@ -124,7 +154,7 @@ def test_downstream_steps_are_passes_over_the_set_with_a_floor():
 def test_downstream_trains_on_its_own_sample_and_fid_scores_the_first_fid_n(monkeypatch, tmp_path):
     """With downstream_n_samples the run generates that many; FID (and KID) still see exactly
     fid_n_samples of them, the classifier all of them, and metrics.json says so."""
-    from benchmark import runner, utility
+    from benchmark import downstream, fid, runner
     from benchmark.scenarios import Scenario
 
     scn = Scenario(name="t", dataset="digits-embedded", class_conditional=True, fid_n_samples=20,
@@ -135,16 +165,16 @@ def test_downstream_trains_on_its_own_sample_and_fid_scores_the_first_fid_n(monk
 
     def fake_fid(real, fake, **kw):
         seen["fid"] = len(fake)
-        return utility.FIDResult(1.0, 0.0, "stub", len(fake), len(fake))
+        return fid.FIDResult(1.0, 0.0, "stub", len(fake), len(fake))
 
     def fake_acc(images, labels, *a, **kw):
         seen["acc"] = (len(images), np.bincount(labels, minlength=10).tolist())
         return 0.5
 
-    monkeypatch.setattr(utility, "compute_fid", fake_fid)
-    monkeypatch.setattr(utility, "fid_floor", lambda train, test, n, **kw: fake_fid(None, train.images[:n]))
-    monkeypatch.setattr(utility, "fid_reference", lambda test, n: (test.images[:n], "k"))
-    monkeypatch.setattr(utility, "downstream_accuracy", fake_acc)
+    monkeypatch.setattr(fid, "compute_fid", fake_fid)
+    monkeypatch.setattr(fid, "fid_floor", lambda train, test, n, **kw: fake_fid(None, train.images[:n]))
+    monkeypatch.setattr(fid, "fid_reference", lambda test, n: (test.images[:n], "k"))
+    monkeypatch.setattr(downstream, "downstream_accuracy", fake_acc)
     labels = np.arange(60) % 10
     images = np.zeros((60, 1, 8, 8), np.uint8)
     out = runner.score_stage(scn, 0, images, labels, "cpu", runner.RunOptions(tmp_path))

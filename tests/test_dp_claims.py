@@ -1,4 +1,4 @@
-"""Issue 15, defects 1, 2, 6 and 9: the DP noise is secret, the accountant is charged exactly what the
+"""The DP noise is secret, the accountant is charged exactly what the
 sampler runs, the published epsilon is the server's, and under DP no loss leaves a client."""
 
 import dataclasses
@@ -12,7 +12,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from benchmark.federation import client_app
-from benchmark.federation.server_app import FederationError, LocalDPLedger
+from privacy.ledger import LedgerError
+from privacy.mechanisms import LOCAL_DPSGD
 from benchmark.federation.partition_files import export_partitions
 from test_federation import task_identity  # noqa: F401  (autouse fixture: Flower's task identity)
 from test_federation import SCENARIO, fresh_context, initial_arrays, train_message
@@ -120,8 +121,9 @@ def test_dp_steps_draw_noise_in_opacus_secure_mode_with_the_planned_std(mode):
 def test_central_dp_noise_is_secret_not_numpys_global_rng(side):
     """Flower draws central-DP noise from np.random's global state; ours from a secret generator:
     the global state is neither used nor able to replay the noise, and the noise has Flower's std."""
-    from privacy.central import UNIFORM_WEIGHT_KEY, central_clipping_mod, wrap_central_dp
-    from benchmark.federation.server_app import SeededFedAvg
+    from privacy.central import central_clipping_mod, wrap_central_dp
+    from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
+    from benchmark.federation.sampling import SeededFedAvg
 
     from test_federation import FakeGrid
 
@@ -161,7 +163,7 @@ def test_sampler_steps_rate_and_accountant_charge_match_the_plan_for_every_n(mon
     for batch in (1, 2, 7, 32, 64):
         for n in range(1, 301):
             plan = dpsgd.plan_local_dp(n_train=n, batch_size=batch, rounds=3, local_epochs=2, target_epsilon=4.0,
-                                       delta=1e-5)
+                                       delta=1e-5, max_grad_norm=1.0)
             data = torch.utils.data.TensorDataset(torch.zeros(n, 1))
             loader = dpsgd.poisson_loader(plan, data, gen)
             assert plan.steps_per_epoch == math.ceil(n / batch) and plan.sample_rate == 1 / plan.steps_per_epoch
@@ -196,7 +198,7 @@ def test_dp_training_charges_exactly_the_plan_and_stays_within_target(n, batch):
     from privacy.accounting import sample_level_epsilon
     from privacy.dpsgd import plan_local_dp, dp_train_epochs
 
-    plan = plan_local_dp(n_train=n, batch_size=batch, rounds=2, local_epochs=1, target_epsilon=4.0, delta=1e-5)
+    plan = plan_local_dp(n_train=n, batch_size=batch, rounds=2, local_epochs=1, target_epsilon=4.0, delta=1e-5, max_grad_norm=1.0)
     images = np.random.default_rng(0).integers(0, 256, (n, 1, 2, 2), dtype=np.uint8)
     model = TinyDenoiser()
     history = []
@@ -222,10 +224,11 @@ class _Sink:
     """The wrapped strategy: FedAvg's sampling of both partitions, aggregation recorded."""
 
     def __init__(self):
-        from benchmark.federation.server_app import SeededFedAvg
+        from benchmark.federation.sampling import SeededFedAvg
 
         self.fedavg = SeededFedAvg(partition_to_node={0: 101, 1: 202}, clients_per_round=2, seed=0,
                                    min_train_nodes=2)
+        self.sampled = self.fedavg.sampled
         self.aggregated = []
 
     def configure_train(self, *args):
@@ -236,9 +239,14 @@ class _Sink:
         return None, None
 
 
+def server_side(num_images=(12, 12)):
+    """The local-dpsgd mechanism's server side around the sink (its ledger is ``.strategy``)."""
+    return LOCAL_DPSGD.server_side(LOCAL, _Sink(), partition_to_node={0: 101, 1: 202},
+                                   num_images=dict(enumerate(num_images)))
+
+
 def ledger(num_images=(12, 12)):
-    return LocalDPLedger(_Sink(), scenario=LOCAL, num_images=dict(enumerate(num_images)),
-                         partition_to_node={0: 101, 1: 202})
+    return server_side(num_images).strategy
 
 
 def run_round(led, server_round, report):
@@ -287,7 +295,7 @@ def test_a_client_whose_memory_disagrees_with_the_server_fails_the_run(memory, q
         return honest(led)(pid, server_round) | ({"epsilon": led.epsilon(pid, rounds_remembered(server_round))}
                                                   if pid == 1 else {})
 
-    with pytest.raises(FederationError, match=r"^round 2: partition 1 reports epsilon .* after 2 round\(s\)") as e:
+    with pytest.raises(LedgerError, match=r"^round 2: partition 1 reports epsilon .* after 2 round\(s\)") as e:
         run_round(led, 2, report)
     assert "\n" not in str(e.value) and led.strategy.aggregated == [1]
 
@@ -310,11 +318,14 @@ def test_privacy_columns_read_the_servers_figure_and_dp_rows_have_no_train_loss(
     from benchmark.runner import privacy_metrics
     from benchmark.schema import METRICS
 
-    led = ledger()
+    side = server_side()
+    led = side.strategy
     run_round(led, 1, honest(led))
-    history = {"local_dp": led.record(), "rounds": [{"epsilon": 99.0, "noise_multiplier": 0.1, "sample_rate": 1.0}]}
+    history = {"privacy": side.record(), "rounds": [{"epsilon": 99.0, "noise_multiplier": 0.1, "sample_rate": 1.0}]}
     cols = privacy_metrics(LOCAL, history)
-    assert cols["epsilon"] == led.record()["epsilon"] != 99.0
+    assert cols["epsilon"] == led.record()["epsilon"] == side.spent() != 99.0
+    assert history["privacy"]["guarantees"] == [{"unit": "image", "relation": "add/remove one image",
+                                                 "epsilon": cols["epsilon"]}]
     assert cols["noise_multiplier"] == led.plans[0].noise_multiplier
     assert METRICS["final_train_loss"].nullable
 
@@ -375,8 +386,9 @@ def test_a_local_dp_federation_publishes_the_servers_epsilon_and_no_loss_or_nois
     _, history = federate(parts, tmp_path)
     assert len(seeds) == 2 * 2 * 2  # rounds x clients x (sampling, noise)
     written = json.loads((tmp_path / "history.json").read_text())
-    assert written["local_dp"]["epsilon"] == max(c["epsilon"] for c in written["local_dp"]["clients"]) > 0
-    assert [c["rounds"] for c in written["local_dp"]["clients"]] == [[1, 2], [1, 2]]
+    assert written["privacy"]["mechanism"] == "local-dpsgd"
+    assert written["privacy"]["epsilon"] == max(c["epsilon"] for c in written["privacy"]["clients"]) > 0
+    assert [c["rounds"] for c in written["privacy"]["clients"]] == [[1, 2], [1, 2]]
     assert all("train_loss" not in r for r in written["rounds"])
     assert not set(seeds) & set(numbers_in(written)) and not set(seeds) & set(numbers_in(
         json.loads((parts / "manifest.json").read_text())))
@@ -387,6 +399,6 @@ def test_a_node_restarted_mid_run_fails_the_federation(parts, tmp_path, quick_ca
         if server_round == 1:
             grid.contexts[202] = fresh_context(parts, partition_id=1)  # its accountant history is gone
 
-    with pytest.raises(FederationError, match=r"^round 2: partition 1 reports epsilon .* after 2 round\(s\)"):
+    with pytest.raises(LedgerError, match=r"^round 2: partition 1 reports epsilon .* after 2 round\(s\)"):
         federate(parts, tmp_path, restart_partition_1)
     assert not (tmp_path / "history.json").exists()

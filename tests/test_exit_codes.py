@@ -135,7 +135,7 @@ def test_a_planted_mis_accounted_run_fails_the_audit_with_3(monkeypatch, capsys,
     exceeds the claim at the invocation's Bonferroni level, bench run exits 3 and says so."""
     import pandas as pd
 
-    from benchmark.scenarios import get_scenario
+    from benchmark.suites import get_scenario
 
     def fake(scenario, seed, opts):
         return _audited_run(opts.out_dir, scenario, seed, fake_run, claimed=0.5, sigma=0.0, shift=50.0)

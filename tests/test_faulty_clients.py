@@ -12,7 +12,9 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from benchmark.federation.server_app import RoundFailedError, ScreenedAggregation, SeededFedAvg
+from benchmark.federation.errors import RoundFailedError
+from benchmark.federation.sampling import SeededFedAvg
+from benchmark.federation.screening import ScreenedAggregation
 from benchmark.scenarios import Scenario, ScenarioError
 
 NODES = {0: 101, 1: 202, 2: 303}
@@ -30,7 +32,8 @@ class FakeGrid:
 
 
 def screened(min_replies=2, central=False, side="server", clip=1.0, sigma=1e-6):
-    from privacy.central import UNIFORM_WEIGHT_KEY, wrap_central_dp
+    from privacy.central import wrap_central_dp
+    from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
 
     key = UNIFORM_WEIGHT_KEY if central else "num-examples"
     inner = base = SeededFedAvg(partition_to_node=NODES, clients_per_round=3, seed=0, min_train_nodes=3,
@@ -222,7 +225,7 @@ def test_client_side_clipping_rejects_an_update_over_the_norm():
 def test_client_side_clipping_accepts_updates_clipped_by_flowers_mod(scale):
     """A client at the norm (Flower's fixedclipping_mod on float32 weights of norm ~300) is accepted,
     so the tolerance covers an honest client's rounding; the tolerance itself stays ~1e-4 C."""
-    from benchmark.federation.server_app import update_norm, update_norm_tolerance
+    from benchmark.federation.screening import update_norm, update_norm_tolerance
     from privacy.central import central_clipping_mod
 
     clip = 0.5
@@ -272,12 +275,12 @@ def test_scenario_fields_for_faulty_clients():
 
 def test_known_hash_is_unchanged():
     """The published smoke hash (runs/ and results/ are named by it) survives the new fields."""
-    from benchmark.scenarios import get_scenario
+    from benchmark.suites import get_scenario
 
     assert get_scenario("smoke-iid").hash == KNOWN_SMOKE_IID_HASH
 
 
-KNOWN_SMOKE_IID_HASH = "0dc7e5b8111c"  # before issue 8 added fields
+KNOWN_SMOKE_IID_HASH = "0dc7e5b8111c"  # the smoke-iid hash before the faulty-client fields
 
 
 # ------------------------------------------------------------------ the same, in Flower's simulation

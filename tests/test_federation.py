@@ -7,8 +7,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from benchmark.seeding import derive_seed
 from benchmark.federation import client_app, task
-from benchmark.federation.partition_files import export_partitions
-from benchmark.federation.server_app import SeededFedAvg
+from benchmark.federation.partition_files import export_partitions, load_federated_data
+from benchmark.federation.sampling import SeededFedAvg
 from benchmark.scenarios import Scenario
 
 SCENARIO = Scenario(name="unit", num_clients=2, clients_per_round=2, rounds=1, max_train_images=24,
@@ -42,7 +42,7 @@ def fresh_context(data_dir=None, partition_id: int = 1) -> Context:
 
 
 def initial_arrays() -> ArrayRecord:
-    fed = task.load_federated_data(SCENARIO, 0, None)
+    fed = load_federated_data(SCENARIO, 0, None)
     return ArrayRecord(task.build_model(SCENARIO, fed.dataset, seed=0).state_dict())
 
 
@@ -75,7 +75,7 @@ def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode, part
         SCENARIO, dp_mode=dp_mode, target_epsilon=8.0, delta=1e-5 if dp_mode == "local-dpsgd" else 0.1)
     arrays = initial_arrays()
     ctx = fresh_context(parts)
-    fed = task.load_federated_data(SCENARIO, 0, None)
+    fed = load_federated_data(SCENARIO, 0, None)
     split = fed.partition.clients[1]
     images = fed.dataset.images[split.train_idx]
 
@@ -88,7 +88,7 @@ def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode, part
     assert_only_updates_and_scalars(reply, arrays, images)
     content = reply.content
     assert set(content.keys()) == {"arrays", "metrics"}
-    # Under DP only public metadata leaves with the update (issue 15, defect 9): no raw loss.
+    # Under DP only public metadata leaves with the update: no raw loss.
     expected = {"num-examples", "steps", "dp-weight"} | ({"train_loss"} if dp_mode == "none" else set())
     if dp_mode == "local-dpsgd":
         expected |= {"epsilon", "noise_multiplier", "sample_rate"}
@@ -149,6 +149,21 @@ def test_optimizer_state_roundtrip():
         assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
 
 
+def test_the_client_optimizer_is_the_registered_one_and_an_unknown_name_is_refused():
+    """Each name builds its torch optimizer with the scenario's learning rate and torch's defaults
+    otherwise; a name outside the registry is refused in one line, never replaced."""
+    from types import SimpleNamespace
+
+    from benchmark.optimizers import UnknownOptimizerError
+
+    model = torch.nn.Linear(3, 2)
+    for name, cls in (("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)):
+        opt = task.make_optimizer(model, Scenario(name="o", optimizer=name, learning_rate=3e-3))
+        assert type(opt) is cls and opt.defaults == cls(model.parameters(), lr=3e-3).defaults
+    with pytest.raises(UnknownOptimizerError, match=r"^unknown optimizer 'adamw' \(known: adam, sgd\)$"):
+        task.make_optimizer(model, SimpleNamespace(optimizer="adamw", learning_rate=1e-3))
+
+
 class FakeGrid:
     def get_node_ids(self):
         return [101, 202, 303, 404]
@@ -180,7 +195,8 @@ def test_derive_seed_is_stable():
 # ------------------------------------------------------------------ central DP (Flower wrappers)
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_central_dp_bounds_a_malicious_clients_influence(side):
-    from privacy.central import KEY_CLIPPING_NORM, UNIFORM_WEIGHT_KEY, central_clipping_mod, wrap_central_dp
+    from privacy.central import KEY_CLIPPING_NORM, central_clipping_mod, wrap_central_dp
+    from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
 
     clip, m, dim, sigma = 0.5, 2, 1000, 1e-3
     base = SeededFedAvg(partition_to_node={0: 101, 1: 202}, clients_per_round=m, seed=0, min_train_nodes=m,
@@ -222,7 +238,8 @@ def test_central_clipping_mod_is_a_no_op_without_a_clipping_norm():
 def test_one_malicious_client_moves_the_aggregate_by_at_most_clip_over_m(side, attack_scale):
     """Same honest clients and the same noise draw, once with a malicious client and once with
     that client sending no change: the aggregates differ by at most clip / clients_per_round."""
-    from privacy.central import UNIFORM_WEIGHT_KEY, central_clipping_mod, wrap_central_dp
+    from privacy.central import central_clipping_mod, wrap_central_dp
+    from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
 
     clip, m, sigma = 0.5, 4, 0.3
     nodes = {p: 101 + p for p in range(m)}
@@ -270,7 +287,7 @@ def test_a_client_reads_only_its_own_partition_file(parts, monkeypatch, tmp_path
     from benchmark import data
     from benchmark.federation import partition_files
 
-    fed = task.load_federated_data(SCENARIO, 0, None)
+    fed = load_federated_data(SCENARIO, 0, None)
     arrays = initial_arrays()
 
     def no_dataset(*args, **kwargs):
@@ -302,14 +319,14 @@ def test_partition_files_hold_each_partys_training_images_in_order(tmp_path):
     from benchmark.federation.partition_files import read_manifest, read_partition
 
     scenario = dataclasses.replace(SCENARIO, canaries=2, attacks=("mia-loss",))
-    fed = task.load_federated_data(scenario, 3, None)
+    fed = load_federated_data(scenario, 3, None)
     manifest = export_partitions(scenario, 3, tmp_path)
     for pid, split in enumerate(fed.partition.clients):
         got = read_partition(tmp_path / f"partition-{pid}.npz", scenario=scenario, seed=3, partition_id=pid)
         np.testing.assert_array_equal(got.images, fed.dataset.images[split.train_idx])
         np.testing.assert_array_equal(got.labels, fed.dataset.labels[split.train_idx])
         assert got.image_shape == (1, 28, 28) and got.num_classes == 10
-    plain = task.load_federated_data(SCENARIO, 3, None)
+    plain = load_federated_data(SCENARIO, 3, None)
     assert manifest.num_images == (len(plain.partition.clients[0].train_idx) + len(fed.canary_members),
                                    len(plain.partition.clients[1].train_idx))
     assert read_manifest(tmp_path, scenario, 3) == manifest
@@ -323,7 +340,8 @@ def test_a_file_for_another_party_seed_or_split_is_refused_in_one_line(parts, tm
     import dataclasses
 
     from benchmark.federation.partition_files import PartitionFileError, read_manifest, read_partition
-    from benchmark.federation.server_app import FederationError, server_manifest
+    from benchmark.federation.errors import FederationError
+    from benchmark.federation.server_app import server_manifest
 
     f1 = parts / "partition-1.npz"
     cases = [
@@ -352,7 +370,7 @@ def test_a_file_for_another_party_seed_or_split_is_refused_in_one_line(parts, tm
     assert server_manifest({"partition-manifest": str(parts / "manifest.json")}, SCENARIO, 0).num_images == (12, 12)
 
 
-# ------------------------------------------------------------------ partition discovery (issue 16)
+# ------------------------------------------------------------------ partition discovery
 class Clock:
     def __init__(self):
         self.t = 0.0
@@ -407,7 +425,7 @@ class DiscoveryGrid:
 
 
 def discover(nodes, num_clients=4, timeout_s=120.0):
-    from benchmark.federation.server_app import discover_partitions
+    from benchmark.federation.discovery import discover_partitions
 
     clock = Clock()
     grid = DiscoveryGrid(clock, nodes)
@@ -442,7 +460,7 @@ def test_discovery_asks_again_after_an_undelivered_query():
      r"node 202 failed the partition query \(error code 2\): KeyError: 'partition-id'$"),
 ])
 def test_discovery_fails_at_once_on_what_waiting_cannot_fix(nodes, message):
-    from benchmark.federation.server_app import FederationError
+    from benchmark.federation.errors import FederationError
 
     with pytest.raises(FederationError, match=message) as err:
         discover(nodes)
@@ -452,7 +470,7 @@ def test_discovery_fails_at_once_on_what_waiting_cannot_fix(nodes, message):
 def test_discovery_timeout_names_the_missing_partitions_and_silent_nodes():
     from flwr.common.constant import ErrorCode
 
-    from benchmark.federation.server_app import FederationError
+    from benchmark.federation.errors import FederationError
 
     nodes = {101: {"pid": 0}, 202: {"pid": 1, "delay": 50}, 303: {},  # 303 never answers
              404: {"errors": [(ErrorCode.NODE_UNAVAILABLE, "offline")] * 1000}}

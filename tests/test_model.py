@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from benchmark.model import (MODEL_CONFIGS, ModelConfigError, build_unet, count_parameters,
                              diffusion_loss, make_scheduler, sample, train_epochs)
@@ -23,6 +24,18 @@ def test_seeded_init_is_deterministic():
     a = build_unet("unet-tiny", in_channels=1, resolution=8, seed=3).state_dict()
     b = build_unet("unet-tiny", in_channels=1, resolution=8, seed=3).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_seeded_init_leaves_the_global_generator_and_matches_seeding_it():
+    """The weights are those of a process whose global generator was seeded with ``seed`` (what
+    published checkpoints were built from), and the caller's generator is not touched."""
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    new = build_unet("unet-tiny", in_channels=1, resolution=8, num_classes=3, seed=5).state_dict()
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(5)
+    old = build_unet("unet-tiny", in_channels=1, resolution=8, num_classes=3).state_dict()
+    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
 
 
 def test_training_reduces_loss_on_a_tiny_set():
@@ -76,3 +89,23 @@ def test_every_sampler_clips_predicted_images_to_the_data_range(sampler):
         assert torch.equal(sched._threshold_sample(x0), x0.clamp(-1, 1))
     else:
         assert sched.config.clip_sample and sched.config.clip_sample_range == 1.0
+
+
+@pytest.mark.parametrize("sampler, cls, overrides", [
+    ("ddim", DDIMScheduler, {}), ("ddpm", DDPMScheduler, {}),
+    ("dpm-solver", DPMSolverMultistepScheduler, {"thresholding": True, "sample_max_value": 1.0}),
+])
+def test_each_sampler_is_its_diffusers_scheduler_from_the_training_config(sampler, cls, overrides):
+    from benchmark.model import make_sampler
+
+    train = make_scheduler()
+    got, want = make_sampler(sampler, train), cls.from_config(train.config, **overrides)
+    assert type(got) is cls and dict(got.config) == dict(want.config)
+
+
+def test_an_unknown_sampler_is_refused_in_one_line_where_it_is_built():
+    from benchmark.model import make_sampler
+    from benchmark.samplers import UnknownSamplerError
+
+    with pytest.raises(UnknownSamplerError, match=r"^unknown sampler 'euler' \(known: ddim, ddpm, dpm-solver\)$"):
+        make_sampler("euler", make_scheduler())

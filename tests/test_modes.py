@@ -1,5 +1,5 @@
-"""privacy.modes: the DP-mode and grad-sample-mode registries, and the one construction path
-(privacy.dpsgd.make_dp_step) that training, verify-dp and perf share."""
+"""privacy.mechanisms and privacy.modes: the DP-mechanism and grad-sample-mode registries, and the
+one construction path (privacy.dpsgd.make_dp_step) that training, verify-dp and perf share."""
 
 import subprocess
 import sys
@@ -8,31 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from privacy import modes
-from privacy.modes import (DPMode, GradSampleMode, ModeError, get_dp_mode, get_grad_sample_mode,
-                           grad_sample_mode_names, registered)
+from privacy import mechanisms, modes
+from privacy.mechanisms import get_mechanism, mechanism_names
+from privacy.modes import GradSampleMode, ModeError, get_grad_sample_mode, grad_sample_mode_names, registered
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 # ------------------------------------------------------------------------------------ registry
 def test_registry_holds_the_published_modes():
-    assert modes.dp_mode_names() == ("none", "local-dpsgd", "central-dp", "central-dp-sampled")
+    assert mechanism_names() == ("none", "local-dpsgd", "central-dp", "central-dp-sampled")
     assert grad_sample_mode_names() == ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
-    none, local, central, sampled = (get_dp_mode(n) for n in modes.dp_mode_names())
-    assert sampled.client_level and sampled.server_adds_noise and sampled.client_sampling == "poisson"
-    assert central.client_sampling == "fixed"
-    assert (none.dp_level, local.dp_level, central.dp_level) == ("", "sample", "client")
+    none, local, central, sampled = (get_mechanism(n) for n in mechanism_names())
+    assert (none.dp_level, local.dp_level, central.dp_level, sampled.dp_level) == ("", "sample", "client", "client")
     assert not none.private and local.private and central.private
-    assert local.clients_run_dpsgd and not local.server_adds_noise
-    assert central.server_adds_noise and not central.clients_run_dpsgd
     assert local.accountants == ("rdp", "prv") and central.accountants == ("rdp",)
-    # The published defaults, now with one source each.
-    from privacy.central import DEFAULT_UPDATE_CLIP
-    from privacy.dpsgd import DEFAULT_MAX_GRAD_NORM
-
-    assert (DEFAULT_MAX_GRAD_NORM, DEFAULT_UPDATE_CLIP) == (1.0, 0.5)
+    assert (none.weight_key, local.weight_key, central.weight_key) == ("num-examples", "num-examples", "dp-weight")
+    assert (local.expected_weight(12), central.expected_weight(12)) == (12.0, 1.0)
+    # The published defaults: per-sample clip 1.0 (local), per-update clip 0.5 (central).
     assert local.clip(None) == 1.0 and local.clip(2.5) == 2.5 and none.clip(None) is None
+    assert central.clip(None) == sampled.clip(None) == 0.5
     assert [n for n in grad_sample_mode_names() if get_grad_sample_mode(n).supports_noise_multiplicity] == ["hooks"]
     assert [n for n in grad_sample_mode_names() if not get_grad_sample_mode(n).ghost_family] == ["hooks"]
 
@@ -42,7 +37,7 @@ def test_registry_refuses_duplicates():
     with pytest.raises(ModeError, match="'hooks' is already registered"):
         modes.register_grad_sample_mode(hooks)
     with pytest.raises(ModeError, match="'central-dp' is already registered"):
-        modes.register_dp_mode(get_dp_mode("central-dp"))
+        mechanisms.register_mechanism(get_mechanism("central-dp"))
     with registered(GradSampleMode("hooks-2", "alias", ghost_family=False, supports_noise_multiplicity=True,
                                    wrap=hooks.wrap)):
         with pytest.raises(ModeError, match="already registered"), registered(get_grad_sample_mode("hooks-2")):
@@ -52,7 +47,7 @@ def test_registry_refuses_duplicates():
 
 
 @pytest.mark.parametrize("lookup, name, known", [
-    (get_dp_mode, "local", "none, local-dpsgd, central-dp, central-dp-sampled"),
+    (get_mechanism, "local", "none, local-dpsgd, central-dp, central-dp-sampled"),
     (get_grad_sample_mode, "fast", "hooks, ghost, mixed-ghost, mixed-ghost-bk"),
 ])
 def test_unknown_mode_is_a_one_line_error_listing_the_known_names(lookup, name, known):
@@ -62,7 +57,7 @@ def test_unknown_mode_is_a_one_line_error_listing_the_known_names(lookup, name, 
 
 
 def test_modes_import_neither_torch_opacus_nor_flwr():
-    code = ("import sys, privacy.modes, privacy; "
+    code = ("import sys, privacy.modes, privacy.mechanisms, privacy; "
             "print(sorted(m for m in ('torch', 'opacus', 'flwr', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -85,21 +80,6 @@ def test_scenario_validation_reads_the_registry():
                         **dp).grad_sample_mode == "hooks-2"
     with pytest.raises(ScenarioError, match="unknown grad_sample_mode 'hooks-2'"):
         Scenario(name="s", dp_mode="local-dpsgd", grad_sample_mode="hooks-2", **dp)
-
-
-def test_leaderboard_dp_level_comes_from_the_registry():
-    from benchmark.leaderboard import DP_LEVEL
-
-    assert DP_LEVEL == {"none": "", "local-dpsgd": "sample", "central-dp": "client", "central-dp-sampled": "client"}
-
-
-def test_a_new_dp_mode_can_be_registered_and_removed():
-    mode = DPMode("local-dpsgd-strict", "test", dp_level="sample", clients_run_dpsgd=True, server_adds_noise=False,
-                  accountants=("rdp",), default_clip=0.1)
-    with registered(mode):
-        assert get_dp_mode("local-dpsgd-strict").sample_level
-    with pytest.raises(ModeError):
-        get_dp_mode("local-dpsgd-strict")
 
 
 # ---------------------------------------------------- a new grad-sample mode, end to end (no other file)
@@ -202,7 +182,7 @@ def test_noise_multiplicity_is_refused_where_there_are_no_per_sample_gradients()
         dp.backward(per_loss, multiplicity=2)
     dp.close()
     with pytest.raises(ModeError, match="needs grad_sample_mode 'hooks'.*not 'mixed-ghost'"):
-        plan_local_dp(n_train=8, batch_size=4, rounds=1, local_epochs=1, target_epsilon=4.0, delta=1e-5,
+        plan_local_dp(n_train=8, batch_size=4, rounds=1, local_epochs=1, target_epsilon=4.0, delta=1e-5, max_grad_norm=1.0,
                       grad_sample_mode="mixed-ghost", noise_multiplicity=2)
 
 
@@ -220,19 +200,22 @@ def test_runner_privacy_columns_follow_the_dp_mode():
     from benchmark.runner import privacy_metrics
 
     none, local, central, _ = _scenarios()
-    assert privacy_metrics(none, {}) == {"epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None,
-                                         "max_grad_norm": None, "sample_rate": None}
+    assert privacy_metrics(none, {"privacy": {"mechanism": "none"}}) == {
+        "epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None, "max_grad_norm": None,
+        "sample_rate": None}
     rounds = [{"epsilon": 1.5, "noise_multiplier": 2.0, "sample_rate": 0.1},
               {"epsilon": 3.5, "noise_multiplier": 1.5, "sample_rate": 0.2}]
-    # The server's figures (history.json's local_dp), not the clients' reports in the rounds.
-    local_dp = {"epsilon": 2.5, "noise_multiplier": 1.75, "sample_rate": 0.15, "accountant": "opacus-rdp"}
-    cols = privacy_metrics(local, {"rounds": rounds, "local_dp": local_dp})
+    # The server's figures (history.json's privacy record), not the clients' reports in the rounds.
+    local_dp = {"epsilon": 2.5, "noise_multiplier": 1.75, "sample_rate": 0.15, "accountant": "opacus-rdp",
+                "max_grad_norm": 1.0}
+    cols = privacy_metrics(local, {"rounds": rounds, "privacy": local_dp})
     assert (cols["epsilon"], cols["noise_multiplier"], cols["sample_rate"]) == (2.5, 1.75, 0.15)
     assert cols["max_grad_norm"] == 1.0 and cols["accountant"] == "opacus-rdp" and cols["grad_sample_mode"] == "hooks"
     central_dp = {"epsilon": 3.9, "accountant": "flwr-rdp-no-amplification", "noise_multiplier": 7.0,
                   "max_grad_norm": 0.25, "sample_rate": 0.5}
-    cols = privacy_metrics(central, {"central_dp": central_dp, "rounds": rounds})
+    cols = privacy_metrics(central, {"privacy": central_dp, "rounds": rounds})
     assert cols["epsilon"] == 3.9 and cols["accountant"] == "flwr-rdp-no-amplification" and cols["delta"] == 1e-5
+    assert "grad_sample_mode" not in cols
 
 
 def test_attackers_view_of_an_update_follows_the_dp_mode():

@@ -46,3 +46,23 @@ def test_bench_perf_compile_needs_a_warmup(capsys):
     assert main(["perf", "--model", "unet-tiny", "--compile", "--warmup", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "warm-up" in err[0]
+
+
+def test_tf32_flags_are_restored_after_timing_even_on_error():
+    """The TF32 flags are process-wide: timing with them on must leave the caller's settings as they
+    were (setting them needs no GPU, so this runs anywhere)."""
+    import torch
+
+    from benchmark.perf import tf32_matmuls
+
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    before = flags()
+    for enabled in (True, False):
+        with tf32_matmuls("cuda", enabled):
+            assert flags() == (enabled, enabled)
+        assert flags() == before
+    with pytest.raises(RuntimeError, match="boom"), tf32_matmuls("cuda:0", not before[0]):
+        raise RuntimeError("boom")
+    assert flags() == before
+    with tf32_matmuls("cpu", not before[0]):  # a CPU run leaves them alone
+        assert flags() == before

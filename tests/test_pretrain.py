@@ -35,6 +35,44 @@ def test_checkpoint_is_trained_once_cached_by_definition_and_reproducible(tmp_pa
     model.load_state_dict(sa)
 
 
+def test_pretraining_is_plain_training_with_its_own_seeds():
+    """train_public is benchmark.model.train_epochs with the pretraining seeds: the same weights and
+    last-epoch loss as the loop the cached checkpoints were trained by (written out here)."""
+    import numpy as np
+
+    from benchmark.data import load_dataset
+    from benchmark.model import build_unet, diffusion_loss, make_scheduler, to_model_range
+    from benchmark.seeding import derive_seed
+
+    full = load_dataset("mnist8-embedded")
+    public = dataclasses.replace(full, images=full.images[:150], labels=full.labels[:150])  # 2 full batches + 22
+    scenario = dataclasses.replace(SCENARIO, pretrain_epochs=2)
+    state, loss = pretrain.train_public(scenario, public)
+
+    model = build_unet(scenario.model, in_channels=1, resolution=8, num_classes=10,
+                       seed=derive_seed("pretrain-init", pretrain.PRETRAIN_SEED))
+    sched = make_scheduler(scenario.num_train_timesteps)
+    opt = torch.optim.Adam(model.parameters(), lr=pretrain.PRETRAIN_LEARNING_RATE)
+    rng = np.random.default_rng(derive_seed("pretrain-batches", pretrain.PRETRAIN_SEED))
+    gen = torch.Generator().manual_seed(derive_seed("pretrain-noise", pretrain.PRETRAIN_SEED))
+    model.train()
+    for _ in range(scenario.pretrain_epochs):
+        loss_sum, steps = 0.0, 0
+        order = rng.permutation(len(public.labels))
+        for i in range(0, len(order), pretrain.PRETRAIN_BATCH_SIZE):
+            idx = order[i:i + pretrain.PRETRAIN_BATCH_SIZE]
+            y = torch.as_tensor(public.labels[idx])
+            step_loss = diffusion_loss(model, sched, to_model_range(public.images[idx]), y, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            step_loss.backward()
+            opt.step()
+            loss_sum += float(step_loss.detach())
+            steps += 1
+    expected = model.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    assert loss == loss_sum / steps
+
+
 def test_public_data_of_another_shape_is_refused_in_one_line(tmp_path):
     mnist28 = dataclasses.replace(SCENARIO, dataset="mnist-embedded")
     with pytest.raises(pretrain.PretrainError, match=r"images \[1, 8, 8\], the private data \[1, 28, 28\]") as e:
@@ -57,7 +95,7 @@ def test_public_only_row_is_the_checkpoint_and_its_attacks_are_a_null(tmp_path, 
     import json
 
     from benchmark.runner import RunOptions, run_one
-    from benchmark.scenarios import get_scenario
+    from benchmark.suites import get_scenario
 
     monkeypatch.setenv("FEDDP_CACHE", str(tmp_path / "cache"))
     s = dataclasses.replace(get_scenario("privacy-public-only"), pretrain_epochs=1, fid_n_samples=16, seeds=(0,))

@@ -102,7 +102,14 @@ def test_bench_account_cli(capsys):
 
 
 # ------------------------------------------------------------- per-sample gradients (real UNet)
-def test_fix_is_installed():
+def test_fix_is_installed_by_the_dp_step_and_only_held_off_inside_the_stock_block():
+    from privacy.grad_samplers import install
+
+    verify_dp("unet-tiny", batch_size=2, modes=("hooks",))  # builds its step with make_dp_step
+    assert installed()
+    with stock_opacus_conv2d():
+        install()
+        assert not installed()
     assert installed()
 
 
@@ -260,13 +267,13 @@ def test_dp_step_without_noise_and_clipping_equals_plain_step(mode):
 def test_local_plan_spends_at_most_target_over_all_rounds():
     from privacy.dpsgd import plan_local_dp
 
-    plan = plan_local_dp(n_train=51, batch_size=16, rounds=3, local_epochs=2, target_epsilon=4.0, delta=1e-5)
+    plan = plan_local_dp(n_train=51, batch_size=16, rounds=3, local_epochs=2, target_epsilon=4.0, delta=1e-5, max_grad_norm=1.0)
     assert plan.steps_per_epoch == 4 and plan.sample_rate == 0.25 and plan.max_steps == 24
     eps = acc.sample_level_epsilon(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                                    steps=plan.max_steps, delta=1e-5)
     assert 3.9 < eps <= 4.0
     with pytest.raises(ValueError, match="hooks"):
-        plan_local_dp(n_train=51, batch_size=16, rounds=3, local_epochs=2, target_epsilon=4.0, delta=1e-5,
+        plan_local_dp(n_train=51, batch_size=16, rounds=3, local_epochs=2, target_epsilon=4.0, delta=1e-5, max_grad_norm=1.0,
                       grad_sample_mode="ghost", noise_multiplicity=2)
 
 
@@ -280,7 +287,7 @@ def test_cached_rdp_epsilon_is_opacus_accountant_bit_for_bit(history):
     """privacy.accounting.rdp_epsilon (the per-step RDP cached) against Opacus' own RDPAccountant."""
     from opacus.accountants import RDPAccountant
 
-    from privacy.accounting import rdp_epsilon, sample_level_epsilon
+    from privacy.accounting import client_sampled_epsilon, rdp_epsilon, sample_level_epsilon
 
     acc = RDPAccountant()
     acc.history = list(history)
@@ -290,3 +297,4 @@ def test_cached_rdp_epsilon_is_opacus_accountant_bit_for_bit(history):
     one = RDPAccountant()
     one.history = [(s, q, n)]
     assert sample_level_epsilon(noise_multiplier=s, sample_rate=q, steps=n, delta=1e-5) == one.get_epsilon(1e-5)
+    assert client_sampled_epsilon(noise_multiplier=s, sample_rate=q, rounds=n, delta=1e-5) == one.get_epsilon(1e-5)

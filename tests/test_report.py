@@ -7,7 +7,7 @@ from PIL import Image
 from benchmark.leaderboard import summarize
 from attacks.base import auc, roc_curve
 from benchmark.report import attack_scores
-from benchmark.scenarios import get_scenario
+from benchmark.suites import get_scenario
 from conftest import write_fake_run
 
 PRIVACY = ("grid-iid-nodp", "grid-iid-local-eps1", "grid-iid-local-eps4", "grid-iid-central-eps4",

@@ -11,7 +11,7 @@ import pytest
 
 from benchmark import compare, schema
 from benchmark.leaderboard import read_leaderboard, summarize
-from benchmark.scenarios import get_scenario
+from benchmark.suites import get_scenario
 from benchmark.schema import Column, Gate, SchemaError, Shown, check_metrics, registered
 from conftest import REPO, write_fake_run
 

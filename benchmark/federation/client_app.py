@@ -1,13 +1,12 @@
 """The Flower ClientApp: one hospital (party) training the shared DDPM on its own images.
 
 What leaves the client: the updated model arrays and scalar metrics. Never images, labels or
-indices. Without DP the metrics are its example count, steps and mean training loss; under any DP
-mode (``DPMode.private``) only public metadata (example count, steps, the equal ``dp-weight``; under
-local DP also the plan's noise multiplier and sample rate and the client's own epsilon report,
-which the server checks against its own figure): the loss is the client's raw, unnoised,
-data-dependent value, and under central DP the update itself reaches the server before its noise.
-The optimizer state lives across rounds in the node's Flower ``context.state`` (no module
-globals), so the same app works in simulation and in deployment.
+indices. The scenario's DP mechanism (:meth:`privacy.mechanisms.base.Mechanism.train_client`) runs
+the local training and says what the reply carries besides the image count and the equal
+``dp-weight``: without DP the steps and mean training loss; under DP only public metadata (the
+loss is the client's raw, data-dependent value). The optimizer state and the mechanism's own state
+(a DP-SGD accountant's history) live across rounds in the node's Flower ``context.state`` (no
+module globals), so the same app works in simulation and in deployment.
 
 Node config (deployment: ``flower-supernode --node-config 'partition-id=0
 partition-file="/data/partition-0.npz"'``, TOML values; simulation sets ``partition-id``):
@@ -24,7 +23,6 @@ training randomness secret too (see :func:`client_train_seed`).
 
 from __future__ import annotations
 
-import json
 from logging import DEBUG, INFO
 from pathlib import Path
 
@@ -38,13 +36,14 @@ from benchmark.federation.partition_files import PartitionData, PartitionFileErr
 from benchmark.scenarios import Scenario
 from benchmark.seeding import derive_seed
 from privacy.central import central_clipping_mod
-from privacy.modes import get_dp_mode
+from privacy.mechanisms import get_mechanism
+from privacy.mechanisms.base import EXAMPLES_WEIGHT_KEY, UNIFORM_WEIGHT_KEY
 from privacy.noise import secret_seed
 
 app = ClientApp()
 
 OPTIMIZER_STATE_KEY = "optimizer"
-ACCOUNTANT_STATE_KEY = "dp-accountant"
+MECHANISM_STATE_KEY = "dp-mechanism"
 
 
 def client_train_seed(context: Context, seed: int, pid: int, server_round: int) -> int:
@@ -118,32 +117,15 @@ def train(msg: Message, context: Context) -> Message:
         task.load_optimizer_state(optimizer, {k: v.to(device) for k, v in flat.items()})
 
     train_seed = client_train_seed(context, seed, pid, server_round)
-    mode = get_dp_mode(scenario.dp_mode)
-    extra = {}
-    if mode.clients_run_dpsgd:
-        from privacy.dpsgd import dp_train_epochs
-
-        plan = task.local_dp_plan(scenario, len(images))
-        saved = context.state.get(ACCOUNTANT_STATE_KEY)
-        history = json.loads(str(saved["history"])) if saved is not None else []
-        # The Poisson sampling and DP noise come from secret generators (dp_train_epochs' default).
-        stats = dp_train_epochs(model, optimizer, plan, images, labels, epochs=scenario.local_epochs,
-                                num_train_timesteps=scenario.num_train_timesteps,
-                                conditional=scenario.class_conditional, device=device, seed=train_seed,
-                                accountant_history=history)
-        context.state[ACCOUNTANT_STATE_KEY] = ConfigRecord({"history": json.dumps(stats["history"])})
-        extra = {"epsilon": stats["epsilon"], "noise_multiplier": plan.noise_multiplier,
-                 "sample_rate": plan.sample_rate}
-    else:
-        stats = task.local_train(scenario, model, optimizer, images, labels, device=device, seed=train_seed)
-
+    saved = context.state.get(MECHANISM_STATE_KEY)
+    state = {k: str(v) for k, v in saved.items()} if saved is not None else {}
+    metrics = get_mechanism(scenario.dp_mode).train_client(scenario, model, optimizer, images, labels, device=device,
+                                                           seed=train_seed, state=state)
+    if state:
+        context.state[MECHANISM_STATE_KEY] = ConfigRecord(state)
     context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(task.optimizer_state_to_tensors(optimizer))
-    # Under DP only public metadata leaves with the update: the loss is raw and data-dependent.
-    loss = {} if mode.private else {"train_loss": float(stats["loss"])}
     content = RecordDict({
         "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
-        "metrics": MetricRecord({
-            "num-examples": len(images), **loss, "steps": int(stats["steps"]), "dp-weight": 1.0, **extra,
-        }),
+        "metrics": MetricRecord({EXAMPLES_WEIGHT_KEY: len(images), **metrics, UNIFORM_WEIGHT_KEY: 1.0}),
     })
     return Message(content=content, reply_to=msg)

@@ -63,7 +63,7 @@ def partition_key(scenario: Scenario, seed: int) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-# ------------------------------------------------------------------ the split (what used to live in task.py)
+# ------------------------------------------------------------------------------------------ the split
 @dataclass(frozen=True)
 class FederatedData:
     dataset: ImageDataset

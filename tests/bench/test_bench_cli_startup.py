@@ -1,5 +1,5 @@
 """How fast `bench` answers before any work: `bench --help` and a misspelt suite name, each a fresh
-interpreter, as a user types them (issue 17: under 1 s). Measurements, not assertions: read the
+interpreter, as a user types them (the goal: under 1 s). Measurements, not assertions: read the
 median in the benchmark table (`tox -e bench`, or .ci/run's benchmark step)."""
 
 import subprocess

@@ -1,6 +1,6 @@
 """Where one run of the ``privacy`` suite spends its time: train, sample, FID, downstream, attacks.
 
-A measurement for the next budget decision (issue 16), never an assertion on time. One scenario of the
+A measurement for the next budget decision, never an assertion on time. One scenario of the
 suite as published (``privacy-iid-nodp`` at the ``cpu`` scale) with its rounds cut to 2, so that the
 benchmark tier stays short: per round the training time scales linearly (the suite runs 20 rounds),
 every other phase is the suite's own. The phase times land in the benchmark's ``extra_info``
@@ -11,7 +11,7 @@ import dataclasses
 import json
 
 from benchmark.runner import RunOptions, run_one
-from benchmark.scenarios import get_scenario
+from benchmark.suites import get_scenario
 
 PHASES = ("train_s", "sample_s", "fid_s", "downstream_s", "attack_s")
 

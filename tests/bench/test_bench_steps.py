@@ -57,7 +57,7 @@ def test_sampling_10_steps(benchmark, tiny, sampler):
 
 
 def test_inception_features(benchmark, tmp_path, monkeypatch):
-    from benchmark.utility import inception_features
+    from benchmark.fid import inception_features
 
     monkeypatch.setenv("FEDDP_CACHE", str(tmp_path))
     images = np.random.default_rng(0).integers(0, 256, (16, 1, 28, 28), dtype=np.uint8)

