@@ -51,6 +51,7 @@ from attacks.base import (
     match_scores,
     mia_metrics,
     roc_curve,
+    scale_budget,
 )
 from attacks.observe import as_seen, client_update
 from attacks.registry import get_attack

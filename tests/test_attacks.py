@@ -18,6 +18,7 @@ from attacks.base import (
     psnr,
     roc_curve,
     ssim,
+    scale_budget,
     tpr_at_fpr,
 )
 from attacks.inversion import invert, timesteps_from_gradient
@@ -435,6 +436,28 @@ def test_run_attacks_writes_every_file_and_column(tmp_path):
     assert cols["epsilon_empirical_lb"] >= 0 and cols["audit_verdict"] in ("passed", "inconclusive")
     assert cols["audit_failed"] is False and cols["audit_ceiling"] == rec["audit"]["audit_ceiling"]
     assert 0 <= cols["inversion_ssim"] <= 1 and cols["inversion_psnr"] > 0
+
+
+def test_run_attacks_without_a_budget_uses_the_scales(tmp_path, monkeypatch):
+    """The runner passes no budget: the scale's ``attack_budget`` is the one attacked with and recorded."""
+    import dataclasses
+    import json
+
+    from attacks.evaluate import run_attacks
+    from benchmark.federation.partition_files import load_federated_data
+    from benchmark.federation.task import build_model
+    from benchmark.scales import SCALES
+
+    small = dict(mia_noise_draws=1, mia_timesteps=(0.1,), mia_max_candidates=12, inversion_iters=2,
+                 inversion_local_steps=1)
+    monkeypatch.setitem(SCALES, "cpu", dataclasses.replace(SCALES["cpu"], attack_budget=small))
+    sc = _scenario(attacks=("mia-loss",))
+    fed = load_federated_data(sc, 0, None)
+    model = build_model(sc, fed.dataset, seed=0)
+    cols = run_attacks(sc, 0, model, fed, {"epsilon": None}, tmp_path, device="cpu")
+    rec = json.loads((tmp_path / "attacks.json").read_text())
+    assert rec["budget"] == scale_budget("cpu").to_dict() and rec["budget"]["mia_max_candidates"] == 12
+    assert cols["mia_best_attack"] == "mia-loss"
 
 
 @pytest.mark.parametrize("name", ["mia-loss", "mia-secmi", "mia-pia"])

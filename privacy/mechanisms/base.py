@@ -21,6 +21,12 @@ non-private default, :class:`DPMechanism` the private one):
 ``audited_epsilon(s, columns)`` the epsilon a membership audit (one image) holds the row to
 ``attacker_view(s, columns)``   the DP a client applies before its update leaves it
 
+The audit's place: ``audited_epsilon`` is the claim the black-box one-run audit (attacks/audit.py)
+tests. A white-box audit belongs inside the mechanism it audits: canaries planted in
+``train_client`` (a client's DP-SGD step) or in the server side's strategy (canary clients), their
+scores written into the ``privacy`` record by ``record``, so that what is audited is the code that
+ran, not a copy of it.
+
 This module is torch- and Flower-free: the hooks import their implementations when called.
 """
 
