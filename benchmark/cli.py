@@ -111,6 +111,9 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark import threads
+
+    threads.passive_waits()  # before torch loads: its OpenMP reads the wait policy once
     from tqdm import tqdm
 
     from benchmark import quiet
@@ -158,6 +161,9 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
     from benchmark import leaderboard, quiet, runner
     from benchmark.progress import Progress
 
+    from benchmark.threads import set_main_threads
+
+    set_main_threads()  # once, for every stage of every run (benchmark.threads)
     opts = _options(args, report, bars)
     results_dir = _results_dir(args)
     work = runner.plan(scenarios, args.seeds, opts)

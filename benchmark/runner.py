@@ -204,7 +204,6 @@ def sample_stage(scenario: Scenario, seed: int, work: Path, fed, device: str):
     model = task.build_model(scenario, fed.dataset)
     model.load_state_dict(torch.load(work / "global_model.pt", map_location="cpu", weights_only=True))
     model.to(device)
-    torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     fake, fake_labels = sample(
         model, make_scheduler(scenario.num_train_timesteps), n_generated(scenario),

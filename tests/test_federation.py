@@ -88,12 +88,16 @@ def test_client_messages_hold_only_model_arrays_and_scalar_metrics(dp_mode, part
     assert_only_updates_and_scalars(reply, arrays, images)
     content = reply.content
     assert set(content.keys()) == {"arrays", "metrics"}
-    # Under DP only public metadata leaves with the update: no raw loss.
-    expected = {"num-examples", "steps", "dp-weight"} | ({"train_loss"} if dp_mode == "none" else set())
+    # Under DP only public metadata leaves with the update: no raw loss, no compute time (it follows
+    # the secret Poisson batch sizes).
+    expected = {"num-examples", "steps", "dp-weight"} | (
+        {"train_loss", "client_s", "compute_s"} if dp_mode == "none" else set())
     if dp_mode == "local-dpsgd":
         expected |= {"epsilon", "noise_multiplier", "sample_rate"}
     assert dict(content["metrics"]).keys() == expected
-    assert dp_mode == "none" or not any("loss" in key for key in content["metrics"])
+    assert dp_mode == "none" or not any("loss" in key or key.endswith("_s") for key in content["metrics"])
+    if dp_mode == "none":
+        assert 0 < content["metrics"]["compute_s"] <= content["metrics"]["client_s"]
     assert content["metrics"]["num-examples"] == len(split.train_idx)
     # The update changed the model.
     new = content["arrays"].to_torch_state_dict()
@@ -167,6 +171,34 @@ def test_the_client_optimizer_is_the_registered_one_and_an_unknown_name_is_refus
 class FakeGrid:
     def get_node_ids(self):
         return [101, 202, 303, 404]
+
+
+def test_round_metrics_sum_and_max_the_clients_seconds_and_keep_the_worst_privacy_figure():
+    from flwr.app import MetricRecord, RecordDict
+
+    from benchmark.federation.sampling import aggregate_train_metrics
+
+    def reply(n, client_s, compute_s, loss, **extra):
+        return RecordDict({"metrics": MetricRecord({"num-examples": n, "client_s": client_s,
+                                                    "compute_s": compute_s, "train_loss": loss, **extra})})
+
+    out = aggregate_train_metrics([reply(10, 2.0, 1.5, 1.0, epsilon=2.0), reply(30, 5.0, 4.0, 3.0, epsilon=3.0)],
+                                  "num-examples")
+    assert out["client_s_sum"] == 7.0 and out["client_s_max"] == 5.0
+    assert out["compute_s_sum"] == 5.5 and out["compute_s_max"] == 4.0
+    assert "client_s" not in out and "compute_s" not in out   # a weighted mean of seconds means nothing
+    assert out["train_loss"] == 2.5 and out["epsilon"] == 3.0
+    dp = aggregate_train_metrics([RecordDict({"metrics": MetricRecord({"dp-weight": 1.0, "steps": 4})})], "dp-weight")
+    assert not any(k.startswith(("client_s", "compute_s")) for k in dp)
+
+
+def test_history_records_each_rounds_wall_time():
+    from benchmark.federation.record import history_record
+
+    metrics = {1: {"train_loss": 1.0}, 2: {"train_loss": 0.5}}
+    h = history_record(train_s=3.0, privacy={}, sampled={}, screening={}, train_metrics=metrics,
+                       round_s={1: 1.25, 2: 1.75})
+    assert [r["round_s"] for r in h["rounds"]] == [1.25, 1.75]
 
 
 def test_seeded_sampling_is_reproducible_and_uses_partitions():

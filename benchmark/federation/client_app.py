@@ -18,11 +18,13 @@ simulated party's file into the run's work folder). Files are written by ``bench
 (:mod:`benchmark.federation.partition_files`); one exported for another split, seed or
 partition id is refused in one line. The DP noise and Poisson sampling of local DP-SGD are always
 secret (:mod:`privacy.noise`); ``secret-randomness=true`` (optional) makes the rest of the local
-training randomness secret too (see :func:`client_train_seed`).
+training randomness secret too (see :func:`client_train_seed`). ``threads`` (optional) caps the
+node's torch threads (default: the cores it may run on, :func:`client_threads`).
 """
 
 from __future__ import annotations
 
+import time
 from logging import DEBUG, INFO
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from benchmark.federation import task
 from benchmark.federation.partition_files import PartitionData, PartitionFileError, partition_file_name, read_partition
 from benchmark.scenarios import Scenario
 from benchmark.seeding import derive_seed
+from benchmark.threads import available_cores
 from privacy.central import central_clipping_mod
 from privacy.mechanisms import get_mechanism
 from privacy.mechanisms.base import EXAMPLES_WEIGHT_KEY, UNIFORM_WEIGHT_KEY
@@ -63,6 +66,13 @@ def client_train_seed(context: Context, seed: int, pid: int, server_round: int) 
     if str(context.node_config.get("secret-randomness", "false")).lower() in ("1", "true", "yes"):
         return secret_seed()
     return derive_seed("client-train", seed, pid, server_round)
+
+
+def client_threads(context: Context, config) -> int:
+    """This node's torch threads: its node config's ``threads``, else the simulation's share of
+    the cores (``client-threads``, :mod:`benchmark.threads`), else the cores the node may use."""
+    value = context.node_config.get("threads") or config.get("client-threads")
+    return int(value) if value else available_cores()
 
 
 def partition_path(context: Context, config) -> Path:
@@ -97,13 +107,14 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train(mods=[central_clipping_mod])  # mods on @app.train, not on the ClientApp (Flower 1.42)
 def train(msg: Message, context: Context) -> Message:
+    t_start = time.perf_counter()
     cfg = msg.content["config"]
     scenario = Scenario.from_json(str(cfg["scenario"]))
     seed = int(cfg["seed"])
     server_round = int(cfg["server-round"])
     device = str(cfg.get("device", "cpu"))
     pid = int(context.node_config["partition-id"])
-    torch.set_num_threads(int(cfg.get("client-threads", 1)))
+    torch.set_num_threads(client_threads(context, cfg))
 
     data = load_own_partition(context, cfg, scenario, seed)
     images, labels = data.images, data.labels
@@ -119,11 +130,16 @@ def train(msg: Message, context: Context) -> Message:
     train_seed = client_train_seed(context, seed, pid, server_round)
     saved = context.state.get(MECHANISM_STATE_KEY)
     state = {k: str(v) for k, v in saved.items()} if saved is not None else {}
-    metrics = get_mechanism(scenario.dp_mode).train_client(scenario, model, optimizer, images, labels, device=device,
-                                                           seed=train_seed, state=state)
+    mechanism = get_mechanism(scenario.dp_mode)
+    t_train = time.perf_counter()
+    metrics = mechanism.train_client(scenario, model, optimizer, images, labels, device=device,
+                                     seed=train_seed, state=state)
+    compute_s = time.perf_counter() - t_train
     if state:
         context.state[MECHANISM_STATE_KEY] = ConfigRecord(state)
     context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(task.optimizer_state_to_tensors(optimizer))
+    if mechanism.reports_timing:
+        metrics |= {"client_s": time.perf_counter() - t_start, "compute_s": compute_s}
     content = RecordDict({
         "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
         "metrics": MetricRecord({EXAMPLES_WEIGHT_KEY: len(images), **metrics, UNIFORM_WEIGHT_KEY: 1.0}),

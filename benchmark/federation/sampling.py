@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from benchmark.seeding import derive_seed
+from privacy.mechanisms.base import TIMING_KEYS
 
 
 class SeededFedAvg(FedAvg):
@@ -47,12 +48,20 @@ class SeededFedAvg(FedAvg):
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Weighted means as Flower does, except the privacy figures: the worst client counts."""
+    """Weighted means as Flower does, except the privacy figures (the worst client counts) and the
+    clients' seconds (:data:`~privacy.mechanisms.base.TIMING_KEYS`: their sum and their maximum,
+    ``client_s_sum`` / ``client_s_max``, what a round's wall time is compared with)."""
     out = aggregate_metricrecords(records, weighted_by_key)
     for key, pick in (("epsilon", max), ("sample_rate", max), ("noise_multiplier", min)):
         vals = [float(m[key]) for r in records for m in r.metric_records.values() if key in m]
         if vals:
             out[key] = pick(vals)
+    for key in TIMING_KEYS:
+        vals = [float(m[key]) for r in records for m in r.metric_records.values() if key in m]
+        if key in out:
+            del out[key]
+        if vals:
+            out[f"{key}_sum"], out[f"{key}_max"] = sum(vals), max(vals)
     return out
 
 

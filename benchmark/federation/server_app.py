@@ -95,11 +95,16 @@ def run_federation(grid: Grid, run_config: dict,
         expected_weights={n: mechanism.expected_weight(num_images[p]) for p, n in partition_to_node.items()})
     train_config = ConfigRecord({
         "scenario": scenario.to_json(), "seed": seed, "device": str(run_config.get("device", "cpu")),
-        # Simulation: where the simulated parties' own files lie (a deployment's nodes name theirs).
+        # Simulation: where the simulated parties' own files lie (a deployment's nodes name theirs),
+        # and each client's torch threads (a deployed node uses its own cores).
         **({"partition-dir": partition_dir} if partition_dir else {}),
+        **({"client-threads": int(run_config["client-threads"])} if run_config.get("client-threads") else {}),
     })
 
+    round_ends: dict[int, float] = {}  # the server's clock after each round's aggregate (0: the start)
+
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        round_ends[server_round] = time.perf_counter()
         if on_round is not None and server_round > 0:
             on_round(server_round)
         if on_round_metrics is not None and server_round > 0:
@@ -122,7 +127,10 @@ def run_federation(grid: Grid, run_config: dict,
     out_dir.mkdir(parents=True, exist_ok=True)
     write_torch(out_dir / "global_model.pt", result.arrays.to_torch_state_dict())
     history = history_record(train_s=train_s, privacy=side.record(), sampled=side.sampled,
-                             screening=screened.rounds, train_metrics=result.train_metrics_clientapp)
+                             screening=screened.rounds, train_metrics=result.train_metrics_clientapp,
+                             round_s={r: t - round_ends[r - 1] for r, t in round_ends.items() if r - 1 in round_ends})
+    if run_config.get("client-cores"):  # simulation: the cores the clients were given
+        history["client_cores"] = int(run_config["client-cores"])
     write_json(out_dir / "history.json", history)
     return history
 

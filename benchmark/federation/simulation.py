@@ -1,8 +1,11 @@
 """Run the ServerApp/ClientApp pair in Flower's simulation engine (Ray backend).
 
 ``flwr.simulation.run_simulation`` gives the ServerApp an empty run config, so we wrap the same
-``run_federation`` in a ServerApp that carries the run config explicitly. Every client runs in a
-Ray actor with one CPU (and ``gpu_fraction`` of a GPU when the device is CUDA).
+``run_federation`` in a ServerApp that carries the run config explicitly. Ray is given the cores
+this process may use; every client runs in a Ray actor that reserves its share of them and as
+many torch threads (:mod:`benchmark.threads`), and ``gpu_fraction`` of a GPU when the device is
+CUDA. The run config tells the server the cores (``client-cores``, recorded in history.json) and
+the clients their threads (``client-threads``).
 
 Simulated parties own their data as deployed ones do: unless the run config already names a
 ``partition-dir``, ``simulate`` (the operator who holds the dataset) exports each party's file
@@ -26,6 +29,7 @@ from benchmark import quiet
 from benchmark.federation.client_app import app as default_client_app
 from benchmark.federation.partition_files import FederatedData, export_partitions
 from benchmark.federation.server_app import resolve_scenario, run_federation
+from benchmark.threads import available_cores, client_cpus
 
 
 class SimulationError(RuntimeError):
@@ -45,22 +49,25 @@ def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
     (:mod:`benchmark.quiet`); a client's failure still reaches the server as an error reply.
     """
     run_config = dict(run_config)
+    scenario = resolve_scenario(str(run_config["scenario"]), str(run_config.get("scale", "cpu")))
+    cores = num_cpus or available_cores()
+    per_client = client_cpus(cores, scenario.clients_per_round)
+    run_config |= {"client-cores": cores, "client-threads": per_client}
     exported = None
     if not run_config.get("partition-dir"):
         exported = Path(str(run_config["out-dir"])) / ".partitions"
-        scenario = resolve_scenario(str(run_config["scenario"]), str(run_config.get("scale", "cpu")))
         export_partitions(scenario, int(run_config["seed"]), exported, fed=fed,
                           data_root=str(run_config.get("data-root", "") or "") or None)
         run_config["partition-dir"] = str(exported)
     try:
-        return _simulate(run_config, num_clients=num_clients, num_cpus=num_cpus, gpu_fraction=gpu_fraction,
-                         on_round=on_round, client_app=client_app)
+        return _simulate(run_config, num_clients=num_clients, num_cpus=cores, client_cpus=per_client,
+                         gpu_fraction=gpu_fraction, on_round=on_round, client_app=client_app)
     finally:
         if exported is not None:
             shutil.rmtree(exported, ignore_errors=True)
 
 
-def _simulate(run_config: dict, *, num_clients: int, num_cpus: int | None, gpu_fraction: float,
+def _simulate(run_config: dict, *, num_clients: int, num_cpus: int, client_cpus: int, gpu_fraction: float,
               on_round: Callable[[int, dict], None] | None, client_app: ClientApp) -> dict:
     box: dict = {}
 
@@ -74,9 +81,9 @@ def _simulate(run_config: dict, *, num_clients: int, num_cpus: int | None, gpu_f
             box["error"] = e
             raise
 
-    init_args = ({"num_cpus": num_cpus} if num_cpus else {}) | quiet.ray_init_args()
+    init_args = {"num_cpus": num_cpus} | quiet.ray_init_args()
     backend_config = {
-        "client_resources": {"num_cpus": 1, "num_gpus": gpu_fraction},
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": gpu_fraction},
         "init_args": init_args | {"include_dashboard": False},
     }
     logging.getLogger("flwr").setLevel(logging.WARNING)

@@ -43,6 +43,9 @@ from privacy.modes import ModeError, get_grad_sample_mode, grad_sample_mode_name
 UNIFORM_WEIGHT_KEY = "dp-weight"     # what every client reports (1.0): equal weights in a DP average
 EXAMPLES_WEIGHT_KEY = "num-examples"  # a client's image count: FedAvg's weights without DP
 STEPS_KEY = "steps"
+# A client's seconds in its train handler (set-up included) and in the training loop alone: what
+# the server's per-round timing (history.json, the per-phase benchmark) compares with a round's wall time.
+TIMING_KEYS = ("client_s", "compute_s")
 
 PRIVACY_COLUMNS = ("epsilon", "delta", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate")
 
@@ -87,6 +90,7 @@ class Mechanism:
     accountants: tuple[str, ...] = ()   # the accountants a scenario may ask for
     default_clip: float | None = None   # the clipping norm without max_grad_norm
     weight_key = EXAMPLES_WEIGHT_KEY    # what FedAvg weighs replies by
+    reports_timing = True               # a reply may carry the client's TIMING_KEYS
     # Scenario fields only some mechanisms read: set for another, a scenario is refused.
     own_fields: tuple[str, ...] = ()
 
@@ -171,6 +175,9 @@ class DPMechanism(Mechanism):
     """What every private mechanism checks and records."""
 
     image_relation = "add/remove one image"
+    # A client's compute time follows the batch sizes Poisson sampling keeps secret (and the data it
+    # holds): a private mechanism's reply never carries it, whatever the server could time itself.
+    reports_timing = False
     client_relation = "add/remove one client"
 
     def validate(self, s) -> str | None:
