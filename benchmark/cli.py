@@ -111,9 +111,6 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark import threads
-
-    threads.passive_waits()  # before torch loads: its OpenMP reads the wait policy once
     from tqdm import tqdm
 
     from benchmark import quiet
@@ -160,7 +157,6 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
 
     from benchmark import leaderboard, quiet, runner
     from benchmark.progress import Progress
-
     from benchmark.threads import set_main_threads
 
     set_main_threads()  # once, for every stage of every run (benchmark.threads)
@@ -556,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmark.threads import passive_waits
+
+    passive_waits()  # before any command loads torch: its OpenMP reads the wait policy once
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)

@@ -4,7 +4,7 @@ The cores are the ones this process may run on (its CPU affinity, which ``taskse
 or a batch scheduler narrows), not the machine's count. Two consumers share them, never at once:
 
 - the main process (the server during training; sampling, FID, the downstream classifier and the
-  attacks after it) runs :func:`main_threads` torch threads, set once when ``bench run`` starts
+  attacks after it) runs one torch thread per core, set once when ``bench run`` starts
   (:func:`set_main_threads`) and never changed mid-stage;
 - a simulated federation gives Ray the same cores; each client actor reserves
   :func:`client_cpus` of them (the cores over the clients that train at once, at least one) and
@@ -13,8 +13,9 @@ or a batch scheduler narrows), not the machine's count. Two consumers share them
 Torch's CPU kernels are OpenMP parallel regions; a thread that waits at a region's barrier spins
 while the thread it waits for shares its core with another process. On a busy machine a tiny model
 (thousands of small regions a second) then slows down by an order of magnitude instead of in
-proportion, so the waits are passive (``OMP_WAIT_POLICY``, :func:`passive_waits`); it must be set
-before torch is imported, and Ray's actors inherit it from the driver's environment.
+proportion, so the waits are passive (``OMP_WAIT_POLICY``, :func:`passive_waits`, which ``bench``
+sets for every command); it must be set before torch is imported, and Ray's actors inherit it
+from the driver's environment.
 """
 
 from __future__ import annotations
@@ -35,19 +36,15 @@ def client_cpus(cores: int, concurrent_clients: int) -> int:
     return max(1, cores // max(1, concurrent_clients))
 
 
-def main_threads() -> int:
-    return available_cores()
-
-
 def passive_waits() -> None:
     """``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy; call before torch is imported."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def set_main_threads(n: int | None = None) -> int:
-    """The main process's torch threads (``n`` or :func:`main_threads`); returns the count set."""
+def set_main_threads() -> int:
+    """The main process's torch threads: one per available core; returns the count set."""
     import torch
 
-    n = n or main_threads()
+    n = available_cores()
     torch.set_num_threads(n)
     return n

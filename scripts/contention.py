@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -48,6 +47,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from benchmark.suites import get_scenario
+    from benchmark.threads import available_cores
 
     scenario = get_scenario("privacy-iid-nodp")
     fields = {k: v for k, v in scenario.to_dict().items() if v is not None}
@@ -62,7 +62,7 @@ def main() -> int:
     rows = {}
     for label, busy in (("quiet", False), ("busy", True)):
         rows[label] = one_run(work / label, scenario_file, busy)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     print(f"privacy-iid-nodp, {fields['rounds']} round(s), {cores} cores; busy = one `while True` process beside it")
     print(f"{'phase':<14}{'quiet s':>10}{'busy s':>10}{'ratio':>8}")
     for k in ("wall_s", *PHASES):

@@ -22,7 +22,7 @@ def test_a_client_gets_its_share_of_the_cores(cores, clients, expected):
 
 def test_the_cores_are_the_processes_affinity(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
-    assert threads.available_cores() == threads.main_threads() == 3
+    assert threads.available_cores() == 3
 
 
 def test_a_node_uses_its_own_setting_then_the_simulations_share_then_its_cores(monkeypatch):

@@ -40,7 +40,7 @@ from benchmark.seeding import derive_seed
 from benchmark.threads import available_cores
 from privacy.central import central_clipping_mod
 from privacy.mechanisms import get_mechanism
-from privacy.mechanisms.base import EXAMPLES_WEIGHT_KEY, UNIFORM_WEIGHT_KEY
+from privacy.mechanisms.base import CLIENT_S_KEY, COMPUTE_S_KEY, EXAMPLES_WEIGHT_KEY, UNIFORM_WEIGHT_KEY
 from privacy.noise import secret_seed
 
 app = ClientApp()
@@ -139,7 +139,7 @@ def train(msg: Message, context: Context) -> Message:
         context.state[MECHANISM_STATE_KEY] = ConfigRecord(state)
     context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(task.optimizer_state_to_tensors(optimizer))
     if mechanism.reports_timing:
-        metrics |= {"client_s": time.perf_counter() - t_start, "compute_s": compute_s}
+        metrics |= {CLIENT_S_KEY: time.perf_counter() - t_start, COMPUTE_S_KEY: compute_s}
     content = RecordDict({
         "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
         "metrics": MetricRecord({EXAMPLES_WEIGHT_KEY: len(images), **metrics, UNIFORM_WEIGHT_KEY: 1.0}),

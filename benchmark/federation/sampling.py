@@ -51,16 +51,16 @@ def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> 
     """Weighted means as Flower does, except the privacy figures (the worst client counts) and the
     clients' seconds (:data:`~privacy.mechanisms.base.TIMING_KEYS`: their sum and their maximum,
     ``client_s_sum`` / ``client_s_max``, what a round's wall time is compared with)."""
+    def values(key: str) -> list[float]:
+        return [float(m[key]) for r in records for m in r.metric_records.values() if key in m]
+
     out = aggregate_metricrecords(records, weighted_by_key)
     for key, pick in (("epsilon", max), ("sample_rate", max), ("noise_multiplier", min)):
-        vals = [float(m[key]) for r in records for m in r.metric_records.values() if key in m]
-        if vals:
+        if vals := values(key):
             out[key] = pick(vals)
     for key in TIMING_KEYS:
-        vals = [float(m[key]) for r in records for m in r.metric_records.values() if key in m]
-        if key in out:
-            del out[key]
-        if vals:
+        out.pop(key, None)
+        if vals := values(key):
             out[f"{key}_sum"], out[f"{key}_max"] = sum(vals), max(vals)
     return out
 

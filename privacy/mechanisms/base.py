@@ -45,7 +45,8 @@ EXAMPLES_WEIGHT_KEY = "num-examples"  # a client's image count: FedAvg's weights
 STEPS_KEY = "steps"
 # A client's seconds in its train handler (set-up included) and in the training loop alone: what
 # the server's per-round timing (history.json, the per-phase benchmark) compares with a round's wall time.
-TIMING_KEYS = ("client_s", "compute_s")
+CLIENT_S_KEY, COMPUTE_S_KEY = "client_s", "compute_s"
+TIMING_KEYS = (CLIENT_S_KEY, COMPUTE_S_KEY)
 
 PRIVACY_COLUMNS = ("epsilon", "delta", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate")
 
@@ -175,10 +176,10 @@ class DPMechanism(Mechanism):
     """What every private mechanism checks and records."""
 
     image_relation = "add/remove one image"
+    client_relation = "add/remove one client"
     # A client's compute time follows the batch sizes Poisson sampling keeps secret (and the data it
     # holds): a private mechanism's reply never carries it, whatever the server could time itself.
     reports_timing = False
-    client_relation = "add/remove one client"
 
     def validate(self, s) -> str | None:
         if s.target_epsilon is None or not (s.target_epsilon > 0 and math.isfinite(s.target_epsilon)):
