@@ -34,6 +34,7 @@ from attacks.audit import (
     evidence_bound,
     evidence_ceiling,
     one_run_evidence,
+    one_run_fdp_evidence,
     record_bound,
 )
 from attacks.base import (
@@ -78,13 +79,14 @@ class Case:
     budget: AttackBudget
     device: str
     out_dir: Path
+    audit_canaries: list = ()   # (name, scores, included): white-box canaries the mechanism planted
 
     def generator(self, *parts) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(derive_seed(*parts, self.seed))
 
 
 def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict, out_dir: Path, *,
-                device: str, budget: AttackBudget | None = None) -> dict:
+                device: str, budget: AttackBudget | None = None, audit_canaries: list = ()) -> dict:
     """Every attack the scenario lists; writes the files above into ``out_dir``; returns the
     leaderboard columns (``mia_*``, ``inversion_*``, ``epsilon_empirical_lb``, ``audit_*``)."""
     from benchmark.model import make_scheduler
@@ -93,9 +95,10 @@ def run_attacks(scenario, seed: int, model: torch.nn.Module, fed, privacy: dict,
         return {}
     budget = budget or scale_budget(scenario.scale)
     case = Case(scenario, seed, model.to(device).eval(), make_scheduler(scenario.num_train_timesteps), fed, privacy,
-                budget, device, Path(out_dir))
+                budget, device, Path(out_dir), list(audit_canaries))
     attacks = [get_attack(name) for name in scenario.attacks]
-    record: dict = {"budget": budget.to_dict(), "mia": {}, "canaries": {}}
+    record: dict = {"budget": budget.to_dict(), "mia": {}, "canaries": {}, "gradient_canaries": {},
+                    "gradient_canaries_fdp": {}}
     arrays: dict[str, np.ndarray] = {}
     columns: dict = {}
     for kind, referee in REFEREES.items():
@@ -145,13 +148,19 @@ def audited_epsilon(scenario, privacy: dict) -> float | None:
     return get_mechanism(scenario.dp_mode).audited_epsilon(scenario, privacy)
 
 
-def audit_tests(tested: list[tuple[str, str, np.ndarray, np.ndarray]], *, delta: float, seed: int) -> list[dict]:
+def audit_tests(tested: list[tuple[str, str, np.ndarray, np.ndarray]], *, delta: float, seed: int,
+                shapes: dict | None = None) -> list[dict]:
     """One test per (attack, candidate set): the natural candidates by the half split (at the
-    run's Bonferroni level, which only picks the threshold), the canaries by one-run auditing."""
+    run's Bonferroni level, which only picks the threshold), the canaries by one-run auditing, the
+    white-box canaries also by the f-DP one-run bound (``gradient-canary-fdp``, with the shape of
+    their mechanism from ``shapes``: name -> sample_rate, steps)."""
     tests = []
     alpha = (1 - AUDIT_CONFIDENCE) / len(tested)
     for name, tag, scores, labels in tested:
-        if tag == "canary":
+        if tag == "gradient-canary-fdp":
+            evidence = one_run_fdp_evidence(scores, labels, **shapes[name],
+                                            seed=derive_seed("audit-ties", name, "gradient-canary", seed))
+        elif tag != "natural":   # planted canaries, in by a fair coin: one-run auditing
             evidence = one_run_evidence(scores, labels, seed=derive_seed("audit-ties", name, tag, seed))
         else:
             evidence = epsilon_lower_bound(scores, labels, delta=delta, confidence=AUDIT_CONFIDENCE,
@@ -187,7 +196,8 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
     if len(canaries):
         # In canary order: the candidates' order says nothing about which were included.
         sets["canary"] = _candidates(case, canaries, np.isin(canaries, fed.canary_members))
-    section = {"natural": record["mia"], "canary": record["canaries"]}
+    section = {"natural": record["mia"], "canary": record["canaries"], "gradient-canary": record["gradient_canaries"],
+               "gradient-canary-fdp": record["gradient_canaries_fdp"]}
     tested = []
     for attack in attacks:
         key = attack.name.replace("-", "_")
@@ -198,6 +208,17 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
             arrays[f"{stem}_scores"], arrays[f"{stem}_labels"] = scores, truth
             section[tag][attack.name] = mia_metrics(scores, truth)
             tested.append((attack.name, tag, scores, truth))
+    shapes = {}
+    for name, scores, included, shape in case.audit_canaries:  # white-box: the scores the mechanism recorded
+        scores, included = np.asarray(scores, np.float64), np.asarray(included).astype(bool)
+        arrays[f"{name.replace('-', '_')}_gradient_canary_scores"] = scores
+        arrays[f"{name.replace('-', '_')}_gradient_canary_labels"] = included
+        record["gradient_canaries"][name] = mia_metrics(scores, included)
+        tested.append((name, "gradient-canary", scores, included))
+        if shape:  # the canaries' mechanism is known: the f-DP bound too
+            shapes[name] = shape
+            record["gradient_canaries_fdp"][name] = dict(record["gradient_canaries"][name])
+            tested.append((name, "gradient-canary-fdp", scores, included))
 
     best = best_attack({a.name: record["mia"][a.name]["auc"] for a in attacks})
     m = record["mia"][best]
@@ -206,7 +227,7 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
                "mia_best_attack": best, "mia_n_candidates": m["n_members"] + m["n_nonmembers"]}
     # The audit: every (attack, candidate set) is one test; Bonferroni keeps the max at 95 %.
     delta = case.scenario.delta if case.scenario.delta is not None else DEFAULT_AUDIT_DELTA
-    tests = audit_tests(tested, delta=delta, seed=seed)
+    tests = audit_tests(tested, delta=delta, seed=seed, shapes=shapes)
     for t in tests:
         section[t["candidates"]][t["attack"]]["epsilon_lb"] = t["epsilon_lb"]
         section[t["candidates"]][t["attack"]]["audit"] = {k: t[k] for k in ("epsilon_lb", "ceiling", "evidence")}

@@ -135,7 +135,8 @@ def _run_stages(work: Path, final: Path, scenario: Scenario, seed: int, opts: Ru
     attack_cols = {}
     if scenario.attacks:
         stage("attack", ", ".join(scenario.attacks))
-        attack_cols = attack_stage(scenario, seed, model, fed, privacy, work, device)
+        canaries = get_mechanism(scenario.dp_mode).audit_canaries(scenario, history["privacy"], seed)
+        attack_cols = attack_stage(scenario, seed, model, fed, privacy, work, device, canaries)
     stage("record", "metrics.json, environment.json")
     metrics = {
         **utility, **attack_cols,
@@ -248,12 +249,14 @@ def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np
     return out
 
 
-def attack_stage(scenario: Scenario, seed: int, model, fed, privacy: dict, work: Path, device: str) -> dict:
-    """The scenario's attacks on the finished run (attacks.evaluate is the referee)."""
+def attack_stage(scenario: Scenario, seed: int, model, fed, privacy: dict, work: Path, device: str,
+                 canaries: list = ()) -> dict:
+    """The scenario's attacks on the finished run (attacks.evaluate is the referee); ``canaries``: the
+    white-box canaries the mechanism planted (audited with the attacks' canaries)."""
     from attacks.evaluate import run_attacks
 
     t0 = time.perf_counter()
-    cols = run_attacks(scenario, seed, model, fed, privacy, work, device=device)
+    cols = run_attacks(scenario, seed, model, fed, privacy, work, device=device, audit_canaries=canaries)
     cols["attack_s"] = time.perf_counter() - t0
     return cols
 

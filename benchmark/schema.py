@@ -183,9 +183,11 @@ LEADERBOARD: list[Column] = [
             better="lower = more private", report=Shown("epsilon ↓"), **_NO_DP),
     _scenario("delta", "float", "delta of the DP guarantee", report=Shown("delta", fmt="g", when="epsilon")),
     _metric("accountant", "str", "joined", "`opacus-rdp`, `opacus-prv`, `flwr-rdp-no-amplification`, `opacus-rdp-poisson-clients`", **_NO_DP),
-    _metric("noise_multiplier", "float", "mean", "Gaussian noise std / clipping norm", **_NO_DP),
+    _metric("noise_multiplier", "float", "mean", "Gaussian noise std / clipping norm (local DP-SGD: the worst "
+            "client's, whose epsilon is published)", **_NO_DP),
     _metric("max_grad_norm", "float", "mean", "clipping norm (per sample: local; per update: central)", **_NO_DP),
-    _metric("sample_rate", "float", "mean", "Poisson rate q (local) or clients sampled / N (central)", **_NO_DP),
+    _metric("sample_rate", "float", "mean", "Poisson rate q (local: the worst client's) or clients sampled / N "
+            "(central)", **_NO_DP),
     _metric("fid", "float", "mean_std", "Frechet Inception distance", better="lower",
             gate=Gate(True, 0.10, True, noise_floor=0.75),
             report=Shown("FID ↓", fmt=".1f", std=True, always=True)),

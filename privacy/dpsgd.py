@@ -268,7 +268,8 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
 @functools.cache
 def _margin_clipped(optim_class: type) -> type:
     """``optim_class`` whose per-sample clipping (``clip_and_accumulate``, the ``hooks`` family's)
-    uses ``clip_norm`` while its noise (``noise_multiplier * max_grad_norm``) keeps ``max_grad_norm``."""
+    uses ``clip_norm`` while its noise (``noise_multiplier * max_grad_norm``) keeps ``max_grad_norm``;
+    its ``add_noise`` also releases an attached ``audit_block`` (:mod:`privacy.whitebox`)."""
 
     def clip_and_accumulate(self) -> None:
         full, self.max_grad_norm = self.max_grad_norm, self.clip_norm
@@ -277,7 +278,18 @@ def _margin_clipped(optim_class: type) -> type:
         finally:
             self.max_grad_norm = full
 
+    def add_noise(self) -> None:
+        optim_class.add_noise(self)
+        block = getattr(self, "audit_block", None)
+        if block is not None:  # white-box canaries (privacy.whitebox): the same noise, in the same call
+            from opacus.optimizers.optimizer import _generate_noise
+
+            multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+            block.release(_generate_noise(std=multiplier * self.max_grad_norm, reference=block.summed,
+                                          generator=self.generator, secure_mode=self.secure_mode))
+
     return type(optim_class.__name__, (optim_class,), {"clip_and_accumulate": clip_and_accumulate,
+                                                       "add_noise": add_noise,
                                                        "__module__": __name__, "__doc__": _margin_clipped.__doc__})
 
 
@@ -286,13 +298,17 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
                     conditional: bool, device: str | torch.device, seed: int,
                     accountant_history: list[tuple[float, float, int]],
                     sampling_generator: torch.Generator | None = None,
-                    noise_generator: torch.Generator | None = None) -> dict:
+                    noise_generator: torch.Generator | None = None, canaries=None) -> dict:
     """``epochs`` of DP-SGD on one client. Returns loss, steps, the accountant's new history and
     the epsilon spent so far (this round included).
 
     ``seed`` drives the diffusion noise and timesteps only. The Poisson sampling and the DP noise
     come from ``sampling_generator`` and ``noise_generator``; left out (as the client app always
     does) each is a fresh secret generator (:mod:`privacy.noise`). Tests pass seeded ones.
+
+    ``canaries``: a :class:`privacy.whitebox.AuditBlock` (white-box gradient canaries). Its included
+    canaries join the sampler's population as indices after the images (the plan's rate, so each is
+    drawn like an image); every step releases the block through the optimizer (its scores grow).
     """
     from opacus.accountants import create_accountant
 
@@ -300,11 +316,18 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
 
     accountant = create_accountant(mechanism=plan.accountant)
     accountant.history = [tuple(h) for h in accountant_history]
-    data = torch.utils.data.TensorDataset(torch.as_tensor(images), torch.as_tensor(labels))
-    dp_loader = poisson_loader(plan, data, sampling_generator or secret_torch_generator("cpu"))
+    images_t, labels_t = torch.as_tensor(images), torch.as_tensor(labels)
+    n = len(images_t)
+    # The sampler draws indices: the images, then the included canaries (none: the same draws as a
+    # loader over the images themselves).
+    n_canaries = 0 if canaries is None else len(canaries.included_ids)
+    population = torch.utils.data.TensorDataset(torch.arange(n + n_canaries))
+    dp_loader = poisson_loader(plan, population, sampling_generator or secret_torch_generator("cpu"))
     dp = make_dp_step(model, optimizer, grad_sample_mode=plan.grad_sample_mode, max_grad_norm=plan.max_grad_norm,
-                      noise_multiplier=plan.noise_multiplier, expected_batch_size=expected_batch_size(plan, len(data)),
+                      noise_multiplier=plan.noise_multiplier, expected_batch_size=expected_batch_size(plan, n),
                       noise_generator=noise_generator or secret_torch_generator(device))
+    if canaries is not None:
+        dp.optimizer.audit_block = canaries
     dp.module.forbid_grad_accumulation()  # Poisson sampling: one batch per step
     dp.optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
     gsm = dp.module
@@ -314,8 +337,12 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
     gsm.train()
     total, steps, seen = 0.0, 0, 0
     for _ in range(epochs):
-        for xb, yb in dp_loader:
+        for (idx,) in dp_loader:
             dp.zero_grad()
+            if canaries is not None:
+                canaries.accumulate((idx[idx >= n] - n).numpy(), dp.clip_norm, 0.0, gen.device)
+            idx = idx[idx < n]
+            xb, yb = images_t[idx], labels_t[idx]
             if len(xb) == 0:
                 dp.empty_batch()
                 dp.step()
@@ -333,6 +360,8 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
             seen += len(xb)
             steps += 1
     dp.close()  # remove Opacus hooks from the (shared) model
+    if canaries is not None:
+        dp.optimizer.audit_block = None
     history = [tuple(h) for h in accountant.history]
     expected = charge(accountant_history, plan, epochs)
     if steps != epochs * plan.steps_per_epoch or history != expected:

@@ -3,7 +3,8 @@
 :class:`LocalDPLedger` wraps the sampling strategy of a ``local-dpsgd`` run
 (:mod:`privacy.mechanisms.local_dpsgd`). It knows each client's image count, hence its plan, and
 the rounds it sampled the client in, so it computes every client's epsilon itself, never from what
-a client remembers.
+a client remembers. The row's ``noise_multiplier``, ``sample_rate`` and ``steps`` are the worst
+client's (the one whose epsilon is published), so that they recompute to the row's epsilon.
 
 A client is charged ``local_epochs * steps_per_epoch`` steps of its plan for every round it is
 sampled in, whether or not its reply is aggregated (it may have trained and sent it). Each
@@ -39,7 +40,8 @@ class LocalDPLedger(Strategy):
     its :class:`privacy.dpsgd.LocalDPPlan`."""
 
     def __init__(self, strategy: Strategy, *, plans: dict, local_epochs: int, accountant: str, delta: float,
-                 partition_to_node: dict[int, int], num_images: dict[int, int]) -> None:
+                 partition_to_node: dict[int, int], num_images: dict[int, int],
+                 canaries: dict[int, int] | None = None) -> None:
         self.strategy = strategy
         self.plans = plans
         self.local_epochs = local_epochs
@@ -49,6 +51,10 @@ class LocalDPLedger(Strategy):
         self.node_to_partition = {n: p for p, n in partition_to_node.items()}
         self.participation: dict[int, list[int]] = {p: [] for p in plans}  # partition -> rounds sampled
         self._epsilons: dict[tuple[int, int], float] = {}
+        # White-box canaries (privacy.whitebox): partition -> m, and the scores its replies added up.
+        self.canaries = dict(canaries or {})
+        self.canary_scores: dict[int, list[float]] = {p: [0.0] * m for p, m in self.canaries.items()}
+        self.canary_rounds: dict[int, list[int]] = {p: [] for p in self.canaries}
 
     def steps_per_round(self, partition: int) -> int:
         return self.local_epochs * self.plans[partition].steps_per_epoch
@@ -83,10 +89,29 @@ class LocalDPLedger(Strategy):
         replies = list(replies)
         for reply in replies:
             pid = self.node_to_partition[reply.metadata.src_node_id]
-            problem = self.report_problem(pid, server_round, next(iter(reply.content.metric_records.values())))
+            metrics = next(iter(reply.content.metric_records.values()))
+            problem = self.report_problem(pid, server_round, metrics) or self.take_canary_scores(
+                pid, server_round, metrics)
             if problem:
                 raise LedgerError(f"round {server_round}: partition {pid} {problem}")
         return self.strategy.aggregate_train(server_round, replies)
+
+    def take_canary_scores(self, pid: int, server_round: int, metrics) -> str | None:
+        """Add a reply's white-box canary scores to the ledger's and remove them from the reply (they
+        are the audit's, not FedAvg's); why they are wrong, or None."""
+        from privacy.whitebox import SCORES_KEY
+
+        scores = metrics.get(SCORES_KEY)
+        if pid not in self.canaries:
+            return None if scores is None else f"sent {SCORES_KEY} but carries no white-box canaries"
+        if scores is None or len(scores) != self.canaries[pid]:
+            got = "none" if scores is None else f"{len(scores)}"
+            return f"sent {got} white-box canary scores, expected {self.canaries[pid]}"
+        del metrics[SCORES_KEY]
+        total = self.canary_scores[pid]
+        self.canary_scores[pid] = [a + float(b) for a, b in zip(total, scores)]
+        self.canary_rounds[pid].append(server_round)
+        return None
 
     def report_problem(self, pid: int, server_round: int, metrics) -> str | None:
         """Why a client's privacy report disagrees with the server's figures, or None."""
@@ -111,11 +136,20 @@ class LocalDPLedger(Strategy):
                     "steps": len(self.participation[p]) * self.steps_per_round(p),
                     "epsilon": self.epsilon(p, len(self.participation[p]))}
                    for p in sorted(self.plans)]
-        taken = [c for c in clients if c["rounds"]] or clients
-        return {"accountant": f"opacus-{self.accountant}", "delta": self.delta,
+        # The row's columns are the worst client's whole plan (its noise, rate and steps give the
+        # published epsilon); every client's plan stays in ``clients``.
+        worst = max(clients, key=lambda c: c["epsilon"])
+        whitebox = {}
+        for p, m in self.canaries.items():  # one audited partition (privacy.whitebox.AUDITED_PARTITION)
+            whitebox = {"partition": p, "m": m, "rounds": list(self.canary_rounds[p]),
+                        "sample_rate": self.plans[p].sample_rate,
+                        "steps": len(self.participation[p]) * self.steps_per_round(p),
+                        "scores": list(self.canary_scores[p])}
+        return ({"whitebox": whitebox} if whitebox else {}) | {
+                "accountant": f"opacus-{self.accountant}", "delta": self.delta,
                 "epsilon": max(c["epsilon"] for c in clients),
-                "noise_multiplier": min(c["noise_multiplier"] for c in taken),
-                "sample_rate": max(c["sample_rate"] for c in taken),
+                "noise_multiplier": worst["noise_multiplier"], "sample_rate": worst["sample_rate"],
+                "steps": worst["steps"], "worst_partition": worst["partition"],
                 "max_grad_norm": max(self.plans[p].max_grad_norm for p in self.plans), "clients": clients}
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

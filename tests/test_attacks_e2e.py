@@ -72,8 +72,11 @@ def test_overfit_model_is_caught_and_a_misaccounted_claim_fails_the_audit(tmp_pa
 
 
 def test_dp_at_epsilon_1_leaves_the_attack_at_chance(tmp_path, feddp_cache):
+    """... and its white-box gradient canaries (privacy/whitebox.py) travel from the client's DP-SGD
+    through the ledger into the audit, whose ceiling they lift above the claim."""
     code, run, m = _run(tmp_path, "overfit-dp-eps1", epochs=700,
-                        extra='dp_mode = "local-dpsgd"\ntarget_epsilon = 1.0\ndelta = 1e-3')
+                        extra='dp_mode = "local-dpsgd"\ntarget_epsilon = 1.0\ndelta = 1e-5\n'
+                              'gradient_canaries = 300')
     assert code == 0
     attacks = json.loads((run / "attacks.json").read_text())
     loss = attacks["mia"]["mia-loss"]
@@ -81,6 +84,11 @@ def test_dp_at_epsilon_1_leaves_the_attack_at_chance(tmp_path, feddp_cache):
     assert abs(loss["auc"] - 0.5) < 3 * sd, (loss["auc"], sd)
     assert m["epsilon"] <= 1.0 + 1e-6
     assert m["audit_failed"] is False and m["epsilon_empirical_lb"] <= 1.0
+    wb = json.loads((run / "history.json").read_text())["privacy"]["whitebox"]
+    assert wb["m"] == 300 and len(wb["scores"]) == 300 and wb["rounds"] == [1] and wb["partition"] == 0
+    (test,) = [t for t in attacks["audit"]["tests"] if t["candidates"] == "gradient-canary"]
+    assert test["evidence"]["m"] == 300 and test["epsilon_lb"] <= 1.0 < test["ceiling"]
+    assert m["audit_verdict"] == "passed" and m["audit_ceiling"] > 1.0
 
 
 def test_inversion_of_a_batch1_gradient_with_and_without_dp():

@@ -133,7 +133,7 @@ def train(msg: Message, context: Context) -> Message:
     mechanism = get_mechanism(scenario.dp_mode)
     t_train = time.perf_counter()
     metrics = mechanism.train_client(scenario, model, optimizer, images, labels, device=device,
-                                     seed=train_seed, state=state)
+                                     seed=train_seed, state=state, partition=pid, run_seed=seed)
     compute_s = time.perf_counter() - t_train
     if state:
         context.state[MECHANISM_STATE_KEY] = ConfigRecord(state)

@@ -19,12 +19,14 @@ non-private default, :class:`DPMechanism` the private one):
 ``columns(s, record)``          the row's privacy columns from the ``privacy`` record
 ``guarantees(s, columns)``      every (unit, neighbouring relation, epsilon) the row can claim
 ``audited_epsilon(s, columns)`` the epsilon a membership audit (one image) holds the row to
+``audit_canaries(s, record, seed)`` the white-box canaries it planted: (name, scores, included, shape)
 ``attacker_view(s, columns)``   the DP a client applies before its update leaves it
 
-The audit's place: ``audited_epsilon`` is the claim the black-box one-run audit (attacks/audit.py)
-tests. A white-box audit belongs inside the mechanism it audits: canaries planted in
-``train_client`` (a client's DP-SGD step) or in the server side's strategy (canary clients), their
-scores written into the ``privacy`` record by ``record``, so that what is audited is the code that
+The audit's place: ``audited_epsilon`` is the claim the one-run audit (attacks/audit.py) tests. A
+white-box audit belongs inside the mechanism it audits: canaries planted in ``train_client`` (a
+client's DP-SGD step: ``local-dpsgd``'s gradient canaries, :mod:`privacy.whitebox`) or in the
+server side's strategy (canary clients), their scores written into the ``privacy`` record by
+``record`` and handed to the audit by ``audit_canaries``, so that what is audited is the code that
 ran, not a copy of it.
 
 This module is torch- and Flower-free: the hooks import their implementations when called.
@@ -142,9 +144,12 @@ class Mechanism:
         return ServerSide(fedavg, fedavg.sampled, lambda: None, lambda: self.record(s, {}))
 
     # -- the client --------------------------------------------------------------------------------
-    def train_client(self, s, model, optimizer, images, labels, *, device: str, seed: int, state: dict) -> dict:
+    def train_client(self, s, model, optimizer, images, labels, *, device: str, seed: int, state: dict,
+                     partition: int, run_seed: int) -> dict:
         """Train locally; return the metrics the reply carries besides the image count and the
-        uniform weight. ``state`` persists on the node across rounds (strings)."""
+        uniform weight. ``seed``: this round's training seed; ``state`` persists on the node across
+        rounds (strings); ``partition`` and ``run_seed``: whose data this is, in which run (an audit's
+        canaries are planted in one partition, drawn from the run seed)."""
         stats = train_plain(s, model, optimizer, images, labels, device=device, seed=seed)
         return {"train_loss": float(stats["loss"]), STEPS_KEY: int(stats["steps"])}
 
@@ -160,6 +165,12 @@ class Mechanism:
         mechanism does not make (a planted bug) is held to as printed."""
         claimed = columns.get("epsilon")
         return None if claimed is None else float(claimed)
+
+    def audit_canaries(self, s, record: dict, seed: int) -> list[tuple[str, Any, Any, dict | None]]:
+        """The white-box canaries this mechanism planted in a run: (test name, scores, included, shape)
+        for the one-run audits, from its ``privacy`` record and the run seed (the coins); ``shape``
+        (``sample_rate``, ``steps`` of the canaries' Poisson-sampled Gaussian) adds the f-DP bound."""
+        return []
 
     def attacker_view(self, s, columns: dict) -> dict:
         """The DP a client applies to the update the server sees (:mod:`attacks.observe`)."""
@@ -218,7 +229,8 @@ class DPMechanism(Mechanism):
                         "training images)")
         return None
 
-    def train_client(self, s, model, optimizer, images, labels, *, device: str, seed: int, state: dict) -> dict:
+    def train_client(self, s, model, optimizer, images, labels, *, device: str, seed: int, state: dict,
+                     partition: int, run_seed: int) -> dict:
         # Under DP only public metadata leaves with the update: the loss is raw and data-dependent.
         stats = train_plain(s, model, optimizer, images, labels, device=device, seed=seed)
         return {STEPS_KEY: int(stats["steps"])}

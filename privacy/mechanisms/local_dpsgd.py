@@ -8,6 +8,11 @@ computes every client's spend from its image count and the rounds it was sampled
 report against it, and its maximum is the published epsilon (add/remove one image). The server
 sees each update after the client's clipping and noise, which is what an inversion attacker of a
 client update observes.
+
+White-box audit (``gradient_canaries = m``): partition 0's DP-SGD carries m Dirac gradient
+canaries (:mod:`privacy.whitebox`); each round its reply adds the round's per-canary sums of the
+released audit block, the ledger adds them up into the record's ``whitebox`` entry, and
+:meth:`LocalDPSGD.audit_canaries` hands them, with the coins, to the one-run audit.
 """
 
 from __future__ import annotations
@@ -27,6 +32,18 @@ class LocalDPSGD(DPMechanism):
     dp_level = "sample"
     accountants = ("rdp", "prv")
     default_clip = 1.0      # per-sample clipping norm
+    own_fields = ("gradient_canaries",)
+
+    def validate_own(self, s) -> str | None:
+        if s.gradient_canaries < 0 or s.gradient_canaries == 1:
+            return f"gradient_canaries must be 0 or at least 2, got {s.gradient_canaries}"
+        if s.gradient_canaries:
+            from attacks.registry import membership_attack_names
+
+            if not set(s.attacks) & set(membership_attack_names()):
+                return ("gradient_canaries are audited in the attack stage: add a membership attack "
+                        "(mia-loss, mia-secmi, mia-pia)")
+        return None
 
     def plan(self, s, n_train: int):
         """The DP-SGD calibration of a client with ``n_train`` images (the same on server and client)."""
@@ -58,23 +75,47 @@ class LocalDPSGD(DPMechanism):
     def server_side(self, s, fedavg, *, partition_to_node: dict[int, int], num_images: dict[int, int]) -> ServerSide:
         from privacy.ledger import LocalDPLedger
 
+        from privacy.whitebox import AUDITED_PARTITION
+
         ledger = LocalDPLedger(fedavg, plans={p: self.plan(s, n) for p, n in num_images.items()},
                                local_epochs=s.local_epochs, accountant=s.accountant, delta=s.delta,
-                               partition_to_node=partition_to_node, num_images=num_images)
+                               partition_to_node=partition_to_node, num_images=num_images,
+                               canaries={AUDITED_PARTITION: s.gradient_canaries} if s.gradient_canaries else {})
         return ServerSide(ledger, fedavg.sampled, ledger.spent, lambda: self.record(s, ledger.record()))
 
-    def train_client(self, s, model, optimizer, images, labels, *, device: str, seed: int, state: dict) -> dict:
+    def train_client(self, s, model, optimizer, images, labels, *, device: str, seed: int, state: dict,
+                     partition: int, run_seed: int) -> dict:
         from privacy.dpsgd import dp_train_epochs
+        from privacy.whitebox import AUDITED_PARTITION, CANARY_NORM_X, SCORES_KEY, AuditBlock, canary_coins
 
         plan = self.plan(s, len(images))
         history = json.loads(state.get(ACCOUNTANT_STATE_KEY, "[]"))
+        block = None
+        if s.gradient_canaries and partition == AUDITED_PARTITION:
+            block = AuditBlock(canary_coins(s.gradient_canaries, run_seed), CANARY_NORM_X * plan.max_grad_norm)
         # The Poisson sampling and DP noise come from secret generators (dp_train_epochs' default).
         stats = dp_train_epochs(model, optimizer, plan, images, labels, epochs=s.local_epochs,
                                 num_train_timesteps=s.num_train_timesteps, conditional=s.class_conditional,
-                                device=device, seed=seed, accountant_history=history)
+                                device=device, seed=seed, accountant_history=history, canaries=block)
         state[ACCOUNTANT_STATE_KEY] = json.dumps(stats["history"])
-        return {STEPS_KEY: int(stats["steps"]), "epsilon": stats["epsilon"],
-                "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate}
+        out = {STEPS_KEY: int(stats["steps"]), "epsilon": stats["epsilon"],
+               "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate}
+        if block is not None:  # this round's released audit block, summed (the ledger adds the rounds)
+            out[SCORES_KEY] = block.take_scores()
+        return out
+
+    def audit_canaries(self, s, record: dict, seed: int) -> list:
+        import numpy as np
+
+        from privacy.whitebox import canary_coins
+
+        wb = record.get("whitebox")
+        if not wb:
+            return []
+        scores = np.asarray(wb["scores"], dtype=np.float64)
+        # The canaries' mechanism: the audited client's Poisson rate and every step it took.
+        shape = {"sample_rate": float(wb["sample_rate"]), "steps": int(wb["steps"])}
+        return [("dirac-gradient", scores, canary_coins(len(scores), seed), shape)]
 
     def columns(self, s, record: dict) -> dict:
         # The largest spend of any client (clients hold disjoint data), as the server computed it.
