@@ -18,6 +18,7 @@ a function of the run folders, so rebuilding gives the same files.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -312,8 +313,38 @@ def _cell(r, col: schema.Column) -> str:
     return "" if pd.isna(value) else str(value)
 
 
-def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str]) -> str:
-    """The leaderboard as Markdown (the columns people read; the CSV has all of them)."""
+def planted_rows(runs: dict) -> dict[str, str]:
+    """scenario -> its planted defect (``plant``, privacy/plants.py), from the runs' scenario.json."""
+    out = {}
+    for (scenario, _hash), paths in runs.items():
+        for path in paths[:1]:
+            plant = json.loads((Path(path) / "scenario.json").read_text()).get("plant")
+            if plant:
+                out[scenario] = plant
+    return out
+
+
+def planted_lines(df: pd.DataFrame, plants: dict[str, str]) -> list[str]:
+    """One line per planted row: which defect, and whether the audit caught it (failed the row)."""
+    from privacy.plants import PLANTS
+
+    out = []
+    for r in df.itertuples():
+        plant = plants.get(r.scenario)
+        if plant:
+            caught = not pd.isna(r.audit_failed) and bool(r.audit_failed)
+            desc = PLANTS[plant].description if plant in PLANTS else plant
+            out.append(f"`{r.scenario}`: {plant} ({desc}): "
+                       + (f"**caught** (lower bound {_fmt(r.epsilon_empirical_lb)} > claim {_fmt(r.epsilon)})"
+                          if caught else f"**missed** (lower bound {_fmt(r.epsilon_empirical_lb)}, claim "
+                                         f"{_fmt(r.epsilon)}, ceiling {_fmt(r.audit_ceiling)})"))
+    return out
+
+
+def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str],
+                    plants: dict[str, str] | None = None) -> str:
+    """The leaderboard as Markdown (the columns people read; the CSV has all of them); ``plants``:
+    the rows that carry a planted defect (they claim nothing; the report says which were caught)."""
     suite = df["suite"].iloc[0]
     joined = lambda col: "; ".join(sorted(set(";".join(df[col].dropna().astype(str)).split(";")) - {""}))  # noqa: E731
     lines = [f"# Leaderboard: `{suite}`", "",
@@ -326,7 +357,13 @@ def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str]) -
              f"flwr {joined('flwr')}, diffusers {joined('diffusers')}",
              f"- FID: {joined('fid_impl')}, n = {joined('fid_n_samples')} generated vs as many real test images",
              ""]
-    failed = df[[not pd.isna(x) and bool(x) for x in df["audit_failed"]]]
+    plants = plants or {}
+    if plants:
+        lines += ["## Planted defects (auditing the audit)", "",
+                  "These rows run a defect the accountant cannot see (`plant`, privacy/plants.py) while "
+                  "printing their plan's epsilon: they claim nothing as a result. A caught plant is a failed "
+                  "audit, as it must be.", "", *[f"- {ln}" for ln in planted_lines(df, plants)], ""]
+    failed = df[[not pd.isna(x) and bool(x) and x_s not in plants for x, x_s in zip(df["audit_failed"], df["scenario"])]]
     if len(failed):
         lines += ["**FAILED PRIVACY AUDIT**: the empirical lower bound on epsilon exceeds the claimed epsilon in "
                   + ", ".join(f"`{r.scenario}` (claimed {_fmt(r.epsilon)}, lower bound {_fmt(r.epsilon_empirical_lb)})"
@@ -370,7 +407,8 @@ def write_report(res, out_dir: Path) -> list[Path]:
     grid = plot_samples(df, res.runs, out_dir / "samples.png")
     written += [grid] if grid else []
     written += publish_run_files(res.runs, out_dir / "inversion", "inversion.png")  # where inversion ran
-    md = render_markdown(df, res.attacks, [p.relative_to(out_dir).as_posix() for p in written])
+    md = render_markdown(df, res.attacks, [p.relative_to(out_dir).as_posix() for p in written],
+                         plants=planted_rows(res.runs))
     write_atomic(out_dir / "README.md", md)
     # A plot these runs no longer give (no attacks now, a scenario gone) must not outlive them.
     owned = [out_dir / n for n in ("frontier.png", "attack_vs_epsilon.png", "roc.png", "samples.png")]
@@ -428,6 +466,11 @@ def terminal_summary(leaderboard_csv: Path, runs_dir: Path | None = None) -> str
         lines.append(f"audit FAILED ({len(failed)}): {', '.join(failed)}")
     if unsure:
         lines.append(f"audit inconclusive ({len(unsure)}): {', '.join(unsure)}")
+    if runs_dir is not None:
+        runs = {(p.parent.parent.name.rsplit("-", 1)[0], ""): [p.parent]   # <scenario>-<hash>/seed-k
+                for p in sorted(Path(runs_dir).glob(f"{suite}/*/seed-*/scenario.json"))}
+        for ln in planted_lines(df, planted_rows(runs)):
+            lines.append(f"planted {ln.replace('**', '').replace('`', '')}")
     if not failed:
         lines.append(f"audit: none failed ({len(checked)} DP row(s) audited"
                      + (f", {len(unsure)} of them inconclusive)" if unsure else ")") if checked else

@@ -120,6 +120,36 @@ def privacy_suite(scale: Scale) -> tuple[Scenario, ...]:
     return tuple(out)
 
 
+# Auditing the audit: one party's local DP-SGD (40 digits at 8x8, batch 10: rate 1/4, 5 rounds x 20
+# epochs = 400 steps) with the standard suites' white-box canaries, at epsilon 4 and 1, each as
+# claimed and with every planted defect of privacy/plants.py. Measured on the exact mechanism
+# (tests/test_fdp_audit.py's simulation, m = 10,000): noise off, clip off and rate x4 stand far
+# above the claim; noise x0.4 at epsilon 1 is the hardest (bounds 1.02-1.16 against 1 in five draws).
+AUDIT_POWER = dict(dataset="digits-embedded", model="unet-tiny", num_clients=1, clients_per_round=1,
+                   max_train_images=40, heldout_fraction=0.5, rounds=5, local_epochs=20, batch_size=10,
+                   optimizer="sgd", learning_rate=3e-3, sample_steps=5, fid_n_samples=16, attacks=("mia-loss",),
+                   gradient_canaries=GRADIENT_CANARIES, delta=1e-5, seeds=(0,), grad_sample_mode="mixed-ghost-bk")
+AUDIT_POWER_EPSILONS = (4.0, 1.0)
+
+
+@register_suite("audit-power")
+def audit_power_suite(scale: Scale) -> tuple[Scenario, ...]:
+    """Rows that must fail the audit beside rows that must pass it (the same recipe at every scale,
+    ``AUDIT_POWER``): local DP-SGD at epsilon 4 and 1 as claimed, and with each planted defect
+    (``plant``: noise off, noise at 0.4 times, clipping off, the sampler at 4 times the accounted
+    rate). A planted row claims nothing as a result; ``bench run --suite audit-power`` exits 3
+    when the audit catches a plant, and the report lists which it caught."""
+    from privacy.plants import PLANTS
+
+    common = dict(suite="audit-power", scale=scale.name, dp_mode="local-dpsgd") | AUDIT_POWER
+    out = []
+    for eps in AUDIT_POWER_EPSILONS:
+        out.append(Scenario(name=f"audit-power-eps{eps:g}", target_epsilon=eps, **common))
+        out += [Scenario(name=f"audit-power-eps{eps:g}-{plant}", target_epsilon=eps, plant=plant, **common)
+                for plant in PLANTS]
+    return tuple(out)
+
+
 # Controls for the privacy suite's DP rows: what their cost is made of. The same data,
 # parties, pretraining and canaries as `privacy`; membership attacks only.
 CONTROL_EPSILON = 10.0

@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
 
 from privacy.accounting import client_accountant
 from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
-from privacy.noise import secret_numpy_rng
+from privacy.noise import secret_numpy_rng, secure_normal
 
 
 NOISE_METHOD = "_add_noise_to_aggregated_arrays"  # the one method of Flower's wrappers we override
@@ -59,7 +59,7 @@ class _SecretNoise:
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
         stdv = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
-        noised = {key: Array(np.asarray(arr + self.noise_rng.normal(0.0, stdv, arr.shape).astype(arr.dtype)))
+        noised = {key: Array(np.asarray(arr + secure_normal(self.noise_rng, stdv, arr.shape).astype(arr.dtype)))
                   for key, arr in zip(aggregated_arrays.keys(), aggregated_arrays.to_numpy_ndarrays(), strict=True)}
         return ArrayRecord(noised)
 

@@ -43,7 +43,7 @@ from flwr.supercore import log
 
 from privacy.accounting import SAMPLED_CLIENT_ACCOUNTANT, adaptive_update_noise, client_sampled_epsilon
 from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
-from privacy.noise import secret_numpy_rng
+from privacy.noise import secret_numpy_rng, secure_normal
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class AdaptiveClipping:
     def next_clip(self, clip: float, centred_bit_sum: float, expected_clients: float,
                   rng: np.random.Generator) -> tuple[float, float]:
         """(the next clipping norm, the noised unclipped-fraction estimate) from this round's bits."""
-        fraction = (centred_bit_sum + rng.normal(0.0, self.count_noise)) / expected_clients + 0.5
+        fraction = (centred_bit_sum + float(secure_normal(rng, self.count_noise, ()))) / expected_clients + 0.5
         return clip * math.exp(-self.learning_rate * (fraction - self.target_quantile)), fraction
 
 
@@ -168,7 +168,7 @@ class PoissonSampledDP(Strategy):
         out = {}
         for k in names:
             if k in total:
-                noised = total[k] + (self.noise_rng.normal(0.0, std, size=total[k].shape) if std > 0 else 0.0)
+                noised = total[k] + (secure_normal(self.noise_rng, std, total[k].shape) if std > 0 else 0.0)
                 out[k] = Array(np.asarray(base[k] + noised / self.expected_clients, dtype=base[k].dtype))
             else:
                 out[k] = Array(base[k])

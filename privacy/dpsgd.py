@@ -39,6 +39,7 @@ accounting is unchanged; the averaged gradient has lower variance. Supported in 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import asdict, dataclass
@@ -220,7 +221,7 @@ class DPStep:
 def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, grad_sample_mode: str,
                  max_grad_norm: float, noise_multiplier: float, expected_batch_size: int,
                  noise_generator: torch.Generator | None = None, secure_mode: bool = True,
-                 amp: str | None = None, clip_margin: float | None = None) -> DPStep:
+                 amp: str | None = None, clip_margin: float | None = None, plant=None) -> DPStep:
     """The one construction path of a DP-SGD step (training, ``bench verify-dp``, ``bench perf``).
 
     What ``PrivacyEngine.make_private`` does to the module and optimizer, for every registered
@@ -240,6 +241,9 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
     as they are *now* and ``amp`` (0 for float32 without TF32 and float64: CPU steps are unchanged;
     ``clip_margin`` overrides it). The noise std and ``optimizer.noise_multiplier`` (what the
     accountant reads) stay at ``max_grad_norm``: the sensitivity used is C, an over-estimate.
+
+    ``plant``: a :class:`privacy.plants.Plant` (auditing the audit only): its noise factor scales the
+    noise actually drawn, ``unclipped`` clips to infinity; the accountant still reads the plan.
     """
     from opacus.optimizers import get_optimizer_class
     from opacus.validators import ModuleValidator
@@ -253,7 +257,7 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
     precision = norm_precision(first.device if first is not None else "cpu",
                                first.dtype if first is not None else torch.float32, amp=amp)
     margin = precision_margin(precision) if clip_margin is None else clip_margin
-    clip_norm = margin_clip_norm(max_grad_norm, margin)
+    clip_norm = float("inf") if plant is not None and plant.unclipped else margin_clip_norm(max_grad_norm, margin)
     grad_samplers.install()  # the Conv2d fix every mode's per-sample gradients or norms rely on
     module = mode.wrap(model, max_grad_norm=clip_norm)  # the ghost family's clip factors (get_clipping_coef)
     optim_class = _margin_clipped(get_optimizer_class(clipping="flat", distributed=False,
@@ -262,6 +266,8 @@ def make_dp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, gr
                                expected_batch_size=expected_batch_size, loss_reduction="mean",
                                generator=noise_generator, secure_mode=secure_mode)
     dp_optimizer.clip_norm = clip_norm
+    if plant is not None:
+        dp_optimizer.plant_noise_factor = plant.noise_factor
     return DPStep(mode, module, dp_optimizer, precision=precision, clip_margin=margin, clip_norm=clip_norm)
 
 
@@ -279,14 +285,20 @@ def _margin_clipped(optim_class: type) -> type:
             self.max_grad_norm = full
 
     def add_noise(self) -> None:
-        optim_class.add_noise(self)
-        block = getattr(self, "audit_block", None)
-        if block is not None:  # white-box canaries (privacy.whitebox): the same noise, in the same call
-            from opacus.optimizers.optimizer import _generate_noise
+        factor = getattr(self, "plant_noise_factor", 1.0)  # a planted defect (privacy.plants); else 1
+        planned = self.noise_multiplier
+        self.noise_multiplier = planned * factor  # restored before the accountant's step hook reads it
+        try:
+            optim_class.add_noise(self)
+            block = getattr(self, "audit_block", None)
+            if block is not None:  # white-box canaries (privacy.whitebox): the same noise, in the same call
+                from opacus.optimizers.optimizer import _generate_noise
 
-            multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
-            block.release(_generate_noise(std=multiplier * self.max_grad_norm, reference=block.summed,
-                                          generator=self.generator, secure_mode=self.secure_mode))
+                multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+                block.release(_generate_noise(std=multiplier * self.max_grad_norm, reference=block.summed,
+                                              generator=self.generator, secure_mode=self.secure_mode))
+        finally:
+            self.noise_multiplier = planned
 
     return type(optim_class.__name__, (optim_class,), {"clip_and_accumulate": clip_and_accumulate,
                                                        "add_noise": add_noise,
@@ -298,7 +310,7 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
                     conditional: bool, device: str | torch.device, seed: int,
                     accountant_history: list[tuple[float, float, int]],
                     sampling_generator: torch.Generator | None = None,
-                    noise_generator: torch.Generator | None = None, canaries=None) -> dict:
+                    noise_generator: torch.Generator | None = None, canaries=None, plant=None) -> dict:
     """``epochs`` of DP-SGD on one client. Returns loss, steps, the accountant's new history and
     the epsilon spent so far (this round included).
 
@@ -309,6 +321,8 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
     ``canaries``: a :class:`privacy.whitebox.AuditBlock` (white-box gradient canaries). Its included
     canaries join the sampler's population as indices after the images (the plan's rate, so each is
     drawn like an image); every step releases the block through the optimizer (its scores grow).
+    ``plant``: a planted defect (:mod:`privacy.plants`, auditing the audit): the sampler's rate, the
+    noise drawn or the clipping differ from the plan while the accountant is charged the plan.
     """
     from opacus.accountants import create_accountant
 
@@ -322,10 +336,12 @@ def dp_train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pl
     # loader over the images themselves).
     n_canaries = 0 if canaries is None else len(canaries.included_ids)
     population = torch.utils.data.TensorDataset(torch.arange(n + n_canaries))
-    dp_loader = poisson_loader(plan, population, sampling_generator or secret_torch_generator("cpu"))
+    drawn = plan if plant is None or plant.rate_factor == 1 else dataclasses.replace(
+        plan, sample_rate=min(1.0, plan.sample_rate * plant.rate_factor))
+    dp_loader = poisson_loader(drawn, population, sampling_generator or secret_torch_generator("cpu"))
     dp = make_dp_step(model, optimizer, grad_sample_mode=plan.grad_sample_mode, max_grad_norm=plan.max_grad_norm,
                       noise_multiplier=plan.noise_multiplier, expected_batch_size=expected_batch_size(plan, n),
-                      noise_generator=noise_generator or secret_torch_generator(device))
+                      noise_generator=noise_generator or secret_torch_generator(device), plant=plant)
     if canaries is not None:
         dp.optimizer.audit_block = canaries
     dp.module.forbid_grad_accumulation()  # Poisson sampling: one batch per step

@@ -24,6 +24,10 @@ dependency here. What we do take from Opacus' secure mode is its optimizer half,
 ``secure_mode=True``, which draws each noise value as the sum of four Gaussians (halved) against
 floating-point attacks on the Gaussian sampler (Holohan and Braghin 2021; Jin et al. 2022).
 
+Server-side Gaussian noise (:mod:`privacy.central`, :mod:`privacy.central_sampled`) is drawn the same
+floating-point-safe way (:func:`secure_normal`: the halved sum of four Gaussians, as Opacus'
+``_generate_noise`` in secure mode), not by one ``normal`` draw.
+
 The run seed keeps driving everything else (partition, initialisation, client sampling, the
 diffusion noise and timesteps of local training, sampling, evaluation), so non-DP runs are
 bit-reproducible and DP runs reproducible up to the DP noise.
@@ -64,3 +68,12 @@ def secret_numpy_rng() -> np.random.Generator:
     import numpy as np
 
     return np.random.default_rng(secret_seed(NUMPY_SEED_BITS))
+
+
+def secure_normal(rng: np.random.Generator, std: float, shape) -> np.ndarray:
+    """N(0, std^2) values of ``shape`` as Opacus' secure mode draws them: the sum of four independent
+    N(0, std^2) draws, halved (same distribution, and a floating-point attack on one Gaussian
+    sampler's low-order bits no longer applies; Holohan and Braghin 2021). float64."""
+    import numpy as np
+
+    return rng.normal(0.0, std, size=(4, *tuple(shape))).sum(axis=0) / 2.0

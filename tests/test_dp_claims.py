@@ -149,6 +149,22 @@ def test_central_dp_noise_is_secret_not_numpys_global_rng(side):
     assert not np.array_equal(a, b)
     assert np.array_equal(aggregate(np.random.default_rng(7)), aggregate(np.random.default_rng(7)))
     assert abs(float(np.std(a)) / (sigma * clip / m) - 1) < 0.05
+    # secure mode (Opacus' way): each value the halved sum of four draws of the generator
+    from privacy.noise import secure_normal
+
+    expected = secure_normal(np.random.default_rng(7), sigma * clip / m, (dim,))
+    got = aggregate(np.random.default_rng(7)) - np.float32(1e-4)
+    assert np.allclose(got, expected.astype(np.float32), atol=1e-6)
+
+
+def test_secure_normal_has_the_asked_std_and_uses_four_draws_a_value():
+    from privacy.noise import secure_normal
+
+    rng = np.random.default_rng(3)
+    x = secure_normal(rng, 2.5, (100_000,))
+    assert x.shape == (100_000,) and abs(x.std() / 2.5 - 1) < 0.01 and abs(x.mean()) < 0.03
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+    assert np.array_equal(secure_normal(r1, 1.0, (3,)), r2.normal(0.0, 1.0, (4, 3)).sum(0) / 2)
 
 
 # -------------------------------------------------------------- defect 2: exact sampling and charge

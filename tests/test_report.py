@@ -179,3 +179,27 @@ def test_roc_curves_of_a_14_row_suite_all_look_different():
     looks = {(matplotlib.colors.to_hex(ln.get_color()), str(ln.get_linestyle())) for ln in lines}
     assert len({matplotlib.colors.to_hex(ln.get_color()) for ln in lines}) == 20 and len(looks) == 20
     assert lines[0].get_linestyle() != lines[1].get_linestyle()  # dp_mode sets the style
+
+
+def test_planted_rows_are_reported_as_caught_or_missed_not_as_failed_claims(tmp_path):
+    """The audit-power suite's planted rows: the report lists each plant and whether the audit
+    caught it, and a caught plant does not raise the FAILED PRIVACY AUDIT banner of a real claim."""
+    from benchmark.report import terminal_summary
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    caught = get_scenario("audit-power-eps4-noise-off")
+    missed = get_scenario("audit-power-eps1-noise-x0.4")
+    correct = get_scenario("audit-power-eps4")
+    write_fake_run(runs, caught, 0, attacks={"mia-loss": 2.0},
+                   metrics={"audit_failed": True, "epsilon_empirical_lb": 9.9, "epsilon_audited": 3.96})
+    write_fake_run(runs, missed, 0, attacks={"mia-loss": 0.1})
+    write_fake_run(runs, correct, 0, attacks={"mia-loss": 0.1})
+    summarize(runs, results)
+    md = (results / "audit-power" / "README.md").read_text()
+    assert "## Planted defects (auditing the audit)" in md
+    assert "`audit-power-eps4-noise-off`: noise-off (the optimizer draws no noise): **caught**" in md
+    assert "`audit-power-eps1-noise-x0.4`: noise-x0.4" in md and "**missed**" in md
+    assert "`audit-power-eps4`:" not in md.split("## Planted defects")[1].split("|")[0]
+    assert "**FAILED PRIVACY AUDIT**" not in md
+    text = terminal_summary(results / "audit-power" / "leaderboard.csv", runs_dir=runs)
+    assert "planted audit-power-eps4-noise-off: noise-off (the optimizer draws no noise): caught" in text

@@ -16,25 +16,26 @@ DELTA = 1e-5
 ALPHA = 0.05
 
 
-def _train(plan, block, *, seed=0, mode_epochs=4):
+def _train(plan, block, *, seed=0, mode_epochs=4, plant=None, n_images=20):
     from benchmark.model import build_unet
     from privacy.dpsgd import dp_train_epochs
 
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (20, 1, 8, 8), dtype=np.uint8)
-    labels = np.zeros(20, dtype=np.int64)
+    images = rng.integers(0, 256, (n_images, 1, 8, 8), dtype=np.uint8)
+    labels = np.zeros(n_images, dtype=np.int64)
     model = build_unet("unet-tiny", in_channels=1, resolution=8, seed=0)
     return dp_train_epochs(model, torch.optim.SGD(model.parameters(), lr=1e-3), plan, images, labels,
                            epochs=mode_epochs, num_train_timesteps=100, conditional=False, device="cpu", seed=seed,
                            accountant_history=[], sampling_generator=torch.Generator().manual_seed(seed + 1),
-                           noise_generator=torch.Generator().manual_seed(seed + 2), canaries=block)
+                           noise_generator=torch.Generator().manual_seed(seed + 2), canaries=block,
+                           plant=plant)
 
 
-def _plan(mode="mixed-ghost-bk", epsilon=2.0):
+def _plan(mode="mixed-ghost-bk", epsilon=2.0, batch_size=10, n_train=20):
     from privacy.dpsgd import plan_local_dp
 
-    return plan_local_dp(n_train=20, batch_size=10, rounds=1, local_epochs=4, target_epsilon=epsilon, delta=DELTA,
-                         max_grad_norm=1.0, grad_sample_mode=mode)
+    return plan_local_dp(n_train=n_train, batch_size=batch_size, rounds=1, local_epochs=4, target_epsilon=epsilon,
+                         delta=DELTA, max_grad_norm=1.0, grad_sample_mode=mode)
 
 
 def _audit(block, plan=None, steps=8):
@@ -86,33 +87,36 @@ def test_correct_mechanism_passes_and_its_ceiling_exceeds_the_claim():
         assert bound <= plan.target_epsilon < ceiling, (shape, bound, ceiling)
 
 
-def test_noise_off_is_caught(monkeypatch):
-    """A planted defect the accountant cannot see: the optimizer draws no noise (every std kept)."""
+@pytest.mark.parametrize("plant", ["noise-off", "clip-off"])
+def test_a_planted_defect_the_accountant_cannot_see_is_caught(plant):
+    """privacy/plants.py through the real step: the accountant is still charged the plan (the run
+    would pass its ledger), the noise drawn is none / per-sample clipping is skipped, and both
+    one-run bounds on the white-box canaries exceed the claim."""
+    from privacy.plants import PLANTS
+
+    plan = _plan()
+    block = AuditBlock(canary_coins(M, 2), CANARY_NORM_X * plan.max_grad_norm)
+    stats = _train(plan, block, seed=2, plant=PLANTS[plant])
+    assert stats["history"] == [(plan.noise_multiplier, plan.sample_rate, 8)]
+    for shape in (None, plan):
+        bound, _ = _audit(block, shape)
+        assert bound > plan.target_epsilon, (plant, shape, bound)
+
+
+def test_rate_plant_draws_at_four_times_the_rate_while_charging_the_plan(monkeypatch):
     import opacus.optimizers.optimizer as opt_mod
     import opacus.optimizers.optimizer_fast_gradient_clipping as fast_mod
 
-    for mod in (opt_mod, fast_mod):
+    from privacy.plants import PLANTS
+
+    for mod in (opt_mod, fast_mod):  # noise silenced so that the scores count the draws
         monkeypatch.setattr(mod, "_generate_noise", lambda std, reference, **kw: torch.zeros_like(reference))
-    plan = _plan()
-    block = AuditBlock(canary_coins(M, 2), CANARY_NORM_X * plan.max_grad_norm)
-    _train(plan, block, seed=2)
-    for shape in (None, plan):
-        bound, _ = _audit(block, shape)
-        assert bound > plan.target_epsilon, shape
-
-
-def test_clip_off_is_caught(monkeypatch):
-    """A planted defect: the step clips to infinity (real images and canaries alike) while the noise
-    keeps C: a canary then contributes 1000 C and stands far above the noise."""
-    import privacy.dpsgd as dpsgd
-
-    monkeypatch.setattr(dpsgd, "margin_clip_norm", lambda max_grad_norm, margin: float("inf"))
-    plan = _plan()
-    block = AuditBlock(canary_coins(M, 3), CANARY_NORM_X * plan.max_grad_norm)
-    _train(plan, block, seed=3)
-    for shape in (None, plan):
-        bound, _ = _audit(block, shape)
-        assert bound > plan.target_epsilon, shape
+    plan = _plan(batch_size=40, n_train=160)   # rate 1/4 -> 1 under the plant
+    block = AuditBlock(canary_coins(M, 4), CANARY_NORM_X * plan.max_grad_norm)
+    stats = _train(plan, block, seed=4, plant=PLANTS["rate-x4"], n_images=160)
+    assert plan.sample_rate == 0.25 and stats["history"] == [(plan.noise_multiplier, 0.25, stats["steps"])]
+    counts = block.scores.numpy()[block.included] / plan.max_grad_norm
+    assert np.allclose(counts, stats["steps"])   # every included canary drawn at every step
 
 
 def test_the_index_loader_draws_what_a_loader_over_the_images_drew():
@@ -130,7 +134,7 @@ def test_the_index_loader_draws_what_a_loader_over_the_images_drew():
 
 
 @pytest.mark.parametrize("extra, problem", [
-    ({"dp_mode": "none"}, "gradient_canaries need dp_mode 'local-dpsgd'"),
+    ({"dp_mode": "none"}, "need dp_mode 'local-dpsgd'"),
     ({"gradient_canaries": 1}, "gradient_canaries must be 0 or at least 2"),
     ({"attacks": ()}, "add a membership attack"),
 ])

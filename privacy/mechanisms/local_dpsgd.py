@@ -13,6 +13,9 @@ White-box audit (``gradient_canaries = m``): partition 0's DP-SGD carries m Dira
 canaries (:mod:`privacy.whitebox`); each round its reply adds the round's per-canary sums of the
 released audit block, the ledger adds them up into the record's ``whitebox`` entry, and
 :meth:`LocalDPSGD.audit_canaries` hands them, with the coins, to the one-run audit.
+
+``plant = <name>`` (:mod:`privacy.plants`): every client's step carries a planted defect the ledger
+cannot see (the ``audit-power`` suite); such a row claims nothing as a result.
 """
 
 from __future__ import annotations
@@ -32,9 +35,14 @@ class LocalDPSGD(DPMechanism):
     dp_level = "sample"
     accountants = ("rdp", "prv")
     default_clip = 1.0      # per-sample clipping norm
-    own_fields = ("gradient_canaries",)
+    own_fields = ("gradient_canaries", "plant")
 
     def validate_own(self, s) -> str | None:
+        if s.plant is not None:
+            from privacy.plants import PLANTS
+
+            if s.plant not in PLANTS:
+                return f"unknown plant {s.plant!r} (known: {', '.join(PLANTS)})"
         if s.gradient_canaries < 0 or s.gradient_canaries == 1:
             return f"gradient_canaries must be 0 or at least 2, got {s.gradient_canaries}"
         if s.gradient_canaries:
@@ -86,6 +94,7 @@ class LocalDPSGD(DPMechanism):
     def train_client(self, s, model, optimizer, images, labels, *, device: str, seed: int, state: dict,
                      partition: int, run_seed: int) -> dict:
         from privacy.dpsgd import dp_train_epochs
+        from privacy.plants import get_plant
         from privacy.whitebox import AUDITED_PARTITION, CANARY_NORM_X, SCORES_KEY, AuditBlock, canary_coins
 
         plan = self.plan(s, len(images))
@@ -96,7 +105,8 @@ class LocalDPSGD(DPMechanism):
         # The Poisson sampling and DP noise come from secret generators (dp_train_epochs' default).
         stats = dp_train_epochs(model, optimizer, plan, images, labels, epochs=s.local_epochs,
                                 num_train_timesteps=s.num_train_timesteps, conditional=s.class_conditional,
-                                device=device, seed=seed, accountant_history=history, canaries=block)
+                                device=device, seed=seed, accountant_history=history, canaries=block,
+                                plant=get_plant(s.plant))
         state[ACCOUNTANT_STATE_KEY] = json.dumps(stats["history"])
         out = {STEPS_KEY: int(stats["steps"]), "epsilon": stats["epsilon"],
                "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate}
