@@ -12,8 +12,8 @@ like a real image, and each drawn canary contributes its clipped gradient, compu
 step's own clip norm and factor rule (:func:`privacy.dpsgd.clip_factors`, margin included). The
 audit block then receives noise from the step's own optimizer, in the same ``add_noise`` call as
 the model's parameters, with the same function (Opacus' ``_generate_noise``), standard deviation
-(``noise_multiplier * max_grad_norm``), generator and secure mode (:class:`AuditBlock`, installed
-by :func:`privacy.dpsgd.make_dp_step`). The released noisy block of a step is a post-processing-free
+(``noise_multiplier * max_grad_norm``), generator and secure mode (:class:`AuditBlock`, attached
+to the optimizer by :func:`privacy.dpsgd.dp_train_epochs` and released by its ``add_noise``). The released noisy block of a step is a post-processing-free
 output of the mechanism the accountant charges, so a canary's score, the sum of the released
 block along its coordinate over every step of every round, is a valid one-run statistic: under
 (epsilon, delta)-DP for one image the guesses it gives obey the one-run bound
@@ -28,10 +28,10 @@ rate and the number of steps. What it cannot test: a defect confined to the mode
 parameters (noise skipped for one layer, a per-sample norm that misses a layer);
 ``bench verify-dp`` checks those against a per-sample loop before every run.
 
-What the bound can reach: with ``delta = 1e-5`` the one-run bound's ``2 m delta`` term caps its
-ceiling (every guess right) near 4.5 for m about 1,000 (:func:`attacks.audit.one_run_epsilon`);
-more canaries lower it. A local DP-SGD row claiming epsilon 4 or less can therefore be refuted;
-a claim of 10 cannot by this bound.
+What the bounds can reach (every guess right): with ``delta = 1e-5`` the (eps, delta) one-run
+bound's ``2 m delta`` term caps it near 4.5 whatever m (:func:`attacks.audit.one_run_epsilon`); the
+f-DP one-run bound on the same scores (:mod:`attacks.fdp`) reaches about 7.5 at m = 1,000 and 10.5
+at m = 10,000, the standard suites' m.
 """
 
 from __future__ import annotations
