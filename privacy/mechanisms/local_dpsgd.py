@@ -39,10 +39,12 @@ class LocalDPSGD(DPMechanism):
 
     def validate_own(self, s) -> str | None:
         if s.plant is not None:
-            from privacy.plants import PLANTS
+            from privacy.plants import get_plant
 
-            if s.plant not in PLANTS:
-                return f"unknown plant {s.plant!r} (known: {', '.join(PLANTS)})"
+            try:
+                get_plant(s.plant)
+            except ValueError as e:
+                return str(e)
         if s.gradient_canaries < 0 or s.gradient_canaries == 1:
             return f"gradient_canaries must be 0 or at least 2, got {s.gradient_canaries}"
         if s.gradient_canaries:
