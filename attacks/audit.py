@@ -286,12 +286,136 @@ def record_bound(tests: list[dict], *, delta: float, alpha: float) -> tuple[floa
 def seeds_bound(records: list[dict], *, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float] | None:
     """(bound, ceiling) of a row from its seeds' audit records (attacks.json ``audit``): the max over
     seeds of each seed's bound at alpha / n_seeds, a (``confidence``) lower bound for the row by a
-    union bound. None where a seed has no evidence (a run from before the evidence was recorded)."""
+    union bound, for the records' headline unit (:func:`seeds_judgement`). None where a seed has no
+    evidence (a run from before the evidence was recorded)."""
+    judged = seeds_judgement(records, confidence=confidence)
+    return None if judged is None else (judged.bound, judged.ceiling)
+
+
+def gaussian_fit_epsilon(scores_in, scores_out, *, delta: float) -> float | None:
+    """An epsilon *estimate* from one run (Andrew et al., ICLR 2024, "One-shot empirical privacy
+    estimation for federated learning"): a Gaussian fitted to the scores of the included canaries
+    and one to the excluded canaries' scores, and the epsilon at ``delta`` of telling those two
+    Gaussians apart (both directions; unequal variances allowed, computed numerically). An estimate,
+    not a bound: it assumes the scores are Gaussian and carries no confidence; it never decides a
+    verdict. None with fewer than two scores on a side or no spread."""
+    a, b = np.asarray(scores_in, np.float64), np.asarray(scores_out, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    m1, s1, m0, s0 = float(a.mean()), float(a.std(ddof=1)), float(b.mean()), float(b.std(ddof=1))
+    if not (s1 > 0 and s0 > 0):
+        return None
+    from scipy.stats import norm
+
+    spread = max(s0, s1)
+    x = np.linspace(min(m0, m1) - 12 * spread, max(m0, m1) + 12 * spread, 40001)
+    dx = x[1] - x[0]
+    lp, lq = norm.logpdf(x, m1, s1), norm.logpdf(x, m0, s0)
+
+    def hockey(eps: float) -> float:   # max over both directions of E_P[(1 - e^(eps - L))_+]
+        return max(float(np.sum(np.maximum(np.exp(u) - np.exp(eps + v), 0.0)) * dx) for u, v in ((lp, lq), (lq, lp)))
+
+    if hockey(0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, EPS_MAX
+    if hockey(hi) > delta:
+        return EPS_MAX
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if hockey(mid) > delta else (lo, mid)
+    return float(hi)
+
+
+# Units -------------------------------------------------------------------------------------------
+# A test's *unit* is what its canaries stand for, and so which claim it is held to: ``image`` (a
+# membership attack's candidates, a local DP-SGD row's gradient canaries), ``client`` (the canary
+# clients of a central row, :mod:`privacy.canary_clients`). A run holds each unit's tests to that
+# unit's claim; Bonferroni runs over all of its tests. The headline unit (the row's columns) is the
+# first of HEADLINE_UNITS the run tested: the canary clients, where there are some, test the row's
+# own (client-level) epsilon and certify far more than the image-level black-box attacks can.
+DEFAULT_UNIT = "image"
+HEADLINE_UNITS = ("client", "image")
+
+
+def unit_of(test: dict) -> str:
+    """The unit of one test of attacks.json (tests recorded before units: ``image``)."""
+    return test.get("unit") or DEFAULT_UNIT
+
+
+def record_claims(record: dict) -> dict[str, float]:
+    """unit -> the epsilon a run's audit record holds that unit's tests to (records from before
+    units: their one ``epsilon_audited``, an image-level claim)."""
+    if record.get("claims") is not None:
+        return {u: float(e) for u, e in record["claims"].items() if e is not None}
+    claimed = record.get("epsilon_audited")
+    return {} if claimed is None else {DEFAULT_UNIT: float(claimed)}
+
+
+def unit_bounds(tests: list[dict], *, delta: float, alpha: float) -> dict[str, tuple[float, float, int]]:
+    """unit -> (bound, ceiling, index of the deciding test) of one run's tests at total level alpha:
+    Bonferroni over all the tests, max within each unit."""
+    if not tests:
+        raise AuditError("no audit tests to bound")
+    a = alpha / len(tests)
+    out: dict[str, tuple[float, float, int]] = {}
+    for i, t in enumerate(tests):
+        b = evidence_bound(t["evidence"], delta=delta, alpha=a)
+        c = evidence_ceiling(t["evidence"], delta=delta, alpha=a)
+        u = unit_of(t)
+        if u not in out:
+            out[u] = (b, c, i)
+        else:
+            pb, pc, pi = out[u]
+            out[u] = (b, max(c, pc), i) if b > pb else (pb, max(c, pc), pi)
+    return out
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A run's or a row's audit: the headline unit's bound, ceiling and claim, and the verdict
+    (``failed`` if any unit's bound exceeds that unit's claim)."""
+
+    bound: float
+    ceiling: float
+    claim: float | None
+    unit: str
+    verdict: str | None
+    failed_units: tuple[str, ...] = ()
+    index: int | None = None          # the headline's deciding test (one run only)
+
+
+def judge(bounds: dict[str, tuple], claims: dict[str, float]) -> Judgement:
+    """The verdict over units (``bounds``: unit -> (bound, ceiling[, index]))."""
+    unit = next((u for u in HEADLINE_UNITS if u in bounds), None) or sorted(bounds)[0]
+    lb, ceiling = bounds[unit][0], bounds[unit][1]
+    failed = tuple(u for u in sorted(bounds) if u in claims and bounds[u][0] > claims[u])
+    claim = claims.get(unit)
+    verdict = "failed" if failed else audit_verdict(lb, ceiling, claim)
+    return Judgement(float(lb), float(ceiling), claim, unit, verdict, failed,
+                     bounds[unit][2] if len(bounds[unit]) > 2 else None)
+
+
+def record_judgement(record: dict, *, alpha: float) -> Judgement:
+    """One run's audit record (attacks.json ``audit``) judged with its tests at total level alpha."""
+    return judge(unit_bounds(record["tests"], delta=record["delta"], alpha=alpha), record_claims(record))
+
+
+def seeds_judgement(records: list[dict], *, confidence: float = DEFAULT_CONFIDENCE) -> Judgement | None:
+    """A row from its seeds' audit records: per unit the max over seeds of each seed's bound (and
+    ceiling) at alpha / n_seeds, each unit held to the largest claim its seeds make. None where a
+    seed has no evidence."""
     if not records or any(not r or not r.get("tests") for r in records):
         return None
     alpha = (1 - confidence) / len(records)
-    out = [record_bound([t["evidence"] for t in r["tests"]], delta=r["delta"], alpha=alpha)[:2] for r in records]
-    return max(b for b, _ in out), max(c for _, c in out)
+    bounds: dict[str, tuple[float, float]] = {}
+    claims: dict[str, float] = {}
+    for r in records:
+        for u, (b, c, _i) in unit_bounds(r["tests"], delta=r["delta"], alpha=alpha).items():
+            pb, pc = bounds.get(u, (-math.inf, -math.inf))
+            bounds[u] = (max(b, pb), max(c, pc))
+        for u, e in record_claims(r).items():
+            claims[u] = max(e, claims.get(u, -math.inf))
+    return judge(bounds, claims)
 
 
 def audit_verdict(epsilon_lb: float | None, ceiling: float | None, claimed_epsilon: float | None) -> str | None:
@@ -323,18 +447,20 @@ class SuiteAudit:
 def suite_audit(runs: list[tuple[str, dict]], *, confidence: float = DEFAULT_CONFIDENCE) -> SuiteAudit:
     """Bonferroni over every audited run of an invocation (``runs``: (label, attacks.json ``audit``)).
     Each run's bound is taken at alpha / n (n = runs with a claim and evidence), so if every claim
-    holds, the chance that any run is listed as failed is at most alpha = 1 - ``confidence``."""
-    audited = [(label, r) for label, r in runs
-               if r and r.get("epsilon_audited") is not None and r.get("tests")]
+    holds, the chance that any run is listed as failed is at most alpha = 1 - ``confidence``. Each
+    run is judged over its units (:func:`judge`): listed with its headline unit's bound and claim,
+    or, where another unit failed, that unit's."""
+    audited = [(label, r) for label, r in runs if r and record_claims(r) and r.get("tests")]
     alpha = (1 - confidence) / max(len(audited), 1)
     failed, inconclusive, passed = [], [], []
     for label, r in audited:
-        b, c, _ = record_bound([t["evidence"] for t in r["tests"]], delta=r["delta"], alpha=alpha)
-        verdict = audit_verdict(b, c, r["epsilon_audited"])
-        if verdict == "failed":
-            failed.append((label, b, r["epsilon_audited"]))
-        elif verdict == "inconclusive":
-            inconclusive.append((label, c, r["epsilon_audited"]))
-        else:
-            passed.append((label, b, c, r["epsilon_audited"]))
+        bounds = unit_bounds(r["tests"], delta=r["delta"], alpha=alpha)
+        j = judge(bounds, record_claims(r))
+        if j.verdict == "failed":
+            u = j.unit if j.unit in j.failed_units else j.failed_units[0]
+            failed.append((label, bounds[u][0], record_claims(r)[u]))
+        elif j.verdict == "inconclusive":
+            inconclusive.append((label, j.ceiling, j.claim))
+        elif j.verdict == "passed":
+            passed.append((label, j.bound, j.ceiling, j.claim))
     return SuiteAudit(len(audited), confidence, failed, inconclusive, passed)

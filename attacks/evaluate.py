@@ -29,13 +29,15 @@ import numpy as np
 import torch
 
 from attacks.audit import (
-    audit_verdict,
+    DEFAULT_UNIT,
     epsilon_lower_bound,
     evidence_bound,
     evidence_ceiling,
+    gaussian_fit_epsilon,
+    judge,
     one_run_evidence,
     one_run_fdp_evidence,
-    record_bound,
+    unit_bounds,
 )
 from attacks.base import (
     CLIENT_UPDATE,
@@ -58,11 +60,11 @@ from attacks.observe import as_seen, client_update
 from attacks.registry import get_attack
 from benchmark.rundir import write_atomic
 from benchmark.seeding import derive_seed
-from privacy.mechanisms import get_mechanism
+from privacy.mechanisms import as_canaries, get_mechanism
 
 AUDIT_CONFIDENCE = 0.95
 DEFAULT_AUDIT_DELTA = 1e-5   # rows without DP claim nothing; their bound is still shown at this delta
-AUDIT_UNIT = "image"         # what every membership attack's candidates are: the unit the audit tests
+AUDIT_UNIT = DEFAULT_UNIT    # what every membership attack's candidates are (images); white-box canaries name theirs
 CLIENT_LR = 1e-2             # the learning rate of the simulated client whose update the server sees
 
 
@@ -79,7 +81,7 @@ class Case:
     budget: AttackBudget
     device: str
     out_dir: Path
-    audit_canaries: list = ()   # (name, scores, included): white-box canaries the mechanism planted
+    audit_canaries: list = ()   # privacy.mechanisms.Canaries: white-box canaries the mechanism planted
 
     def generator(self, *parts) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(derive_seed(*parts, self.seed))
@@ -148,15 +150,21 @@ def audited_epsilon(scenario, privacy: dict) -> float | None:
     return get_mechanism(scenario.dp_mode).audited_epsilon(scenario, privacy)
 
 
-def audit_tests(tested: list[tuple[str, str, np.ndarray, np.ndarray]], *, delta: float, seed: int,
-                shapes: dict | None = None) -> list[dict]:
-    """One test per (attack, candidate set): the natural candidates by the half split (at the
-    run's Bonferroni level, which only picks the threshold), the canaries by one-run auditing, the
-    white-box canaries also by the f-DP one-run bound (``gradient-canary-fdp``, with the shape of
-    their mechanism from ``shapes``: name -> sample_rate, steps)."""
+def audit_claims(scenario, privacy: dict) -> dict[str, float]:
+    """unit -> the epsilon the audit holds that unit's tests to (the mechanism's own claims)."""
+    return get_mechanism(scenario.dp_mode).audit_claims(scenario, privacy)
+
+
+def audit_tests(tested: list[tuple], *, delta: float, seed: int, shapes: dict | None = None) -> list[dict]:
+    """One test per (attack, candidate set, unit) of ``tested``: the natural candidates by the half
+    split (at the run's Bonferroni level, which only picks the threshold), the canaries by one-run
+    auditing, the white-box canaries also by the f-DP one-run bound (``gradient-canary-fdp``, with
+    the shape of their mechanism from ``shapes``: name -> sample_rate, steps). Each test keeps its
+    unit (what its canaries stand for; :mod:`attacks.audit`, "Units")."""
     tests = []
     alpha = (1 - AUDIT_CONFIDENCE) / len(tested)
-    for name, tag, scores, labels in tested:
+    for name, tag, scores, labels, *rest in tested:
+        unit = rest[0] if rest else DEFAULT_UNIT
         if tag == "gradient-canary-fdp":
             evidence = one_run_fdp_evidence(scores, labels, **shapes[name],
                                             seed=derive_seed("audit-ties", name, "gradient-canary", seed))
@@ -166,22 +174,31 @@ def audit_tests(tested: list[tuple[str, str, np.ndarray, np.ndarray]], *, delta:
             evidence = epsilon_lower_bound(scores, labels, delta=delta, confidence=AUDIT_CONFIDENCE,
                                            n_tests=len(tested),
                                            seed=derive_seed("audit-split", name, tag, seed)).evidence
-        tests.append({"attack": name, "candidates": tag, "evidence": evidence,
+        tests.append({"attack": name, "candidates": tag, "unit": unit, "evidence": evidence,
                       "epsilon_lb": evidence_bound(evidence, delta=delta, alpha=alpha),
                       "ceiling": evidence_ceiling(evidence, delta=delta, alpha=alpha)})
     return tests
 
 
-def audit_record(tests: list[dict], *, delta: float, claimed: float | None, audited: float | None) -> dict:
+def audit_record(tests: list[dict], *, delta: float, claimed: float | None,
+                 claims: dict[str, float] | None = None, audited: float | None = None) -> dict:
     """attacks.json's ``audit``: the run's bound and ceiling at AUDIT_CONFIDENCE (Bonferroni over its
-    tests), the claim it is held against, the verdict and every test's evidence."""
-    lb, ceiling, i = record_bound([t["evidence"] for t in tests], delta=delta, alpha=1 - AUDIT_CONFIDENCE)
-    verdict = audit_verdict(lb, ceiling, audited)
-    return {"epsilon_empirical_lb": lb, "audit_ceiling": ceiling, "attack": tests[i]["attack"],
-            "candidates": tests[i]["candidates"], "delta": delta, "claimed_epsilon": claimed,
-            "epsilon_audited": audited, "audit_unit": AUDIT_UNIT if audited is not None else None,
-            "audit_verdict": verdict, "audit_failed": None if verdict is None else verdict == "failed",
+    tests), each unit held to its own claim (``claims``: unit -> epsilon; ``audited``: an image-level
+    claim alone), the headline unit's bound, ceiling and claim, the verdict and every test's
+    evidence."""
+    if claims is None:
+        claims = {} if audited is None else {AUDIT_UNIT: audited}
+    j = judge(unit_bounds(tests, delta=delta, alpha=1 - AUDIT_CONFIDENCE), claims)
+    return {"epsilon_empirical_lb": j.bound, "audit_ceiling": j.ceiling, "attack": tests[j.index]["attack"],
+            "candidates": tests[j.index]["candidates"], "delta": delta, "claimed_epsilon": claimed,
+            "epsilon_audited": j.claim, "audit_unit": j.unit if j.claim is not None else None,
+            "claims": claims, "failed_units": list(j.failed_units),
+            "audit_verdict": j.verdict, "audit_failed": None if j.verdict is None else j.verdict == "failed",
             "confidence": AUDIT_CONFIDENCE, "n_tests": len(tests), "tests": tests}
+
+
+def _delta(case: Case) -> float:
+    return case.scenario.delta if case.scenario.delta is not None else DEFAULT_AUDIT_DELTA
 
 
 def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -> dict:
@@ -209,16 +226,18 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
             section[tag][attack.name] = mia_metrics(scores, truth)
             tested.append((attack.name, tag, scores, truth))
     shapes = {}
-    for name, scores, included, shape in case.audit_canaries:  # white-box: the scores the mechanism recorded
-        scores, included = np.asarray(scores, np.float64), np.asarray(included).astype(bool)
-        arrays[f"{name.replace('-', '_')}_gradient_canary_scores"] = scores
-        arrays[f"{name.replace('-', '_')}_gradient_canary_labels"] = included
-        record["gradient_canaries"][name] = mia_metrics(scores, included)
-        tested.append((name, "gradient-canary", scores, included))
-        if shape:  # the canaries' mechanism is known: the f-DP bound too
-            shapes[name] = shape
-            record["gradient_canaries_fdp"][name] = dict(record["gradient_canaries"][name])
-            tested.append((name, "gradient-canary-fdp", scores, included))
+    for c in map(as_canaries, case.audit_canaries):  # white-box: the scores the mechanism recorded
+        scores, included = np.asarray(c.scores, np.float64), np.asarray(c.included).astype(bool)
+        arrays[f"{c.name.replace('-', '_')}_gradient_canary_scores"] = scores
+        arrays[f"{c.name.replace('-', '_')}_gradient_canary_labels"] = included
+        record["gradient_canaries"][c.name] = mia_metrics(scores, included) | {
+            "unit": c.unit, "epsilon_estimate": gaussian_fit_epsilon(scores[included], scores[~included],
+                                                                     delta=_delta(case))}
+        tested.append((c.name, "gradient-canary", scores, included, c.unit))
+        if c.shape:  # the canaries' mechanism is known: the f-DP bound too
+            shapes[c.name] = dict(c.shape)
+            record["gradient_canaries_fdp"][c.name] = dict(record["gradient_canaries"][c.name])
+            tested.append((c.name, "gradient-canary-fdp", scores, included, c.unit))
 
     best = best_attack({a.name: record["mia"][a.name]["auc"] for a in attacks})
     m = record["mia"][best]
@@ -226,13 +245,13 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
                "mia_tpr_at_0_1pct_fpr": m["tpr_at_0_1pct_fpr"], "mia_min_fpr": m["min_fpr"],
                "mia_best_attack": best, "mia_n_candidates": m["n_members"] + m["n_nonmembers"]}
     # The audit: every (attack, candidate set) is one test; Bonferroni keeps the max at 95 %.
-    delta = case.scenario.delta if case.scenario.delta is not None else DEFAULT_AUDIT_DELTA
+    delta = _delta(case)
     tests = audit_tests(tested, delta=delta, seed=seed, shapes=shapes)
     for t in tests:
         section[t["candidates"]][t["attack"]]["epsilon_lb"] = t["epsilon_lb"]
         section[t["candidates"]][t["attack"]]["audit"] = {k: t[k] for k in ("epsilon_lb", "ceiling", "evidence")}
     record["audit"] = audit_record(tests, delta=delta, claimed=case.privacy.get("epsilon"),
-                                   audited=audited_epsilon(case.scenario, case.privacy))
+                                   claims=audit_claims(case.scenario, case.privacy))
     _roc_png(record, arrays, [a.name for a in attacks], case.out_dir / "roc.png",
              title=f"{case.scenario.name} seed {seed}")
     a = record["audit"]

@@ -324,6 +324,11 @@ def planted_rows(runs: dict) -> dict[str, str]:
     return out
 
 
+def _unit(r) -> str:
+    unit = getattr(r, "audit_unit", None)
+    return "" if unit is None or pd.isna(unit) or unit == "image" else f", {unit} level"
+
+
 def planted_lines(df: pd.DataFrame, plants: dict[str, str]) -> list[str]:
     """One line per planted row: which defect, and whether the audit caught it (failed the row)."""
     from privacy.plants import PLANTS
@@ -335,9 +340,10 @@ def planted_lines(df: pd.DataFrame, plants: dict[str, str]) -> list[str]:
             caught = not pd.isna(r.audit_failed) and bool(r.audit_failed)
             desc = PLANTS[plant].description if plant in PLANTS else plant
             out.append(f"`{r.scenario}`: {plant} ({desc}): "
-                       + (f"**caught** (lower bound {_fmt(r.epsilon_empirical_lb)} > claim {_fmt(r.epsilon)})"
+                       + (f"**caught** (lower bound {_fmt(r.epsilon_empirical_lb)} > claim {_fmt(r.epsilon_audited)}"
+                          f"{_unit(r)})"
                           if caught else f"**missed** (lower bound {_fmt(r.epsilon_empirical_lb)}, claim "
-                                         f"{_fmt(r.epsilon)}, ceiling {_fmt(r.audit_ceiling)})"))
+                                         f"{_fmt(r.epsilon_audited)}{_unit(r)}, ceiling {_fmt(r.audit_ceiling)})"))
     return out
 
 

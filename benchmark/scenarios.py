@@ -28,7 +28,7 @@ from privacy.mechanisms import get_mechanism  # torch-free
 # Fields added after results were published: at these values a scenario's hash is the one it was
 # published under.
 HASH_NEUTRAL_DEFAULTS = {"min_clients_per_round": None, "round_timeout_s": None, "canaries": 0,
-                         "gradient_canaries": 0, "plant": None,
+                         "gradient_canaries": 0, "client_canaries": 0, "plant": None,
                          # Poisson client sampling
                          "client_sample_rate": None, "adaptive_clipping": False,
                          # public pretraining (benchmark.pretrain)
@@ -63,6 +63,7 @@ class Scenario:
     attacks: tuple[str, ...] = ()
     canaries: int = 0                       # audit: m outliers, each put in client 0 by a fair coin
     gradient_canaries: int = 0              # white-box audit of local DP-SGD: m Dirac gradient canaries
+    client_canaries: int = 0                # white-box audit of central DP: m canary clients (privacy.canary_clients)
     plant: str | None = None                # auditing the audit: a planted defect (privacy/plants.py)
     max_train_images: int | None = None
     heldout_fraction: float = 0.2

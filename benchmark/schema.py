@@ -220,11 +220,14 @@ LEADERBOARD: list[Column] = [
     _metric("inversion_ssim", "float", "mean_std", "gradient inversion reconstruction SSIM (0-1)", better="lower",
             gate=Gate(True, 0.05, False, noise_floor=0.7), report=Shown("inversion SSIM ↓", fmt=".3f"),
             **_OPTIONAL),
-    _metric("epsilon_audited", "float", "max", "the epsilon the audit holds the row to: the claim for the unit the "
-            "attacks test (`audit_unit`); a client-level claim is turned into its image-level epsilon "
-            "(the mechanism's `image_epsilon`, `privacy.mechanisms`); empty without DP", **_OPTIONAL),
-    _metric("audit_unit", "str", "joined", "what the audit's candidates are: `image` (every membership attack); "
-            "empty without DP", **_OPTIONAL),
+    _metric("epsilon_audited", "float", "max", "the epsilon the audit holds the row to: the claim for the unit its "
+            "headline tests test (`audit_unit`): a central row's canary clients are held to its client-level "
+            "`epsilon`; membership attacks test images, and a client-level claim is turned into its image-level "
+            "epsilon for them (the mechanism's `image_epsilon`, `privacy.mechanisms`); empty without DP",
+            **_OPTIONAL),
+    _metric("audit_unit", "str", "joined", "what the headline tests' candidates are: `client` (a central row's "
+            "canary clients, `client_canaries`), else `image` (membership attacks, gradient canaries); every "
+            "other unit's tests are held to that unit's own claim; empty without DP", **_OPTIONAL),
     Column("epsilon_empirical_lb", "float", "derived", "max", "audit: a 95 % lower bound on epsilon for the row: the "
            "max over seeds of each seed's bound at confidence 1 - 0.05 / n_seeds (union bound; recomputed from "
            "attacks.json's audit evidence; not gated by `bench compare`: `audit_failed` is)", better="lower",
@@ -232,7 +235,8 @@ LEADERBOARD: list[Column] = [
     Column("audit_ceiling", "float", "derived", "max", "the largest `epsilon_empirical_lb` these candidate counts "
            "could certify (a perfect attack's bound at the same counts, split, guesses and correction)",
            report=Shown("audit ceiling", when="epsilon_empirical_lb"), derive=lambda s: _row_audit(s)[1]),
-    Column("audit_verdict", "str", "derived", "first", "`failed` (`epsilon_empirical_lb` > `epsilon_audited`), "
+    Column("audit_verdict", "str", "derived", "first", "`failed` (`epsilon_empirical_lb` > `epsilon_audited`, or "
+           "another unit's bound above that unit's claim: attacks.json's `audit.failed_units`), "
            "`passed` (it is not, and `audit_ceiling` > `epsilon_audited`), `inconclusive` (`audit_ceiling` <= "
            "`epsilon_audited`: the audit could not have failed); empty without a claim", better="never failed",
            report=Shown("audit"), derive=lambda s: _row_audit(s)[2]),
@@ -306,20 +310,24 @@ RUN_ONLY: list[RunField] = [
 
 def _row_audit(sources: dict) -> tuple:
     """(epsilon_empirical_lb, audit_ceiling, audit_verdict, audit_failed) of a row. From every seed's
-    audit evidence (attacks.json, source ``audit``): the max over seeds of each seed's bound at
-    alpha / n_seeds, a (1 - alpha) lower bound for the row. Runs recorded before the evidence was kept:
-    one seed's own bound is still one; of several seeds nothing valid can be said (bound empty), and
-    ``audit_failed`` is the seeds' own flags."""
+    audit evidence (attacks.json, source ``audit``): per unit the max over seeds of each seed's bound
+    at alpha / n_seeds, a (1 - alpha) lower bound for the row, each unit held to its own claim; the
+    bound and ceiling shown are the headline unit's (``audit_unit``; :func:`attacks.audit.seeds_judgement`).
+    Runs recorded before the evidence was kept: one seed's own bound is still one; of several seeds
+    nothing valid can be said (bound empty), and ``audit_failed`` is the seeds' own flags."""
     metrics = sources.get("metric") or []
     records = sources.get("audit") or []
     claims = [m.get("epsilon_audited") for m in metrics if m.get("epsilon_audited") is not None]
     claim = max(claims) if claims else None
-    lb = ceiling = None
     if records and all(r and r.get("tests") for r in records):
-        from attacks.audit import seeds_bound  # numpy and scipy, at summarize time only
+        from attacks.audit import seeds_judgement  # numpy and scipy, at summarize time only
 
-        lb, ceiling = seeds_bound(records)
-    elif len(metrics) == 1:
+        j = seeds_judgement(records)
+        if j.claim is None and not j.failed_units:
+            return j.bound, j.ceiling, None, None
+        return j.bound, j.ceiling, j.verdict, j.verdict == "failed"
+    lb = ceiling = None
+    if len(metrics) == 1:
         lb, ceiling = metrics[0].get("epsilon_empirical_lb"), metrics[0].get("audit_ceiling")
     if claim is None or lb is None or ceiling is None:
         flagged = _any([m.get("audit_failed") for m in metrics])

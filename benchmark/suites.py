@@ -130,23 +130,36 @@ AUDIT_POWER = dict(dataset="digits-embedded", model="unet-tiny", num_clients=1, 
                    optimizer="sgd", learning_rate=3e-3, sample_steps=5, fid_n_samples=16, attacks=("mia-loss",),
                    gradient_canaries=GRADIENT_CANARIES, delta=1e-5, seeds=(0,), grad_sample_mode="mixed-ghost-bk")
 AUDIT_POWER_EPSILONS = (4.0, 1.0)
+# The same for a central row: Poisson-sampled DP-FedAvg (10 parties of 2 digits, q = 0.5, 20
+# rounds of one local step each) with 10,000 canary clients (privacy/canary_clients.py) at epsilon
+# 4 (client level), as claimed and with every planted defect. The canaries test the server's
+# sampler, clip and noise, so the parties' training is kept as small as a federation can be.
+AUDIT_POWER_CENTRAL = dict(dataset="digits-embedded", model="unet-tiny", num_clients=10, clients_per_round=5,
+                           client_sample_rate=0.5, max_train_images=40, heldout_fraction=0.5, rounds=20,
+                           local_epochs=1, batch_size=4, optimizer="sgd", learning_rate=3e-3, sample_steps=5,
+                           fid_n_samples=16, attacks=("mia-loss",), client_canaries=10_000, delta=1e-5, seeds=(0,))
+AUDIT_POWER_CENTRAL_EPSILONS = (4.0,)
 
 
 @register_suite("audit-power")
 def audit_power_suite(scale: Scale) -> tuple[Scenario, ...]:
-    """Rows that must fail the audit beside rows that must pass it (the same recipe at every scale,
-    ``AUDIT_POWER``): local DP-SGD at epsilon 4 and 1 as claimed, and with each planted defect
-    (``plant``: noise off, noise at 0.4 times, clipping off, the sampler at 4 times the accounted
-    rate). A planted row claims nothing as a result; ``bench run --suite audit-power`` exits 3
-    when the audit catches a plant, and the report lists which it caught."""
+    """Rows that must fail the audit beside rows that must pass it (the same recipes at every scale):
+    local DP-SGD at epsilon 4 and 1 (``AUDIT_POWER``) and Poisson-sampled central DP at epsilon 4
+    (``AUDIT_POWER_CENTRAL``, client level, audited by canary clients), each as claimed and with
+    each planted defect (``plant``: noise off, noise at 0.4 times, clipping off, the sampler at 4
+    times the accounted rate). A planted row claims nothing as a result; ``bench run --suite
+    audit-power`` exits 3 when the audit catches a plant, and the report lists which it caught."""
     from privacy.plants import PLANTS
 
-    common = dict(suite="audit-power", scale=scale.name, dp_mode="local-dpsgd") | AUDIT_POWER
     out = []
-    for eps in AUDIT_POWER_EPSILONS:
-        out.append(Scenario(name=f"audit-power-eps{eps:g}", target_epsilon=eps, **common))
-        out += [Scenario(name=f"audit-power-eps{eps:g}-{plant}", target_epsilon=eps, plant=plant, **common)
-                for plant in PLANTS]
+    for mode, tag, recipe, epsilons in (("local-dpsgd", "", AUDIT_POWER, AUDIT_POWER_EPSILONS),
+                                        ("central-dp-sampled", "central-", AUDIT_POWER_CENTRAL,
+                                         AUDIT_POWER_CENTRAL_EPSILONS)):
+        common = dict(suite="audit-power", scale=scale.name, dp_mode=mode) | recipe
+        for eps in epsilons:
+            out.append(Scenario(name=f"audit-power-{tag}eps{eps:g}", target_epsilon=eps, **common))
+            out += [Scenario(name=f"audit-power-{tag}eps{eps:g}-{plant}", target_epsilon=eps, plant=plant, **common)
+                    for plant in PLANTS]
     return tuple(out)
 
 

@@ -28,6 +28,11 @@ from a numpy generator seeded from OS entropy (:func:`privacy.noise.secret_numpy
 strategy and never written anywhere; everything else (clipping, averaging, accounting) is Flower's.
 Central-DP rows are therefore reproducible up to the DP noise. Tests may hand ``wrap_central_dp``
 a seeded ``noise_rng``; the federation never does.
+
+White-box audit (``canaries``, :mod:`privacy.canary_clients`): after each release the wrappers
+release an audit block too: every included canary client's Dirac update clipped by Flower's own
+``clip_inputs_inplace`` at the wrapper's clipping norm, averaged over ``num_sampled_clients`` as
+Flower's FedAvg averages, noised by the same noise method (generator and standard deviation).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp.mod import fixedclipping_mod
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_stdv
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, clip_inputs_inplace, compute_stdv
 from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
                                      DifferentialPrivacyServerSideFixedClipping, FedAvg)
 
@@ -56,6 +61,28 @@ class _SecretNoise:
     every aggregated array), drawn from ``self.noise_rng`` instead of numpy's global RNG."""
 
     noise_rng: np.random.Generator
+    canaries = None   # privacy.canary_clients.CanaryClients, or None
+
+    def aggregate_train(self, server_round: int, replies):
+        """Flower's aggregation (clip, average, noise, account); then, where it released, the
+        canary clients' audit block through the same clip function and noise method."""
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None and self.canaries is not None:
+            self._release_canaries()
+        return arrays, metrics
+
+    def _release_canaries(self) -> None:
+        c = self.canaries
+        drawn = c.ids  # every included canary, every round (the accountant's worst case)
+        block = np.zeros(c.m, dtype=np.float64)
+        norm = c.update_norm(self.clipping_norm)
+        for j in drawn:  # Flower's own clip, on the canary's one non-zero coordinate
+            update = [np.array([norm], dtype=np.float64)]
+            clip_inputs_inplace(update, self.clipping_norm)
+            block[j] = update[0][0]
+        averaged = ArrayRecord({"canary-block": Array(block / self.num_sampled_clients)})
+        noised = self._add_noise_to_aggregated_arrays(averaged)["canary-block"].numpy()
+        c.release(noised * self.num_sampled_clients, self.clipping_norm)
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
         stdv = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
@@ -67,25 +94,27 @@ class _SecretNoise:
 class SecretNoiseServerSideFixedClipping(_SecretNoise, DifferentialPrivacyServerSideFixedClipping):
     """Flower's server-side fixed-clipping DP wrapper, its noise from a secret generator."""
 
-    def __init__(self, *args, noise_rng: np.random.Generator | None = None, **kwargs) -> None:
+    def __init__(self, *args, noise_rng: np.random.Generator | None = None, canaries=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.noise_rng = noise_rng or secret_numpy_rng()
+        self.canaries = canaries
 
 
 class SecretNoiseClientSideFixedClipping(_SecretNoise, DifferentialPrivacyClientSideFixedClipping):
     """Flower's client-side fixed-clipping DP wrapper, its noise from a secret generator."""
 
-    def __init__(self, *args, noise_rng: np.random.Generator | None = None, **kwargs) -> None:
+    def __init__(self, *args, noise_rng: np.random.Generator | None = None, canaries=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.noise_rng = noise_rng or secret_numpy_rng()
+        self.canaries = canaries
 
 
 def wrap_central_dp(strategy: FedAvg, *, noise_multiplier: float, clipping_norm: float,
                     clients_per_round: int, num_clients: int, delta: float, side: str = "server",
-                    noise_rng: np.random.Generator | None = None):
+                    noise_rng: np.random.Generator | None = None, canaries=None):
     """Flower's fixed-clipping DP wrapper (server- or client-side clipping), with Flower's
     accountant attached and its noise from ``noise_rng`` (default: a secret generator; tests only
-    pass a seeded one)."""
+    pass a seeded one); ``canaries``: canary clients (:mod:`privacy.canary_clients`)."""
     if strategy.weighted_by_key != UNIFORM_WEIGHT_KEY:
         raise ValueError(f"central DP needs uniform client weights (weighted_by_key={UNIFORM_WEIGHT_KEY!r})")
     wrappers = {"server": SecretNoiseServerSideFixedClipping, "client": SecretNoiseClientSideFixedClipping}
@@ -95,6 +124,7 @@ def wrap_central_dp(strategy: FedAvg, *, noise_multiplier: float, clipping_norm:
         strategy, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
         num_sampled_clients=clients_per_round,
         accountant=client_accountant(num_clients=num_clients, delta=delta), noise_rng=noise_rng,
+        canaries=canaries,
     )
 
 

@@ -25,6 +25,12 @@ Adaptive clipping (Andrew et al. 2021, geometric update): the server also sums t
 estimates the unclipped fraction ``b = sum / (q N) + 1/2``; then ``C <- C exp(-eta (b - gamma))``.
 The update's noise multiplier becomes ``(z^-2 - (2 sigma_b)^-2)^-1/2`` so both releases compose to
 ``z``, which is what the accountant charges.
+
+White-box audit (``canaries``, :mod:`privacy.canary_clients`): canary clients drawn by the same
+sampler at the same rate, clipped by the same factor (:meth:`PoissonSampledDP.clip_factor`) and
+noised from the same generator at the same standard deviation as the model's sum, in an audit block
+beside it. ``plant`` (:mod:`privacy.plants`, auditing the audit only): the noise std, the clip or
+the sampling rate differ from what the accountant is charged, for the model and the canaries alike.
 """
 
 from __future__ import annotations
@@ -101,7 +107,7 @@ class PoissonSampledDP(Strategy):
     def __init__(self, *, partition_to_node: dict[int, int], sample_rate: float, noise_multiplier: float,
                  clipping_norm: float, delta: float, adaptive: AdaptiveClipping | None = None,
                  sampling_rng: np.random.Generator | None = None, noise_rng: np.random.Generator | None = None,
-                 weighted_by_key: str = UNIFORM_WEIGHT_KEY) -> None:
+                 weighted_by_key: str = UNIFORM_WEIGHT_KEY, canaries=None, plant=None) -> None:
         super().__init__()
         if not partition_to_node:
             raise ValueError("no clients to sample")
@@ -125,6 +131,20 @@ class PoissonSampledDP(Strategy):
         self.releases: dict[int, RoundRelease] = {}
         self.sampled: dict[int, list[int]] = {}  # round -> partitions (the server's log)
         self._current: dict[int, ArrayRecord] = {}
+        self.canaries = canaries                 # privacy.canary_clients.CanaryClients, or None
+        self._canaries_drawn: dict[int, np.ndarray] = {}
+        # A planted defect (privacy.plants): what the strategy does; the accountant is still charged
+        # sample_rate and noise_multiplier.
+        self.plant = plant
+        self.drawn_rate = min(1.0, sample_rate * (plant.rate_factor if plant else 1.0))
+        self.noise_factor = plant.noise_factor if plant else 1.0
+
+    def clip_factor(self, norm: float) -> float:
+        """The factor an update of L2 norm ``norm`` is scaled by: ``min(1, C / norm)`` (1 for a zero
+        update, and under a planted ``clip-off``)."""
+        if norm <= 0 or (self.plant is not None and self.plant.unclipped):
+            return 1.0
+        return min(1.0, self.clip / norm)
 
     def summary(self) -> None:
         log(INFO, "\t├──> Poisson-sampled central DP: q = %g of %d clients, z = %g (update z = %g), C = %g%s",
@@ -135,9 +155,11 @@ class PoissonSampledDP(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         parts = list(self.partition_to_node)
-        mask = self.sampling_rng.random(len(parts)) < self.sample_rate
+        mask = self.sampling_rng.random(len(parts)) < self.drawn_rate
         chosen = [p for p, m in zip(parts, mask) if m]
         self.sampled[server_round] = chosen
+        if self.canaries is not None:  # drawn after the real clients, by the same sampler at the same rate
+            self._canaries_drawn[server_round] = self.canaries.draw(self.sampling_rng, self.drawn_rate)
         self._current[server_round] = arrays
         config["server-round"] = server_round
         record = RecordDict({"arrays": arrays, "config": config})
@@ -159,12 +181,12 @@ class PoissonSampledDP(Strategy):
             arrays = next(iter(reply.content.array_records.values()))
             update = {k: arrays[k].numpy().astype(np.float64) - base[k] for k in floats}
             norm = math.sqrt(sum(float(np.sum(u * u)) for u in update.values()))
-            scale = min(1.0, self.clip / norm) if norm > 0 else 1.0
+            scale = self.clip_factor(norm)
             for k in floats:
                 total[k] += update[k] * scale
             centred_bits += (1.0 if norm <= self.clip else 0.0) - 0.5
             rel.norms.append(norm)
-        std = self.update_noise * self.clip
+        std = self.update_noise * self.clip * self.noise_factor
         out = {}
         for k in names:
             if k in total:
@@ -172,6 +194,8 @@ class PoissonSampledDP(Strategy):
                 out[k] = Array(np.asarray(base[k] + noised / self.expected_clients, dtype=base[k].dtype))
             else:
                 out[k] = Array(base[k])
+        if self.canaries is not None:
+            self._release_canaries(server_round, std)
         rel.noise_std = std / self.expected_clients
         if self.adaptive is not None:
             self.clip, rel.unclipped_fraction = self.adaptive.next_clip(self.clip, centred_bits,
@@ -184,6 +208,19 @@ class PoissonSampledDP(Strategy):
         if rel.unclipped_fraction is not None:
             metrics["unclipped_fraction"] = rel.unclipped_fraction
         return ArrayRecord(out), metrics
+
+    def _release_canaries(self, server_round: int, std: float) -> None:
+        """The audit block of this round: the drawn canaries' clipped updates (each a Dirac of norm
+        far above C, through :meth:`clip_factor`), summed, plus noise at the model's ``std`` from
+        the model's generator (:mod:`privacy.canary_clients`)."""
+        c = self.canaries
+        drawn = self._canaries_drawn.pop(server_round, np.zeros(0, np.int64))
+        block = np.zeros(c.m, dtype=np.float64)
+        norm = c.update_norm(self.clip)
+        block[drawn] = norm * self.clip_factor(norm)
+        if std > 0:
+            block += secure_normal(self.noise_rng, std, block.shape)
+        c.release(block, self.clip)
 
     # -- evaluate: none (the runner evaluates the released model) -----------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

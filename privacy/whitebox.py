@@ -39,7 +39,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from benchmark.seeding import derive_seed
 
@@ -70,6 +69,8 @@ class AuditBlock:
     steps: int = 0
 
     def __post_init__(self) -> None:
+        import torch
+
         self.included_ids = np.flatnonzero(self.included)
         if self.scores is None:
             self.scores = torch.zeros(len(self.included), dtype=torch.float64)
@@ -81,6 +82,8 @@ class AuditBlock:
     def accumulate(self, drawn: np.ndarray, clip_norm: float, margin: float, device: torch.device) -> None:
         """The clipped sum of the drawn canaries (``drawn``: positions in ``included_ids``), each
         through the step's clip factor rule (:func:`privacy.dpsgd.clip_factors`) at its clip norm."""
+        import torch
+
         from privacy.dpsgd import clip_factors
 
         self.summed = torch.zeros(self.m, dtype=torch.float32, device=device)
@@ -91,6 +94,8 @@ class AuditBlock:
 
     def release(self, noise: torch.Tensor) -> None:
         """The step's released block (clipped sum + the optimizer's noise), added to the scores."""
+        import torch
+
         if self.summed is None:
             raise RuntimeError("audit block released before its canaries were accumulated")
         self.scores += (self.summed + noise).detach().to("cpu", torch.float64)

@@ -273,7 +273,8 @@ def test_run_federation_dispatches_the_sampled_mode_and_records_its_privacy(tmp_
     from benchmark.runner import privacy_metrics
 
     sc = Scenario(name="cd", num_clients=8, clients_per_round=4, client_sample_rate=0.5, rounds=2,
-                  dp_mode="central-dp-sampled", target_epsilon=10.0, delta=1e-3, max_train_images=64)
+                  dp_mode="central-dp-sampled", target_epsilon=10.0, delta=1e-3, max_train_images=64,
+                  client_canaries=100, attacks=("mia-loss",))
     export_partitions(sc, 0, tmp_path / "parts")
     nodes = {p: 500 + p for p in range(sc.num_clients)}
     monkeypatch.setattr(server_app, "discover_partitions", lambda grid, n, timeout: nodes)
@@ -304,6 +305,13 @@ def test_run_federation_dispatches_the_sampled_mode_and_records_its_privacy(tmp_
     assert r1["sampled"] == len(r1["sampled_partitions"]) and r1["aggregated"] == r1["sampled"] - (r1["sampled"] > 0)
     assert privacy_metrics(sc, history)["accountant"] == "opacus-rdp-poisson-clients"
     assert (tmp_path / "out" / "global_model.pt").exists()
+    # The canary clients (privacy/canary_clients.py) went through both releases, from the run seed's coins.
+    wb = c["whitebox"]
+    assert wb["m"] == 100 and wb["steps"] == 2 and wb["sample_rate"] == 0.5 and len(wb["scores"]) == 100
+    from privacy.mechanisms import CENTRAL_DP_SAMPLED
+
+    (entry,) = CENTRAL_DP_SAMPLED.audit_canaries(sc, c, 0)
+    assert entry.unit == "client" and entry.shape == {"sample_rate": 0.5, "steps": 2}
 
 
 def test_image_level_epsilon_of_the_sampled_mode_is_the_amplified_accountant_at_half_the_noise():

@@ -197,9 +197,9 @@ def test_planted_rows_are_reported_as_caught_or_missed_not_as_failed_claims(tmp_
     summarize(runs, results)
     md = (results / "audit-power" / "README.md").read_text()
     assert "## Planted defects (auditing the audit)" in md
-    assert "`audit-power-eps4-noise-off`: noise-off (the optimizer draws no noise): **caught**" in md
+    assert "`audit-power-eps4-noise-off`: noise-off (no noise is drawn): **caught**" in md
     assert "`audit-power-eps1-noise-x0.4`: noise-x0.4" in md and "**missed**" in md
     assert "`audit-power-eps4`:" not in md.split("## Planted defects")[1].split("|")[0]
     assert "**FAILED PRIVACY AUDIT**" not in md
     text = terminal_summary(results / "audit-power" / "leaderboard.csv", runs_dir=runs)
-    assert "planted audit-power-eps4-noise-off: noise-off (the optimizer draws no noise): caught" in text
+    assert "planted audit-power-eps4-noise-off: noise-off (no noise is drawn): caught" in text

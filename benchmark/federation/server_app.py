@@ -88,7 +88,8 @@ def run_federation(grid: Grid, run_config: dict,
     fedavg = SeededFedAvg(partition_to_node=partition_to_node, clients_per_round=scenario.clients_per_round,
                           seed=seed, min_train_nodes=scenario.clients_per_round,
                           train_metrics_aggr_fn=aggregate_train_metrics, weighted_by_key=mechanism.weight_key)
-    side = mechanism.server_side(scenario, fedavg, partition_to_node=partition_to_node, num_images=num_images)
+    side = mechanism.server_side(scenario, fedavg, partition_to_node=partition_to_node, num_images=num_images,
+                                 seed=seed)
     screened = ScreenedAggregation(
         side.strategy, min_replies=scenario.min_replies, weight_key=mechanism.weight_key,
         node_names={n: f"partition {p}" for p, n in partition_to_node.items()},

@@ -21,7 +21,7 @@ import importlib
 import os
 from collections.abc import Iterator
 
-from privacy.mechanisms.base import Mechanism
+from privacy.mechanisms.base import Canaries, Mechanism, as_canaries  # noqa: F401 (re-exported)
 from privacy.mechanisms.central import CentralDP, CentralDPSampled
 from privacy.mechanisms.local_dpsgd import LocalDPSGD
 from privacy.modes import ModeError, _Registry

@@ -19,15 +19,18 @@ non-private default, :class:`DPMechanism` the private one):
 ``columns(s, record)``          the row's privacy columns from the ``privacy`` record
 ``guarantees(s, columns)``      every (unit, neighbouring relation, epsilon) the row can claim
 ``audited_epsilon(s, columns)`` the epsilon a membership audit (one image) holds the row to
-``audit_canaries(s, record, seed)`` the white-box canaries it planted: (name, scores, included, shape)
+``audit_claims(s, columns)``    unit -> the epsilon the audit holds that unit's tests to
+``audit_canaries(s, record, seed)`` the white-box canaries it planted (:class:`Canaries`)
 ``attacker_view(s, columns)``   the DP a client applies before its update leaves it
 
-The audit's place: ``audited_epsilon`` is the claim the one-run audit (attacks/audit.py) tests. A
-white-box audit belongs inside the mechanism it audits: canaries planted in ``train_client`` (a
-client's DP-SGD step: ``local-dpsgd``'s gradient canaries, :mod:`privacy.whitebox`) or in the
-server side's strategy (canary clients), their scores written into the ``privacy`` record by
-``record`` and handed to the audit by ``audit_canaries``, so that what is audited is the code that
-ran, not a copy of it.
+The audit's place: ``audit_claims`` are the claims the one-run audit (attacks/audit.py) tests, one
+per unit (``image``: what membership attacks and a local DP-SGD row's gradient canaries stand for;
+``client``: a central row's canary clients). A white-box audit belongs inside the mechanism it
+audits: canaries planted in ``train_client`` (a client's DP-SGD step: ``local-dpsgd``'s gradient
+canaries, :mod:`privacy.whitebox`) or in the server side's strategy (``central-dp`` and
+``central-dp-sampled``'s canary clients, :mod:`privacy.canary_clients`), their scores written into
+the ``privacy`` record by ``record`` and handed to the audit by ``audit_canaries``, so that what is
+audited is the code that ran, not a copy of it.
 
 This module is torch- and Flower-free: the hooks import their implementations when called.
 """
@@ -38,7 +41,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from privacy.modes import ModeError, get_grad_sample_mode, grad_sample_mode_names
 
@@ -67,11 +70,57 @@ class ServerSide:
     record: Callable[[], dict]
 
 
+class Canaries(NamedTuple):
+    """White-box canaries a mechanism planted in one run, as the audit scores them: ``scores`` (one
+    per canary), ``included`` (the coins), ``shape`` (``sample_rate`` and ``steps`` of the Poisson-
+    sampled Gaussian each canary went through, for the f-DP bound; None: unknown) and the ``unit``
+    whose claim they test."""
+
+    name: str
+    scores: Any
+    included: Any
+    shape: dict | None = None
+    unit: str = "image"
+
+
+def as_canaries(item) -> Canaries:
+    """A :class:`Canaries` from what ``audit_canaries`` returned (a plain 4-tuple: image-level)."""
+    return item if isinstance(item, Canaries) else Canaries(*item)
+
+
 @dataclass(frozen=True)
 class Guarantee:
     unit: str        # "image" or "client"
     relation: str    # the neighbouring relation the epsilon is defined for
     epsilon: float
+
+
+def canary_problem(s, field: str) -> str | None:
+    """The rules of a white-box canary count (``gradient_canaries``, ``client_canaries``): 0 or at
+    least 2, and audited in the attack stage, so the row needs a membership attack."""
+    m = getattr(s, field)
+    if m < 0 or m == 1:
+        return f"{field} must be 0 or at least 2, got {m}"
+    if m:
+        from attacks.registry import membership_attack_names
+
+        if not set(s.attacks) & set(membership_attack_names()):
+            return (f"{field} are audited in the attack stage: add a membership attack "
+                    f"({', '.join(membership_attack_names())})")
+    return None
+
+
+def plant_problem(s) -> str | None:
+    """An unknown ``plant`` (:mod:`privacy.plants`), in one line."""
+    if s.plant is None:
+        return None
+    from privacy.plants import get_plant
+
+    try:
+        get_plant(s.plant)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def train_plain(s, model, optimizer, images, labels, *, device: str, seed: int) -> dict:
@@ -140,7 +189,8 @@ class Mechanism:
         return float(n_images) if self.weight_key == EXAMPLES_WEIGHT_KEY else 1.0
 
     # -- the server --------------------------------------------------------------------------------
-    def server_side(self, s, fedavg, *, partition_to_node: dict[int, int], num_images: dict[int, int]) -> ServerSide:
+    def server_side(self, s, fedavg, *, partition_to_node: dict[int, int], num_images: dict[int, int],
+                    seed: int = 0) -> ServerSide:
         return ServerSide(fedavg, fedavg.sampled, lambda: None, lambda: self.record(s, {}))
 
     # -- the client --------------------------------------------------------------------------------
@@ -166,10 +216,17 @@ class Mechanism:
         claimed = columns.get("epsilon")
         return None if claimed is None else float(claimed)
 
-    def audit_canaries(self, s, record: dict, seed: int) -> list[tuple[str, Any, Any, dict | None]]:
-        """The white-box canaries this mechanism planted in a run: (test name, scores, included, shape)
-        for the one-run audits, from its ``privacy`` record and the run seed (the coins); ``shape``
-        (``sample_rate``, ``steps`` of the canaries' Poisson-sampled Gaussian) adds the f-DP bound."""
+    def audit_claims(self, s, columns: dict) -> dict[str, float]:
+        """unit -> the epsilon the audit holds that unit's tests to: the image-level claim
+        (:meth:`audited_epsilon`), and every other unit the mechanism guarantees."""
+        image = self.audited_epsilon(s, columns)
+        if image is None:
+            return {}
+        return {g.unit: g.epsilon for g in self.guarantees(s, columns)} | {"image": image}
+
+    def audit_canaries(self, s, record: dict, seed: int) -> list[Canaries]:
+        """The white-box canaries this mechanism planted in a run (:class:`Canaries`), from its
+        ``privacy`` record and the run seed (the coins); a known ``shape`` adds the f-DP bound."""
         return []
 
     def attacker_view(self, s, columns: dict) -> dict:

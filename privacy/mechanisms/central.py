@@ -19,7 +19,7 @@ charges C for a client, so the image-level epsilon is the same accountant at hal
 from __future__ import annotations
 
 from privacy.accounting import CLIENT_ACCOUNTANT, SAMPLED_CLIENT_ACCOUNTANT  # torch-free
-from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY, DPMechanism, ServerSide
+from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY, DPMechanism, ServerSide, canary_problem, plant_problem
 
 class CentralDP(DPMechanism):
     name = "central-dp"
@@ -29,12 +29,28 @@ class CentralDP(DPMechanism):
     default_clip = 0.5      # per-update clipping norm
     weight_key = UNIFORM_WEIGHT_KEY
     image_sensitivity = 2.0  # one image moves its client's clipped update by up to 2C; a client by C
+    own_fields = ("client_canaries",)
 
     def validate_own(self, s) -> str | None:
         if self.min_replies(s) != s.clients_per_round:
             # Flower's DP wrapper aggregates only complete rounds (a missing client fails the round).
             return f"{s.dp_mode} needs min_clients_per_round = clients_per_round (the noise is calibrated to it)"
-        return None
+        return canary_problem(s, "client_canaries")
+
+    def canary_clients(self, s, seed: int, sample_rate: float):
+        """The run's canary clients (:mod:`privacy.canary_clients`), or None without."""
+        if not s.client_canaries:
+            return None
+        from privacy.canary_clients import CanaryClients
+        from privacy.whitebox import canary_coins
+
+        return CanaryClients(canary_coins(s.client_canaries, seed), sample_rate=sample_rate)
+
+    def audit_canaries(self, s, record: dict, seed: int) -> list:
+        from privacy.canary_clients import audit_entry
+
+        entry = audit_entry(record, seed)
+        return [] if entry is None else [entry]
 
     accountant = CLIENT_ACCOUNTANT  # Flower's own, attached to its wrapper
 
@@ -56,19 +72,22 @@ class CentralDP(DPMechanism):
         """The epsilon of the releases so far: Flower's accountant, attached to its wrapper."""
         return strategy.privacy_spent().epsilon
 
-    def server_side(self, s, fedavg, *, partition_to_node: dict[int, int], num_images: dict[int, int]) -> ServerSide:
+    def server_side(self, s, fedavg, *, partition_to_node: dict[int, int], num_images: dict[int, int],
+                    seed: int = 0) -> ServerSide:
         from privacy.central import wrap_central_dp
 
         sigma, clip = self.noise_multiplier(s), self.clip(s.max_grad_norm)
+        canaries = self.canary_clients(s, seed, 1.0)
         strategy = wrap_central_dp(fedavg, noise_multiplier=sigma, clipping_norm=clip,
                                    clients_per_round=s.clients_per_round, num_clients=s.num_clients,
-                                   delta=s.delta, side=s.central_clipping)
+                                   delta=s.delta, side=s.central_clipping, canaries=canaries)
         fields = {"noise_multiplier": sigma, "max_grad_norm": clip, "sample_rate": 1.0,
                   "accountant": self.accountant, "clipping": s.central_clipping}
 
         def record() -> dict:
             return self.record(s, fields | {"epsilon": self.spent(s, strategy, sigma), "delta": s.delta,
-                                            "releases": strategy.privacy_spent().num_releases})
+                                            "releases": strategy.privacy_spent().num_releases}
+                               | ({"whitebox": canaries.record()} if canaries is not None else {}))
 
         return ServerSide(strategy, fedavg.sampled, lambda: self.spent(s, strategy, sigma), record)
 
@@ -93,10 +112,13 @@ class CentralDPSampled(CentralDP):
     name = "central-dp-sampled"
     description = ("client-level DP: Poisson-sampled clients, clipped sum + noise over q N, amplified "
                    "accounting (privacy.central_sampled)")
-    own_fields = ("client_sample_rate", "adaptive_clipping")
+    own_fields = ("client_sample_rate", "adaptive_clipping", "client_canaries", "plant")
     accountant = SAMPLED_CLIENT_ACCOUNTANT
 
     def validate_own(self, s) -> str | None:
+        return self._sampling_problem(s) or plant_problem(s) or canary_problem(s, "client_canaries")
+
+    def _sampling_problem(self, s) -> str | None:
         q = s.client_sample_rate
         if q is None or not 0 < q <= 1:
             return f"{s.dp_mode} needs client_sample_rate in (0, 1], got {q}"
@@ -120,19 +142,22 @@ class CentralDPSampled(CentralDP):
                                     rounds=s.rounds, delta=s.delta)
 
     def server_side(self, s, fedavg, *, partition_to_node: dict[int, int], num_images: dict[int, int],
-                    **rngs) -> ServerSide:
+                    seed: int = 0, **rngs) -> ServerSide:
         """:class:`privacy.central_sampled.PoissonSampledDP` in place of ``fedavg`` (it samples
         itself, from a secret generator); ``rngs``: seeded generators, for tests only."""
         from privacy.accounting import adaptive_update_noise, default_count_noise
         from privacy.central_sampled import AdaptiveClipping, PoissonSampledDP
+        from privacy.plants import get_plant
 
         q, clip, z = float(s.client_sample_rate), self.clip(s.max_grad_norm), self.noise_multiplier(s)
         adaptive = None
         if s.adaptive_clipping:
             adaptive = AdaptiveClipping(count_noise=default_count_noise(expected_clients=q * s.num_clients,
                                                                         noise_multiplier=z))
+        canaries = self.canary_clients(s, seed, q)
         strategy = PoissonSampledDP(partition_to_node=partition_to_node, sample_rate=q, noise_multiplier=z,
-                                    clipping_norm=clip, delta=s.delta, adaptive=adaptive, **rngs)
+                                    clipping_norm=clip, delta=s.delta, adaptive=adaptive, canaries=canaries,
+                                    plant=get_plant(s.plant), **rngs)
         fields = {"noise_multiplier": z, "max_grad_norm": clip, "sample_rate": q,
                   "accountant": self.accountant, "clipping": "server", "expected_clients": q * s.num_clients,
                   "update_noise_multiplier": adaptive_update_noise(z, adaptive.count_noise) if adaptive else z}
@@ -143,7 +168,8 @@ class CentralDPSampled(CentralDP):
         def record() -> dict:
             spent = strategy.privacy_spent()
             return self.record(s, fields | {"epsilon": spent.epsilon, "delta": spent.delta,
-                                            "releases": spent.num_releases})
+                                            "releases": spent.num_releases}
+                               | ({"whitebox": canaries.record()} if canaries is not None else {}))
 
         return ServerSide(strategy, strategy.sampled, lambda: strategy.privacy_spent().epsilon, record)
 

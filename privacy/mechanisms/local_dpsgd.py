@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from privacy.mechanisms.base import STEPS_KEY, DPMechanism, ServerSide
+from privacy.mechanisms.base import STEPS_KEY, DPMechanism, ServerSide, canary_problem, plant_problem
 
 ACCOUNTANT_STATE_KEY = "dp-accountant"  # the node's accountant history (JSON), across rounds
 
@@ -38,22 +38,7 @@ class LocalDPSGD(DPMechanism):
     own_fields = ("gradient_canaries", "plant")
 
     def validate_own(self, s) -> str | None:
-        if s.plant is not None:
-            from privacy.plants import get_plant
-
-            try:
-                get_plant(s.plant)
-            except ValueError as e:
-                return str(e)
-        if s.gradient_canaries < 0 or s.gradient_canaries == 1:
-            return f"gradient_canaries must be 0 or at least 2, got {s.gradient_canaries}"
-        if s.gradient_canaries:
-            from attacks.registry import membership_attack_names
-
-            if not set(s.attacks) & set(membership_attack_names()):
-                return ("gradient_canaries are audited in the attack stage: add a membership attack "
-                        "(mia-loss, mia-secmi, mia-pia)")
-        return None
+        return plant_problem(s) or canary_problem(s, "gradient_canaries")
 
     def plan(self, s, n_train: int):
         """The DP-SGD calibration of a client with ``n_train`` images (the same on server and client)."""
@@ -82,7 +67,8 @@ class LocalDPSGD(DPMechanism):
         done[key] = (f"verify-dp {s.model} ({c}x{r}x{r}, {s.grad_sample_mode}) ok: norm rel err "
                      f"{rep.modes[0].norm_rel_err:.1e}")
 
-    def server_side(self, s, fedavg, *, partition_to_node: dict[int, int], num_images: dict[int, int]) -> ServerSide:
+    def server_side(self, s, fedavg, *, partition_to_node: dict[int, int], num_images: dict[int, int],
+                    seed: int = 0) -> ServerSide:
         from privacy.ledger import LocalDPLedger
 
         from privacy.whitebox import AUDITED_PARTITION
@@ -119,6 +105,7 @@ class LocalDPSGD(DPMechanism):
     def audit_canaries(self, s, record: dict, seed: int) -> list:
         import numpy as np
 
+        from privacy.mechanisms.base import Canaries
         from privacy.whitebox import canary_coins
 
         wb = record.get("whitebox")
@@ -127,7 +114,7 @@ class LocalDPSGD(DPMechanism):
         scores = np.asarray(wb["scores"], dtype=np.float64)
         # The canaries' mechanism: the audited client's Poisson rate and every step it took.
         shape = {"sample_rate": float(wb["sample_rate"]), "steps": int(wb["steps"])}
-        return [("dirac-gradient", scores, canary_coins(len(scores), seed), shape)]
+        return [Canaries("dirac-gradient", scores, canary_coins(len(scores), seed), shape, "image")]
 
     def columns(self, s, record: dict) -> dict:
         # The largest spend of any client (clients hold disjoint data), as the server computed it.
