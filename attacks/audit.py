@@ -298,7 +298,8 @@ def gaussian_fit_epsilon(scores_in, scores_out, *, delta: float) -> float | None
     and one to the excluded canaries' scores, and the epsilon at ``delta`` of telling those two
     Gaussians apart (both directions; unequal variances allowed, computed numerically). An estimate,
     not a bound: it assumes the scores are Gaussian and carries no confidence; it never decides a
-    verdict. None with fewer than two scores on a side or no spread."""
+    verdict. None with fewer than two scores on a side or no spread; EPS_MAX where the two fits are
+    told apart beyond it (a cap, not an estimate)."""
     a, b = np.asarray(scores_in, np.float64), np.asarray(scores_out, np.float64)
     if len(a) < 2 or len(b) < 2:
         return None
@@ -307,13 +308,12 @@ def gaussian_fit_epsilon(scores_in, scores_out, *, delta: float) -> float | None
         return None
     from scipy.stats import norm
 
-    spread = max(s0, s1)
-    x = np.linspace(min(m0, m1) - 12 * spread, max(m0, m1) + 12 * spread, 40001)
-    dx = x[1] - x[0]
+    # A grid that resolves each of the two Gaussians (12 of its own sd either side), merged.
+    x = np.unique(np.concatenate([np.linspace(m - 12 * sd, m + 12 * sd, 20001) for m, sd in ((m0, s0), (m1, s1))]))
     lp, lq = norm.logpdf(x, m1, s1), norm.logpdf(x, m0, s0)
 
-    def hockey(eps: float) -> float:   # max over both directions of E_P[(1 - e^(eps - L))_+]
-        return max(float(np.sum(np.maximum(np.exp(u) - np.exp(eps + v), 0.0)) * dx) for u, v in ((lp, lq), (lq, lp)))
+    def hockey(eps: float) -> float:   # max over both directions of the integral of (p - e^eps q)_+
+        return max(float(np.trapezoid(np.maximum(np.exp(u) - np.exp(eps + v), 0.0), x)) for u, v in ((lp, lq), (lq, lp)))
 
     if hockey(0.0) <= delta:
         return 0.0
@@ -385,10 +385,17 @@ class Judgement:
 
 
 def judge(bounds: dict[str, tuple], claims: dict[str, float]) -> Judgement:
-    """The verdict over units (``bounds``: unit -> (bound, ceiling[, index]))."""
-    unit = next((u for u in HEADLINE_UNITS if u in bounds), None) or sorted(bounds)[0]
-    lb, ceiling = bounds[unit][0], bounds[unit][1]
+    """The verdict over units (``bounds``: unit -> (bound, ceiling[, index])). The headline is the
+    first of HEADLINE_UNITS (else any) that was tested *and* claimed, or, where a unit failed, the
+    first failed one, so that a failed row always shows the bound above the claim. A unit tested
+    without a claim is not judged (a mechanism that plants canaries for a unit it claims nothing
+    for); with no claimed unit at all the verdict is None."""
     failed = tuple(u for u in sorted(bounds) if u in claims and bounds[u][0] > claims[u])
+    order = list(HEADLINE_UNITS) + sorted(set(bounds) - set(HEADLINE_UNITS))
+    judged = [u for u in order if u in bounds and u in claims]
+    unit = next((u for u in order if u in failed), None) or (judged[0] if judged else
+                                                              next(u for u in order if u in bounds))
+    lb, ceiling = bounds[unit][0], bounds[unit][1]
     claim = claims.get(unit)
     verdict = "failed" if failed else audit_verdict(lb, ceiling, claim)
     return Judgement(float(lb), float(ceiling), claim, unit, verdict, failed,
@@ -448,17 +455,16 @@ def suite_audit(runs: list[tuple[str, dict]], *, confidence: float = DEFAULT_CON
     """Bonferroni over every audited run of an invocation (``runs``: (label, attacks.json ``audit``)).
     Each run's bound is taken at alpha / n (n = runs with a claim and evidence), so if every claim
     holds, the chance that any run is listed as failed is at most alpha = 1 - ``confidence``. Each
-    run is judged over its units (:func:`judge`): listed with its headline unit's bound and claim,
-    or, where another unit failed, that unit's."""
-    audited = [(label, r) for label, r in runs if r and record_claims(r) and r.get("tests")]
+    run is judged over its units (:func:`judge`) and listed with its headline unit's bound and claim
+    (a failed unit's, where one failed)."""
+    audited = [(label, r) for label, r in runs
+               if r and r.get("tests") and {unit_of(t) for t in r["tests"]} & set(record_claims(r))]
     alpha = (1 - confidence) / max(len(audited), 1)
     failed, inconclusive, passed = [], [], []
     for label, r in audited:
-        bounds = unit_bounds(r["tests"], delta=r["delta"], alpha=alpha)
-        j = judge(bounds, record_claims(r))
+        j = judge(unit_bounds(r["tests"], delta=r["delta"], alpha=alpha), record_claims(r))
         if j.verdict == "failed":
-            u = j.unit if j.unit in j.failed_units else j.failed_units[0]
-            failed.append((label, bounds[u][0], record_claims(r)[u]))
+            failed.append((label, j.bound, j.claim))
         elif j.verdict == "inconclusive":
             inconclusive.append((label, j.ceiling, j.claim))
         elif j.verdict == "passed":

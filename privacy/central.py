@@ -32,7 +32,10 @@ a seeded ``noise_rng``; the federation never does.
 White-box audit (``canaries``, :mod:`privacy.canary_clients`): after each release the wrappers
 release an audit block too: every included canary client's Dirac update clipped by Flower's own
 ``clip_inputs_inplace`` at the wrapper's clipping norm, averaged over ``num_sampled_clients`` as
-Flower's FedAvg averages, noised by the same noise method (generator and standard deviation).
+Flower's FedAvg averages, noised by the same noise method (generator and standard deviation),
+after every round Flower's accountant charged. Under ``central_clipping = "client"`` the canaries
+are still clipped by that function on the server: a client that skipped Flower's clipping mod is
+not what they test (the server's reply screening refuses an update above C, :mod:`benchmark.federation.screening`).
 """
 
 from __future__ import annotations
@@ -64,22 +67,25 @@ class _SecretNoise:
     canaries = None   # privacy.canary_clients.CanaryClients, or None
 
     def aggregate_train(self, server_round: int, replies):
-        """Flower's aggregation (clip, average, noise, account); then, where it released, the
-        canary clients' audit block through the same clip function and noise method."""
+        """Flower's aggregation (clip, average, noise, account); then, where its accountant charged
+        a release, the canary clients' audit block through the same clip function and noise method."""
+        before = self._releases() if self.canaries is not None else 0
         arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is not None and self.canaries is not None:
+        if self.canaries is not None and (self._releases() > before if before is not None else bool(arrays)):
             self._release_canaries()
         return arrays, metrics
 
+    def _releases(self) -> int | None:
+        spent = self.privacy_spent()  # None without Flower's accountant (never in a run)
+        return None if spent is None else spent.num_releases
+
     def _release_canaries(self) -> None:
         c = self.canaries
-        drawn = c.ids  # every included canary, every round (the accountant's worst case)
+        # Flower's own clip, on a canary's one non-zero coordinate (every canary's update is the same).
+        update = [np.array([c.update_norm(self.clipping_norm)], dtype=np.float64)]
+        clip_inputs_inplace(update, self.clipping_norm)
         block = np.zeros(c.m, dtype=np.float64)
-        norm = c.update_norm(self.clipping_norm)
-        for j in drawn:  # Flower's own clip, on the canary's one non-zero coordinate
-            update = [np.array([norm], dtype=np.float64)]
-            clip_inputs_inplace(update, self.clipping_norm)
-            block[j] = update[0][0]
+        block[c.ids] = update[0][0]  # every included canary, every round (the accountant's worst case)
         averaged = ArrayRecord({"canary-block": Array(block / self.num_sampled_clients)})
         noised = self._add_noise_to_aggregated_arrays(averaged)["canary-block"].numpy()
         c.release(noised * self.num_sampled_clients, self.clipping_norm)

@@ -137,8 +137,9 @@ def _fixed(m=2000, z=0.0, rounds=5, side="server"):
 TINY = 1e-9   # Flower's wrapper refuses z = 0 with its accountant attached: noise this small is none
 
 
-def test_fixed_mode_canaries_take_part_every_round_clipped_by_flowers_clip():
-    strat, c = _fixed(z=TINY)
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_fixed_mode_canaries_take_part_every_round_clipped_by_flowers_clip(side):
+    strat, c = _fixed(z=TINY, side=side)
     assert np.allclose(c.scores[c.included], 5) and np.allclose(c.scores[~c.included], 0, atol=1e-6)
     assert c.record()["steps"] == 5 == strat.privacy_spent().num_releases
     assert c.record()["sample_rate"] == 1.0
@@ -180,11 +181,14 @@ def test_central_mechanisms_record_and_hand_over_their_canaries(mode):
 
     mech, s = get_mechanism(mode), _central(mode)
     side = mech.server_side(s, _seeded_fedavg(), partition_to_node=NODES, num_images={p: 16 for p in NODES}, seed=11)
+    msgs = list(side.strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord(), FakeGrid()))
+    side.strategy.aggregate_train(1, [_reply(msg, _update()) for msg in msgs])   # one round, released
     rec = side.record()
-    assert rec["whitebox"]["m"] == 100 and rec["whitebox"]["unit"] == "client"
+    assert rec["whitebox"]["m"] == 100 and rec["whitebox"]["unit"] == "client" and rec["whitebox"]["steps"] == 1
     (entry,) = mech.audit_canaries(s, rec, 11)
     assert entry.unit == "client" and np.array_equal(entry.included, canary_coins(100, 11))
-    assert entry.shape == {"sample_rate": 1.0 if mode == "central-dp" else 0.4, "steps": 0}
+    assert entry.shape == {"sample_rate": 1.0 if mode == "central-dp" else 0.4, "steps": 1}
+    assert np.any(entry.scores != 0)
     claims = mech.audit_claims(s, mech.columns(s, rec | {"epsilon": 4.0}))
     assert set(claims) == {"client", "image"} and claims["client"] == 4.0 < claims["image"]
     assert audit_entry({}, 0) is None
@@ -229,24 +233,39 @@ def _one_run_test(unit, m, right, fraction=0.45):
 def test_each_unit_is_held_to_its_own_claim_and_the_client_unit_headlines():
     strong = _one_run_test("client", 2000, 1710)   # about 95 % right: a large bound
     weak = _one_run_test("image", 200, 90)         # chance
-    j = judge(unit_bounds([weak, strong], delta=DELTA, alpha=ALPHA), {"client": 10.0, "image": 30.0})
-    assert j.unit == "client" and j.claim == 10.0 and j.verdict in ("passed", "inconclusive")
+    bounds = unit_bounds([weak, strong], delta=DELTA, alpha=ALPHA)
+    j = judge(bounds, {"client": 10.0, "image": 30.0})
+    assert j.unit == "client" and j.claim == 10.0 and j.bound == bounds["client"][0] < 10.0
+    assert j.verdict == ("passed" if bounds["client"][1] > 10.0 else "inconclusive")
     # The same strong evidence against a small client-level claim fails, whatever the image claim.
     j = judge(unit_bounds([weak, strong], delta=DELTA, alpha=ALPHA), {"client": 0.5, "image": 30.0})
     assert j.verdict == "failed" and j.failed_units == ("client",)
     # An image test that fails its own (image-level) claim fails the run, shown with the client headline.
     j = judge(unit_bounds([strong | {"unit": "image"}, weak | {"unit": "client"}], delta=DELTA, alpha=ALPHA),
               {"client": 10.0, "image": 0.5})
-    assert j.verdict == "failed" and j.failed_units == ("image",) and j.unit == "client"
+    assert j.verdict == "failed" and j.failed_units == ("image",)
+    assert j.unit == "image" and j.claim == 0.5 and j.bound > 0.5   # a failed row shows what failed
+    # A unit tested without a claim is not judged; with no claimed unit tested there is no verdict.
+    j = judge(unit_bounds([weak, strong], delta=DELTA, alpha=ALPHA), {"image": 30.0})
+    assert j.unit == "image" and j.verdict == "inconclusive"
+    assert judge(unit_bounds([strong], delta=DELTA, alpha=ALPHA), {"image": 30.0}).verdict is None
+    assert suite_audit([("r", _record([strong], {"image": 30.0}))]).n_audited == 0
 
 
-def test_records_without_units_read_as_image_level():
-    old = {"tests": [_one_run_test("image", 200, 90) | {"unit": None}], "delta": DELTA, "epsilon_audited": 1.0}
+def test_records_without_units_read_as_image_level_with_the_old_bounds():
+    """Records written before units (no ``unit``, no ``claims``): the same bounds and verdicts as
+    the single-unit code gave (max over tests at alpha / n_tests; over seeds at alpha / n_seeds)."""
+    from attacks.audit import audit_verdict, record_bound
+
+    tests = [{"evidence": _one_run_test("image", 200, r)["evidence"]} for r in (110, 120)]
+    old = {"tests": tests, "delta": DELTA, "epsilon_audited": 1.0}
     assert record_claims(old) == {"image": 1.0}
     j = seeds_judgement([old, old])
-    assert j.unit == "image" and j.claim == 1.0
-    audit = suite_audit([("a", old)])
-    assert audit.n_audited == 1
+    want = record_bound([t["evidence"] for t in tests], delta=DELTA, alpha=ALPHA / 2)
+    assert (j.bound, j.ceiling, j.unit, j.claim) == (want[0], want[1], "image", 1.0)
+    assert j.verdict == audit_verdict(want[0], want[1], 1.0)
+    audit = suite_audit([("a", old), ("b", old)])
+    assert audit.n_audited == 2 and audit.per_run_confidence == 1 - ALPHA / 2
 
 
 def test_seeds_and_suite_judge_the_client_unit_at_their_own_levels():
@@ -269,6 +288,16 @@ def test_gaussian_fit_estimate_matches_the_gdp_closed_form(mu):
     a, b = rng.normal(mu, 1, 200_000), rng.normal(0, 1, 200_000)
     want = brentq(lambda e: norm.cdf(-e / mu + mu / 2) - math.exp(e) * norm.cdf(-e / mu - mu / 2) - DELTA, 0, 60)
     assert gaussian_fit_epsilon(a, b, delta=DELTA) == pytest.approx(want, abs=0.05)
+
+
+def test_gaussian_fit_estimate_with_unequal_variances():
+    """N(0, 1) against N(0, 2^2): told apart by their spread alone, symmetric in the two sides,
+    and more so as the ratio grows."""
+    rng = np.random.default_rng(1)
+    a, b, c = rng.normal(0, 1, 100_000), rng.normal(0, 2, 100_000), rng.normal(0, 4, 100_000)
+    e = gaussian_fit_epsilon(a, b, delta=DELTA)
+    assert 0 < e < 64 and e == pytest.approx(gaussian_fit_epsilon(b, a, delta=DELTA), rel=1e-6)
+    assert gaussian_fit_epsilon(a, c, delta=DELTA) > e
 
 
 def test_gaussian_fit_estimate_needs_two_scores_a_side():

@@ -42,6 +42,16 @@ from privacy.mechanisms import get_mechanism
 app = ServerApp()
 
 
+def seed_argument(server_side, seed: int) -> dict:
+    """``{"seed": seed}`` where a mechanism's ``server_side`` takes the run seed (the white-box
+    canaries' coins), else nothing: a plugin written before the seed was passed keeps working."""
+    import inspect
+
+    params = inspect.signature(server_side).parameters.values()
+    takes = any(p.name == "seed" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return {"seed": seed} if takes else {}
+
+
 def server_manifest(run_config: dict, scenario: Scenario, seed: int) -> PartitionManifest:
     """What the server knows of the data, from the run config's ``partition-manifest`` (or the
     ``manifest.json`` in ``partition-dir``), checked against (scenario, seed)."""
@@ -89,7 +99,7 @@ def run_federation(grid: Grid, run_config: dict,
                           seed=seed, min_train_nodes=scenario.clients_per_round,
                           train_metrics_aggr_fn=aggregate_train_metrics, weighted_by_key=mechanism.weight_key)
     side = mechanism.server_side(scenario, fedavg, partition_to_node=partition_to_node, num_images=num_images,
-                                 seed=seed)
+                                 **seed_argument(mechanism.server_side, seed))
     screened = ScreenedAggregation(
         side.strategy, min_replies=scenario.min_replies, weight_key=mechanism.weight_key,
         node_names={n: f"partition {p}" for p, n in partition_to_node.items()},
