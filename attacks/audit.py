@@ -298,14 +298,15 @@ def gaussian_fit_epsilon(scores_in, scores_out, *, delta: float) -> float | None
     and one to the excluded canaries' scores, and the epsilon at ``delta`` of telling those two
     Gaussians apart (both directions; unequal variances allowed, computed numerically). An estimate,
     not a bound: it assumes the scores are Gaussian and carries no confidence; it never decides a
-    verdict. None with fewer than two scores on a side or no spread; EPS_MAX where the two fits are
-    told apart beyond it (a cap, not an estimate)."""
+    verdict. None with fewer than two scores on a side; EPS_MAX where the two fits are told apart
+    beyond it (a cap, not an estimate), as a side without spread is from any other (noise off)."""
     a, b = np.asarray(scores_in, np.float64), np.asarray(scores_out, np.float64)
     if len(a) < 2 or len(b) < 2:
         return None
     m1, s1, m0, s0 = float(a.mean()), float(a.std(ddof=1)), float(b.mean()), float(b.std(ddof=1))
     if not (s1 > 0 and s0 > 0):
-        return None
+        # A point mass: nothing to tell apart from the same point; anything else, told apart surely.
+        return 0.0 if s1 == s0 == 0 and m1 == m0 else EPS_MAX
     from scipy.stats import norm
 
     # A grid that resolves each of the two Gaussians (12 of its own sd either side), merged.

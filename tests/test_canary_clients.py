@@ -302,5 +302,6 @@ def test_gaussian_fit_estimate_with_unequal_variances():
 
 def test_gaussian_fit_estimate_needs_two_scores_a_side():
     assert gaussian_fit_epsilon([1.0], [0.0, 1.0], delta=DELTA) is None
-    assert gaussian_fit_epsilon([1.0, 1.0], [0.0, 1.0], delta=DELTA) is None   # no spread
+    assert gaussian_fit_epsilon([1.0, 1.0], [0.0, 1.0], delta=DELTA) == 64.0   # a point mass against a spread
+    assert gaussian_fit_epsilon([0.0, 0.0], [0.0, 0.0], delta=DELTA) == 0.0
     assert gaussian_fit_epsilon([0.0, 1.0, -1.0], [0.0, 1.0, -1.0], delta=DELTA) == 0.0
