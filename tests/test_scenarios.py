@@ -1,5 +1,6 @@
 import ast
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +258,18 @@ def test_the_sampler_and_optimizer_registries_are_torch_free():
             "Scenario(name='s', sampler='dpm-solver', optimizer='sgd'); "
             "sys.exit(bool({'torch', 'diffusers'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "validation imported torch or diffusers"
+
+
+@pytest.mark.parametrize("board", sorted(p.parent.name for p in (Path(__file__).resolve().parents[1] / "results")
+                                         .glob("*/leaderboard.csv") if p.parent.name != "local"))
+def test_every_published_board_is_its_suites_current_definition(board):
+    """A published leaderboard is stale once its suite's definitions change: every row's scenario
+    hash must be the suite's (at the board's scale), and every scenario of the suite must have a row."""
+    import pandas as pd
+
+    from conftest import REPO
+
+    published = pd.read_csv(REPO / "results" / board / "leaderboard.csv")
+    (scale,) = set(published.scale)
+    suite = {s.name: s.hash for s in get_suite(str(published.suite.iloc[0]), scale)}
+    assert dict(zip(published.scenario, published.scenario_hash)) == suite
