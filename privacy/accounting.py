@@ -4,7 +4,8 @@ Sample level (local DP-SGD, Opacus): Poisson-subsampled Gaussian mechanism, ``st
 ``sample_rate``; accountant ``rdp`` or ``prv`` from Opacus.
 
 Client level (central DP, Flower's DP wrappers): one Gaussian release per round with sensitivity
-``clipping_norm`` (add/remove one client) and noise ``noise_multiplier * clipping_norm``, composed
+``clipping_norm`` (zero-out one client: it stays in the fixed-count draw and its update is replaced
+by zero; under add/remove its slot would go to another client, 2C) and noise ``noise_multiplier * clipping_norm``, composed
 over every round a client could take part in, with **no amplification by sampling**: the server
 samples a fixed number of clients per round, which Flower's accountant (``flwr[dp]``, backed by
 Google's dp-accounting) only supports as ``NO_AMPLIFICATION``. We use that accountant.

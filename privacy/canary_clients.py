@@ -48,7 +48,7 @@ import numpy as np
 
 from privacy.whitebox import CANARY_NORM_X
 
-UNIT = "client"          # the claim canary clients test: add/remove one client's update
+UNIT = "client"          # the claim canary clients test: one client's update in or out (zero)
 NAME = "client-update"   # the test's name in attacks.json
 
 

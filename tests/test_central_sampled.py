@@ -328,3 +328,19 @@ def test_image_level_epsilon_of_the_sampled_mode_is_the_amplified_accountant_at_
     img = CENTRAL_DP_SAMPLED.audited_epsilon(row, {"epsilon": 4.0, "noise_multiplier": z, "sample_rate": 0.1})
     ref = client_sampled_epsilon_dp_accounting(noise_multiplier=z / 2, sample_rate=0.1, rounds=5, delta=1e-5)
     assert img == pytest.approx(ref, rel=0.01) and img > 4.0
+
+
+def test_each_central_mode_states_the_neighbouring_relation_its_sampling_supports():
+    """Issue 25, 4b: a fixed-count draw from the public seed holds its epsilon for a client that
+    stays in the draw with a zeroed update (removing it would hand its slot to another); Poisson
+    sampling draws each client on its own, so add/remove holds. One image: add/remove at 2C in both."""
+    from types import SimpleNamespace
+
+    from privacy.mechanisms import CENTRAL_DP, CENTRAL_DP_SAMPLED
+
+    row = SimpleNamespace(name="r", rounds=5, delta=1e-5, num_clients=200, clients_per_round=20)
+    cols = {"epsilon": 4.0, "noise_multiplier": 2.0, "sample_rate": 0.1}
+    fixed = {g.unit: g.relation for g in CENTRAL_DP.guarantees(row, cols)}
+    sampled = {g.unit: g.relation for g in CENTRAL_DP_SAMPLED.guarantees(row, cols)}
+    assert fixed["client"].startswith("zero-out one client") and sampled["client"] == "add/remove one client"
+    assert fixed["image"] == sampled["image"] == "add/remove one image"

@@ -30,6 +30,11 @@ class CentralDP(DPMechanism):
     weight_key = UNIFORM_WEIGHT_KEY
     image_sensitivity = 2.0  # one image moves its client's clipped update by up to 2C; a client by C
     own_fields = ("client_canaries",)
+    # A fixed number of clients a round, drawn from the public run seed: removing a client would
+    # change who is drawn (its slot goes to another: the sum moves by up to 2C), so the printed
+    # epsilon, the sum's sensitivity C, holds for a client that stays in the draw and whose update
+    # is replaced by zero (issue 25, 4b). The draw does not look at updates, so it matches.
+    client_relation = "zero-out one client (it stays in the fixed-count draw; its update is replaced by zero)"
 
     def validate_own(self, s) -> str | None:
         if self.min_replies(s) != s.clients_per_round:
@@ -114,6 +119,8 @@ class CentralDPSampled(CentralDP):
                    "accounting (privacy.central_sampled)")
     own_fields = ("client_sample_rate", "adaptive_clipping", "client_canaries", "plant")
     accountant = SAMPLED_CLIENT_ACCOUNTANT
+    # Poisson sampling draws each client on its own: removing one changes no other's draw.
+    client_relation = "add/remove one client"
 
     def validate_own(self, s) -> str | None:
         return self._sampling_problem(s) or plant_problem(s) or canary_problem(s, "client_canaries")

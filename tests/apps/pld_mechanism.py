@@ -2,7 +2,7 @@
 
 Central DP with Flower's fixed-clipping wrapper, as ``central-dp``, but its noise is calibrated
 and its spend accounted with Google's dp_accounting privacy-loss-distribution (PLD) accountant
-instead of Flower's RDP one: the same Gaussian releases (no amplification, add/remove one client),
+instead of Flower's RDP one: the same Gaussian releases (no amplification, zero-out one client),
 a tighter accountant, hence less noise for the same epsilon. Its module is this file, and its one
 registry line is the last line.
 """
