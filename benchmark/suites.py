@@ -167,7 +167,8 @@ def audit_power_suite(scale: Scale) -> tuple[Scenario, ...]:
 
 
 # Controls for the privacy suite's DP rows: what their cost is made of. The same data,
-# parties, pretraining and canaries as `privacy`; membership attacks only.
+# parties, pretraining and canaries as `privacy` (the DP row with its white-box gradient canaries
+# too); membership attacks only.
 CONTROL_EPSILON = 10.0
 
 
@@ -193,7 +194,7 @@ def privacy_controls_suite(scale: Scale) -> tuple[Scenario, ...]:
         Scenario(name="privacy-control-nodp-dp-recipe", partition="iid", **common),
         Scenario(name="privacy-control-nodp-adam-dp-budget", partition="iid", **(common | adam)),
         Scenario(name="privacy-control-local-eps10-adam", partition="iid", dp_mode="local-dpsgd",
-                 target_epsilon=CONTROL_EPSILON, **(common | adam)),
+                 target_epsilon=CONTROL_EPSILON, gradient_canaries=GRADIENT_CANARIES, **(common | adam)),
     )
 
 
