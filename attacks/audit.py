@@ -273,14 +273,9 @@ def evidence_ceiling(evidence: dict, *, delta: float, alpha: float) -> float:
 
 def record_bound(tests: list[dict], *, delta: float, alpha: float) -> tuple[float, float, int]:
     """(bound, ceiling, index of the deciding test) of a run's tests at total level alpha:
-    Bonferroni over the tests, max over them. ``tests``: evidence dicts."""
-    if not tests:
-        raise AuditError("no audit tests to bound")
-    a = alpha / len(tests)
-    bounds = [evidence_bound(t, delta=delta, alpha=a) for t in tests]
-    ceiling = max(evidence_ceiling(t, delta=delta, alpha=a) for t in tests)
-    best = int(np.argmax(bounds))
-    return float(bounds[best]), float(ceiling), best
+    Bonferroni over the tests, max over them, whatever their units. ``tests``: evidence dicts."""
+    b, c, i = unit_bounds([{"evidence": e} for e in tests], delta=delta, alpha=alpha)[DEFAULT_UNIT]
+    return float(b), float(c), i
 
 
 def seeds_bound(records: list[dict], *, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float] | None:
@@ -401,11 +396,6 @@ def judge(bounds: dict[str, tuple], claims: dict[str, float]) -> Judgement:
     verdict = "failed" if failed else audit_verdict(lb, ceiling, claim)
     return Judgement(float(lb), float(ceiling), claim, unit, verdict, failed,
                      bounds[unit][2] if len(bounds[unit]) > 2 else None)
-
-
-def record_judgement(record: dict, *, alpha: float) -> Judgement:
-    """One run's audit record (attacks.json ``audit``) judged with its tests at total level alpha."""
-    return judge(unit_bounds(record["tests"], delta=record["delta"], alpha=alpha), record_claims(record))
 
 
 def seeds_judgement(records: list[dict], *, confidence: float = DEFAULT_CONFIDENCE) -> Judgement | None:

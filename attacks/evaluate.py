@@ -156,15 +156,14 @@ def audit_claims(scenario, privacy: dict) -> dict[str, float]:
 
 
 def audit_tests(tested: list[tuple], *, delta: float, seed: int, shapes: dict | None = None) -> list[dict]:
-    """One test per (attack, candidate set, unit) of ``tested``: the natural candidates by the half
+    """One test per (attack, candidate set, scores, labels, unit) of ``tested``: the natural candidates by the half
     split (at the run's Bonferroni level, which only picks the threshold), the canaries by one-run
     auditing, the white-box canaries also by the f-DP one-run bound (``gradient-canary-fdp``, with
     the shape of their mechanism from ``shapes``: name -> sample_rate, steps). Each test keeps its
     unit (what its canaries stand for; :mod:`attacks.audit`, "Units")."""
     tests = []
     alpha = (1 - AUDIT_CONFIDENCE) / len(tested)
-    for name, tag, scores, labels, *rest in tested:
-        unit = rest[0] if rest else DEFAULT_UNIT
+    for name, tag, scores, labels, unit in tested:
         if tag == "gradient-canary-fdp":
             evidence = one_run_fdp_evidence(scores, labels, **shapes[name],
                                             seed=derive_seed("audit-ties", name, "gradient-canary", seed))
@@ -180,14 +179,10 @@ def audit_tests(tested: list[tuple], *, delta: float, seed: int, shapes: dict | 
     return tests
 
 
-def audit_record(tests: list[dict], *, delta: float, claimed: float | None,
-                 claims: dict[str, float] | None = None, audited: float | None = None) -> dict:
+def audit_record(tests: list[dict], *, delta: float, claimed: float | None, claims: dict[str, float]) -> dict:
     """attacks.json's ``audit``: the run's bound and ceiling at AUDIT_CONFIDENCE (Bonferroni over its
-    tests), each unit held to its own claim (``claims``: unit -> epsilon; ``audited``: an image-level
-    claim alone), the headline unit's bound, ceiling and claim, the verdict and every test's
-    evidence."""
-    if claims is None:
-        claims = {} if audited is None else {AUDIT_UNIT: audited}
+    tests), each unit held to its own claim (``claims``: unit -> epsilon, :func:`audit_claims`), the
+    headline unit's bound, ceiling and claim, the verdict and every test's evidence."""
     j = judge(unit_bounds(tests, delta=delta, alpha=1 - AUDIT_CONFIDENCE), claims)
     return {"epsilon_empirical_lb": j.bound, "audit_ceiling": j.ceiling, "attack": tests[j.index]["attack"],
             "candidates": tests[j.index]["candidates"], "delta": delta, "claimed_epsilon": claimed,
@@ -195,10 +190,6 @@ def audit_record(tests: list[dict], *, delta: float, claimed: float | None,
             "claims": claims, "failed_units": list(j.failed_units),
             "audit_verdict": j.verdict, "audit_failed": None if j.verdict is None else j.verdict == "failed",
             "confidence": AUDIT_CONFIDENCE, "n_tests": len(tests), "tests": tests}
-
-
-def _delta(case: Case) -> float:
-    return case.scenario.delta if case.scenario.delta is not None else DEFAULT_AUDIT_DELTA
 
 
 def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -> dict:
@@ -224,7 +215,8 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
             stem = key if tag == "natural" else f"{key}_canary"
             arrays[f"{stem}_scores"], arrays[f"{stem}_labels"] = scores, truth
             section[tag][attack.name] = mia_metrics(scores, truth)
-            tested.append((attack.name, tag, scores, truth))
+            tested.append((attack.name, tag, scores, truth, AUDIT_UNIT))
+    delta = case.scenario.delta if case.scenario.delta is not None else DEFAULT_AUDIT_DELTA
     shapes = {}
     for c in map(as_canaries, case.audit_canaries):  # white-box: the scores the mechanism recorded
         scores, included = np.asarray(c.scores, np.float64), np.asarray(c.included).astype(bool)
@@ -232,7 +224,7 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
         arrays[f"{c.name.replace('-', '_')}_gradient_canary_labels"] = included
         record["gradient_canaries"][c.name] = mia_metrics(scores, included) | {
             "unit": c.unit, "epsilon_estimate": gaussian_fit_epsilon(scores[included], scores[~included],
-                                                                     delta=_delta(case))}
+                                                                     delta=delta)}
         tested.append((c.name, "gradient-canary", scores, included, c.unit))
         if c.shape:  # the canaries' mechanism is known: the f-DP bound too
             shapes[c.name] = dict(c.shape)
@@ -245,7 +237,6 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
                "mia_tpr_at_0_1pct_fpr": m["tpr_at_0_1pct_fpr"], "mia_min_fpr": m["min_fpr"],
                "mia_best_attack": best, "mia_n_candidates": m["n_members"] + m["n_nonmembers"]}
     # The audit: every (attack, candidate set) is one test; Bonferroni keeps the max at 95 %.
-    delta = _delta(case)
     tests = audit_tests(tested, delta=delta, seed=seed, shapes=shapes)
     for t in tests:
         section[t["candidates"]][t["attack"]]["epsilon_lb"] = t["epsilon_lb"]

@@ -317,8 +317,6 @@ def _row_audit(sources: dict) -> tuple:
     nothing valid can be said (bound empty), and ``audit_failed`` is the seeds' own flags."""
     metrics = sources.get("metric") or []
     records = sources.get("audit") or []
-    claims = [m.get("epsilon_audited") for m in metrics if m.get("epsilon_audited") is not None]
-    claim = max(claims) if claims else None
     if records and all(r and r.get("tests") for r in records):
         from attacks.audit import seeds_judgement  # numpy and scipy, at summarize time only
 
@@ -326,6 +324,8 @@ def _row_audit(sources: dict) -> tuple:
         if j.claim is None and not j.failed_units:
             return j.bound, j.ceiling, None, None
         return j.bound, j.ceiling, j.verdict, j.verdict == "failed"
+    claims = [m.get("epsilon_audited") for m in metrics if m.get("epsilon_audited") is not None]
+    claim = max(claims) if claims else None
     lb = ceiling = None
     if len(metrics) == 1:
         lb, ceiling = metrics[0].get("epsilon_empirical_lb"), metrics[0].get("audit_ceiling")

@@ -99,12 +99,7 @@ class CanaryClients:
 
 def audit_entry(record: dict, seed: int):
     """The :class:`privacy.mechanisms.base.Canaries` of a central row's ``privacy`` record, or None."""
-    from privacy.mechanisms.base import Canaries
-    from privacy.whitebox import canary_coins
+    from privacy.whitebox import recorded_canaries
 
-    wb = record.get("whitebox")
-    if not wb:
-        return None
-    scores = np.asarray(wb["scores"], dtype=np.float64)
-    shape = {"sample_rate": float(wb["sample_rate"]), "steps": int(wb["steps"])}
-    return Canaries(NAME, scores, canary_coins(len(scores), seed), shape, UNIT)
+    found = recorded_canaries(record, seed, name=NAME, unit=UNIT)
+    return found[0] if found else None

@@ -63,8 +63,10 @@ class _SecretNoise:
     """Flower's noise step (``stdv = noise_multiplier * clipping_norm / num_sampled_clients`` on
     every aggregated array), drawn from ``self.noise_rng`` instead of numpy's global RNG."""
 
-    noise_rng: np.random.Generator
-    canaries = None   # privacy.canary_clients.CanaryClients, or None
+    def __init__(self, *args, noise_rng: np.random.Generator | None = None, canaries=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.noise_rng = noise_rng or secret_numpy_rng()
+        self.canaries = canaries   # privacy.canary_clients.CanaryClients, or None
 
     def aggregate_train(self, server_round: int, replies):
         """Flower's aggregation (clip, average, noise, account); then, where its accountant charged
@@ -100,19 +102,9 @@ class _SecretNoise:
 class SecretNoiseServerSideFixedClipping(_SecretNoise, DifferentialPrivacyServerSideFixedClipping):
     """Flower's server-side fixed-clipping DP wrapper, its noise from a secret generator."""
 
-    def __init__(self, *args, noise_rng: np.random.Generator | None = None, canaries=None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.noise_rng = noise_rng or secret_numpy_rng()
-        self.canaries = canaries
-
 
 class SecretNoiseClientSideFixedClipping(_SecretNoise, DifferentialPrivacyClientSideFixedClipping):
     """Flower's client-side fixed-clipping DP wrapper, its noise from a secret generator."""
-
-    def __init__(self, *args, noise_rng: np.random.Generator | None = None, canaries=None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.noise_rng = noise_rng or secret_numpy_rng()
-        self.canaries = canaries
 
 
 def wrap_central_dp(strategy: FedAvg, *, noise_multiplier: float, clipping_norm: float,

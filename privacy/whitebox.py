@@ -54,6 +54,20 @@ def canary_coins(m: int, seed: int) -> np.ndarray:
     return np.random.default_rng(derive_seed("whitebox-canary-coins", seed)).random(m) < 0.5
 
 
+def recorded_canaries(record: dict, seed: int, *, name: str, unit: str) -> list:
+    """The white-box canaries a run's ``privacy`` record holds (``whitebox``: their summed scores and
+    the rate and steps of the Poisson-sampled Gaussian they went through), with the run seed's coins,
+    as the audit takes them (:class:`privacy.mechanisms.base.Canaries`); none without a record."""
+    from privacy.mechanisms.base import Canaries
+
+    wb = record.get("whitebox")
+    if not wb:
+        return []
+    scores = np.asarray(wb["scores"], dtype=np.float64)
+    shape = {"sample_rate": float(wb["sample_rate"]), "steps": int(wb["steps"])}
+    return [Canaries(name, scores, canary_coins(len(scores), seed), shape, unit)]
+
+
 @dataclass
 class AuditBlock:
     """The released audit block of one client's DP-SGD (module docstring).

@@ -103,15 +103,15 @@ def _audited_run(root, scenario, seed, fake_run, *, claimed: float, sigma: float
 
     import numpy as np
 
-    from attacks.evaluate import audit_record, audit_tests, audited_epsilon
+    from attacks.evaluate import audit_claims, audit_record, audit_tests
 
     rng = np.random.default_rng(seed)
     included = rng.random(m) < 0.5
-    tested = [("mia-loss", "natural", rng.normal(size=128), np.r_[np.ones(64, int), np.zeros(64, int)]),
-              ("mia-loss", "canary", included * shift + rng.normal(size=m), included.astype(int))]
+    tested = [("mia-loss", "natural", rng.normal(size=128), np.r_[np.ones(64, int), np.zeros(64, int)], "image"),
+              ("mia-loss", "canary", included * shift + rng.normal(size=m), included.astype(int), "image")]
     tests = audit_tests(tested, delta=scenario.delta, seed=seed)
     privacy = {"epsilon": claimed, "noise_multiplier": sigma}
-    rec = audit_record(tests, delta=scenario.delta, claimed=claimed, audited=audited_epsilon(scenario, privacy))
+    rec = audit_record(tests, delta=scenario.delta, claimed=claimed, claims=audit_claims(scenario, privacy))
     keys = ("epsilon_empirical_lb", "audit_ceiling", "epsilon_audited", "audit_unit", "audit_verdict", "audit_failed")
     path = fake_run(root, scenario, seed, attacks={"mia-loss": 0.0},
                     metrics={k: rec[k] for k in keys} | {"epsilon": claimed, "noise_multiplier": sigma})

@@ -103,18 +103,10 @@ class LocalDPSGD(DPMechanism):
         return out
 
     def audit_canaries(self, s, record: dict, seed: int) -> list:
-        import numpy as np
-
-        from privacy.mechanisms.base import Canaries
-        from privacy.whitebox import canary_coins
-
-        wb = record.get("whitebox")
-        if not wb:
-            return []
-        scores = np.asarray(wb["scores"], dtype=np.float64)
         # The canaries' mechanism: the audited client's Poisson rate and every step it took.
-        shape = {"sample_rate": float(wb["sample_rate"]), "steps": int(wb["steps"])}
-        return [Canaries("dirac-gradient", scores, canary_coins(len(scores), seed), shape, "image")]
+        from privacy.whitebox import recorded_canaries
+
+        return recorded_canaries(record, seed, name="dirac-gradient", unit="image")
 
     def columns(self, s, record: dict) -> dict:
         # The largest spend of any client (clients hold disjoint data), as the server computed it.
