@@ -36,8 +36,11 @@ the scores: :func:`evidence_bound`. A run's bound at level alpha is the max over
 alpha / n_tests (:func:`record_bound`). Over seeds, the max of each seed's bound at alpha / n_seeds
 is a valid (1 - alpha) lower bound for the row (a union bound: if the claim holds, the chance that
 *any* seed's bound exceeds it is at most n_seeds * alpha / n_seeds); ``bench summarize`` recomputes
-it so from attacks.json. Over a whole ``bench run`` invocation, the same union bound over every
-audited run gives the exit status its guarantee (:func:`suite_audit`).
+it so from attacks.json. That row verdict is the only one: ``bench run``'s exit status 3 and ``bench
+compare`` read it from the published row (:func:`benchmark.leaderboard.row_audits`). Each row is its
+own family at 95 %; a suite of k audited rows, every claim correct, shows some row failed with
+probability at most k x 5 % (the tests are conservative: simulated nulls of the exact mechanisms
+stay far below alpha, tests/test_fdp_audit.py).
 
 **f-DP one run** (Mahloujifar, Melis, Chaudhuri 2025), for canaries whose mechanism's shape is
 known (the white-box gradient canaries of :mod:`privacy.whitebox`: a Poisson-sampled Gaussian
@@ -425,39 +428,3 @@ def audit_verdict(epsilon_lb: float | None, ceiling: float | None, claimed_epsil
     if epsilon_lb > claimed_epsilon:
         return "failed"
     return "passed" if ceiling > claimed_epsilon else "inconclusive"
-
-
-@dataclass(frozen=True)
-class SuiteAudit:
-    """The audit of one ``bench run`` invocation: every audited run at confidence 1 - alpha / n."""
-
-    n_audited: int
-    confidence: float
-    failed: list[tuple[str, float, float]]        # (label, bound, claim)
-    inconclusive: list[tuple[str, float, float]]  # (label, ceiling, claim)
-    passed: list[tuple[str, float, float, float]] = ()  # (label, bound, ceiling, claim)
-
-    @property
-    def per_run_confidence(self) -> float:
-        return 1 - (1 - self.confidence) / max(self.n_audited, 1)
-
-
-def suite_audit(runs: list[tuple[str, dict]], *, confidence: float = DEFAULT_CONFIDENCE) -> SuiteAudit:
-    """Bonferroni over every audited run of an invocation (``runs``: (label, attacks.json ``audit``)).
-    Each run's bound is taken at alpha / n (n = runs with a claim and evidence), so if every claim
-    holds, the chance that any run is listed as failed is at most alpha = 1 - ``confidence``. Each
-    run is judged over its units (:func:`judge`) and listed with its headline unit's bound and claim
-    (a failed unit's, where one failed)."""
-    audited = [(label, r) for label, r in runs
-               if r and r.get("tests") and {unit_of(t) for t in r["tests"]} & set(record_claims(r))]
-    alpha = (1 - confidence) / max(len(audited), 1)
-    failed, inconclusive, passed = [], [], []
-    for label, r in audited:
-        j = judge(unit_bounds(r["tests"], delta=r["delta"], alpha=alpha), record_claims(r))
-        if j.verdict == "failed":
-            failed.append((label, j.bound, j.claim))
-        elif j.verdict == "inconclusive":
-            inconclusive.append((label, j.ceiling, j.claim))
-        elif j.verdict == "passed":
-            passed.append((label, j.bound, j.ceiling, j.claim))
-    return SuiteAudit(len(audited), confidence, failed, inconclusive, passed)

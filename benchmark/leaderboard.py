@@ -13,6 +13,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -61,7 +62,9 @@ def aggregate(records: list[dict]) -> dict:
     return schema.aggregate(schema.LEADERBOARD, {"scenario": [r["scenario"] for r in records],
                                                  "metric": [r["metrics"] for r in records],
                                                  "environment": [r["env"] for r in records],
-                                                 "audit": [r["attacks"].get("audit") or {} for r in records]})
+                                                 "audit": [r["attacks"].get("audit") or {} for r in records],
+                                                 "canaries": [r["attacks"].get("gradient_canaries") or {}
+                                                              for r in records]})
 
 
 def aggregate_attacks(records: list[dict], row: dict) -> list[dict]:
@@ -137,6 +140,9 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
     if version is None:
         versions = set(df["schema_version"].dropna().astype(int))
         version = versions.pop() if len(versions) == 1 else None
+    if version in schema.UPGRADES and version != SCHEMA_VERSION:
+        df = _upgrade(df, version)
+        version = SCHEMA_VERSION
     if version != SCHEMA_VERSION:
         raise LeaderboardError(f"{path}: schema version {version}, this bench reads version {SCHEMA_VERSION} "
                                f"(rebuild it with `bench summarize` from its run folders)")
@@ -144,6 +150,18 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
     if missing:
         raise LeaderboardError(f"{path}: missing column(s) {', '.join(missing)}")
     return df
+
+
+def _upgrade(df: pd.DataFrame, version: int) -> pd.DataFrame:
+    """A board of an older schema version with the columns it lacks filled as
+    :data:`benchmark.schema.UPGRADES` says (derived from the row, or empty), in the current order."""
+    df = df.copy()
+    for name, fill in schema.UPGRADES[version].items():
+        if name not in df.columns:
+            values = [None if fill is None else fill(row) for row in df.to_dict("records")]
+            df[name] = pd.Series(values, index=df.index, dtype=DTYPES[name])
+    df["schema_version"] = pd.Series([SCHEMA_VERSION] * len(df), index=df.index, dtype=DTYPES["schema_version"])
+    return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
 
 
 def summarize(runs_dir: Path, results_dir: Path, suites: list[str] | None = None,
@@ -176,3 +194,41 @@ def summarize(runs_dir: Path, results_dir: Path, suites: list[str] | None = None
         for suite, res in sorted(results.items()):
             write_report(res, Path(results_dir) / suite)
     return written
+
+
+class RowAudit(NamedTuple):
+    """One audited leaderboard row, as published (``audit_verdict`` and the columns it is read from)."""
+
+    suite: str
+    scenario: str
+    verdict: str        # failed, passed, inconclusive
+    bound: float | None
+    ceiling: float | None
+    claim: float | None
+    unit: str
+    n_seeds: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.suite}/{self.scenario}"
+
+
+def row_audits(paths, scenarios=None) -> list[RowAudit]:
+    """The audited rows (a claim, so a verdict) of the leaderboards ``paths``, in board order; only
+    the rows named in ``scenarios`` where given. The one rule of the audit: a row's verdict is its
+    seeds' at 95 % for the row (:func:`attacks.audit.seeds_judgement`), the verdict ``bench run``'s
+    exit status and ``bench compare`` read too."""
+    def num(x):
+        return None if pd.isna(x) else float(x)
+
+    out = []
+    for path in paths:
+        for r in read_leaderboard(path).to_dict("records"):
+            verdict = r.get("audit_verdict")
+            if pd.isna(verdict) or (scenarios is not None and r["scenario"] not in scenarios):
+                continue
+            unit = r.get("audit_unit")
+            out.append(RowAudit(str(r["suite"]), str(r["scenario"]), str(verdict), num(r["epsilon_empirical_lb"]),
+                                num(r["audit_ceiling"]), num(r["epsilon_audited"]),
+                                "" if pd.isna(unit) else str(unit), int(r["n_seeds"])))
+    return out

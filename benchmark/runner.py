@@ -270,29 +270,6 @@ def record_stage(work: Path, final: Path, metrics: dict, device: str) -> Path:
     return final
 
 
-def suite_audit(paths, confidence: float = 0.95):
-    """The audit of one invocation (:func:`attacks.audit.suite_audit`): every completed run that
-    claims an epsilon and kept its audit evidence is tested at confidence 1 - (1 - confidence) / n
-    (n such runs), so if every claim holds, the chance that any run fails is at most 1 - confidence."""
-    from attacks.audit import suite_audit as audit_runs
-
-    runs = []
-    for path in paths:
-        afile = Path(path) / "attacks.json"
-        if afile.exists():
-            runs.append((str(path), json.loads(afile.read_text()).get("audit") or {}))
-    return audit_runs(runs, confidence=confidence)
-
-
-def failed_audits(paths, confidence: float = 0.95, audit=None) -> list[str]:
-    """One loud line per completed run whose empirical epsilon lower bound exceeds the epsilon it is
-    audited against, every run's bound at the invocation's Bonferroni level (:func:`suite_audit`;
-    ``audit``: its result, if already computed for these paths)."""
-    audit = audit or suite_audit(list(paths), confidence)
-    return [f"AUDIT FAILED: {path}: empirical epsilon lower bound {lb:.3g} ({audit.per_run_confidence:.4%} "
-            f"confidence) exceeds the audited epsilon {claim:.3g}" for path, lb, claim in audit.failed]
-
-
 class PlannedRun(NamedTuple):
     scenario: Scenario
     seed: int

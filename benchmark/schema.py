@@ -29,8 +29,11 @@ from privacy.mechanisms import get_mechanism, mechanism_names
 # regression gate compares, attacks.csv. Version 3: the audit columns (epsilon_audited, audit_unit,
 # audit_ceiling, audit_verdict; epsilon_empirical_lb a bound for the row, no longer a mean over seeds).
 # Version 4: batch_size, pretrain, pretrain_epochs (public pretraining, per-row budgets).
+# Version 5: neighbouring_relation, epsilon_estimate (issue 25). A version-4 board is read with
+# neighbouring_relation derived from its dp_mode (a property of the mechanism) and epsilon_estimate
+# empty (its runs' estimates were not published): :data:`UPGRADES`.
 # Bump it whenever a column is added, removed or changes meaning.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 DTYPES_PANDAS = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
 SOURCES = {"scenario": "scenario.json", "metric": "metrics.json", "environment": "environment.json",
@@ -181,6 +184,9 @@ LEADERBOARD: list[Column] = [
            derive=lambda s: get_mechanism(s["scenario"][0]["dp_mode"]).dp_level),  # unknown: one-line error
     _metric("epsilon", "float", "max", "claimed epsilon at `delta` (max over clients and seeds); empty without DP",
             better="lower = more private", report=Shown("epsilon ↓"), **_NO_DP),
+    Column("neighbouring_relation", "str", "derived", "first", "the neighbouring relation `epsilon` holds under "
+           "(the mechanism's, `privacy.mechanisms`: e.g. `add/remove one image`, `zero-out one client ...`); "
+           "empty without DP", derive=lambda s: _relation(s["scenario"][0]["dp_mode"])),
     _scenario("delta", "float", "delta of the DP guarantee", report=Shown("delta", fmt="g", when="epsilon")),
     _metric("accountant", "str", "joined", "`opacus-rdp`, `opacus-prv`, `flwr-rdp-no-amplification`, `opacus-rdp-poisson-clients`", **_NO_DP),
     _metric("noise_multiplier", "float", "mean", "Gaussian noise std / clipping norm (local DP-SGD: the worst "
@@ -242,6 +248,12 @@ LEADERBOARD: list[Column] = [
            report=Shown("audit"), derive=lambda s: _row_audit(s)[2]),
     Column("audit_failed", "bool", "derived", "first", "`audit_verdict` is `failed`; empty where nothing is claimed",
            better="must be False", derive=lambda s: _row_audit(s)[3]),
+    Column("epsilon_estimate", "float", "derived", "mean", "an epsilon *estimate*, not a bound (Andrew et al. "
+           "2024): a Gaussian fitted to the included white-box canaries' scores and one to the excluded ones', "
+           "and the epsilon at `delta` of telling them apart; the canaries of the row's `audit_unit`, mean over "
+           "seeds (attacks.json `gradient_canaries.<name>.epsilon_estimate`); no confidence, never a verdict; "
+           "64 is a cap (the two fits apart beyond it, as with the noise off); empty without white-box canaries",
+           report=Shown("epsilon estimate", when="epsilon_estimate"), derive=lambda s: _estimate(s)),
     Column("n_seeds", "int", "scenario", "count", "seeds aggregated", key="seed", report=Shown("seeds")),
     Column("seeds", "str", "scenario", "seeds", "the seeds", key="seed"),
     _metric("train_s", "float", "mean", "federated training wall time", unit="s", better="lower"),
@@ -334,6 +346,34 @@ def _row_audit(sources: dict) -> tuple:
         return lb, ceiling, "failed" if flagged else None, flagged
     verdict = "failed" if lb > claim else "passed" if ceiling > claim else "inconclusive"
     return lb, ceiling, verdict, verdict == "failed"
+
+
+def _relation(dp_mode: str) -> str | None:
+    return get_mechanism(dp_mode).epsilon_relation  # an unknown mode: a one-line error
+
+
+def _estimate(sources: dict) -> float | None:
+    """Mean over seeds of each seed's white-box epsilon estimate (source ``canaries``: attacks.json
+    ``gradient_canaries``) for the canaries of the row's headline unit (``client`` before ``image``,
+    as :data:`attacks.audit.HEADLINE_UNITS`; within a seed, the largest of that unit's sets)."""
+    per_seed = []
+    for sets in sources.get("canaries") or []:
+        units = {(v.get("unit") or "image") for v in sets.values()}
+        unit = next((u for u in ("client", "image") if u in units), None)
+        values = [v["epsilon_estimate"] for v in sets.values()
+                  if (v.get("unit") or "image") == unit and v.get("epsilon_estimate") is not None]
+        if values:
+            per_seed.append(max(values))
+    return mean(per_seed)
+
+
+# Older versions a reader upgrades (version -> the columns it lacks, each with how it is filled from
+# the row: a function of the row, or None for empty). A migrated board says so nowhere else; the
+# reader (benchmark.leaderboard.read_leaderboard) fills them and sets schema_version to the current.
+UPGRADES: dict[int, dict[str, Callable[[dict], Any] | None]] = {
+    4: {"neighbouring_relation": lambda row: None if not isinstance(row.get("dp_mode"), str)
+        else _relation(row["dp_mode"]), "epsilon_estimate": None},
+}
 
 
 # Derived views, rebuilt in place by _refresh() so that importers of these names see a registered column

@@ -93,8 +93,12 @@ def write_fake_run(root, scenario, seed, *, fid=10.0, metrics=None, attacks=None
             audit = {k: m[k] for k in ("epsilon_empirical_lb", "audit_ceiling", "epsilon_audited", "audit_unit",
                                        "audit_verdict", "audit_failed")} | {"attack": best, "delta": delta,
                                                                             "tests": tests}
+        # A DP run's white-box canaries (the mechanism's own, attacks.evaluate): their epsilon estimate.
+        whitebox = {} if scenario.dp_mode == "none" else {"gradient-canaries": {
+            "unit": "image", "epsilon_estimate": 1.0 + seed, "auc": 0.5}}
         (path / "attacks.json").write_text(json.dumps({
-            "mia": mia, "inversion": {"psnr": m["inversion_psnr"], "ssim": 0.3}, "audit": audit}))
+            "mia": mia, "inversion": {"psnr": m["inversion_psnr"], "ssim": 0.3}, "audit": audit,
+            "gradient_canaries": whitebox}))
         np.savez(path / "attack_scores.npz", **arrays)
         for f in ("roc.png", "inversion.png"):
             (path / f).write_bytes((path / "samples.png").read_bytes())

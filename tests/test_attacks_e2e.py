@@ -66,7 +66,7 @@ def test_overfit_model_is_caught_and_a_misaccounted_claim_fails_the_audit(tmp_pa
     assert m["mia_auc"] > 0.9
     assert m["epsilon_empirical_lb"] > 0.05 and m["audit_failed"] is True
     assert code == 3
-    assert "AUDIT FAILED" in err and "bench: error: 1 run(s) failed the empirical privacy audit" in err
+    assert "AUDIT FAILED" in err and "bench: error: 1 row(s) failed the empirical privacy audit" in err
     board = pd.read_csv(tmp_path / "results" / "custom" / "leaderboard.csv")
     assert bool(board.loc[0, "audit_failed"]) is True
 

@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from attacks.audit import (evidence_bound, evidence_ceiling, gaussian_fit_epsilon, judge, one_run_fdp_evidence,
-                           record_claims, seeds_judgement, suite_audit, unit_bounds)
+                           record_claims, seeds_judgement, unit_bounds)
 from benchmark.scenarios import Scenario, ScenarioError
 from privacy.accounting import client_level_noise, client_sampled_epsilon, client_sampled_noise
 from privacy.canary_clients import CanaryClients, audit_entry
@@ -249,7 +249,7 @@ def test_each_unit_is_held_to_its_own_claim_and_the_client_unit_headlines():
     j = judge(unit_bounds([weak, strong], delta=DELTA, alpha=ALPHA), {"image": 30.0})
     assert j.unit == "image" and j.verdict == "inconclusive"
     assert judge(unit_bounds([strong], delta=DELTA, alpha=ALPHA), {"image": 30.0}).verdict is None
-    assert suite_audit([("r", _record([strong], {"image": 30.0}))]).n_audited == 0
+    assert seeds_judgement([_record([strong], {"image": 30.0})]).verdict is None
 
 
 def test_records_without_units_read_as_image_level_with_the_old_bounds():
@@ -264,16 +264,13 @@ def test_records_without_units_read_as_image_level_with_the_old_bounds():
     want = record_bound([t["evidence"] for t in tests], delta=DELTA, alpha=ALPHA / 2)
     assert (j.bound, j.ceiling, j.unit, j.claim) == (want[0], want[1], "image", 1.0)
     assert j.verdict == audit_verdict(want[0], want[1], 1.0)
-    audit = suite_audit([("a", old), ("b", old)])
-    assert audit.n_audited == 2 and audit.per_run_confidence == 1 - ALPHA / 2
 
 
-def test_seeds_and_suite_judge_the_client_unit_at_their_own_levels():
+def test_a_row_judges_the_client_unit_at_its_own_claim():
     rec = _record([_one_run_test("client", 2000, 1710), _one_run_test("image", 200, 90)],
                   {"client": 1.0, "image": 3.0})
-    assert seeds_judgement([rec]).verdict == "failed"
-    audit = suite_audit([("run", rec)])
-    assert [f[0] for f in audit.failed] == ["run"] and audit.failed[0][2] == 1.0
+    j = seeds_judgement([rec])
+    assert j.verdict == "failed" and j.failed_units == ("client",) and j.claim == 1.0
 
 
 # ----------------------------------------------------------------------- the epsilon estimate

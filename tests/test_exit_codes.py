@@ -176,3 +176,36 @@ def test_a_correct_testable_claim_passes_with_its_ceiling_printed(monkeypatch, c
     line = next(ln for ln in capsys.readouterr().err.splitlines() if "audit passed" in ln)
     ceiling = float(line.split("< ceiling ")[1].split()[0])
     assert "audited epsilon 0.996" in line and ceiling > 3.0   # 256 one-run canaries at 95 %
+
+
+def test_the_exit_status_is_the_published_rows_verdict_not_a_second_rule(monkeypatch, capsys, tmp_path, fake_run):
+    """Issue 25, 4d: one rule. The privacy suite's three DP rows on one seed; the epsilon-1 row's
+    evidence (a claim of 0.5, member canaries shifted by 0.7) gives a bound of 0.587 at 95 % for the
+    row but 0.474 at 95 % / 3, the old per-invocation Bonferroni level (at which bench run used to
+    exit 0 beside a board saying "failed"). The board's verdict and the exit status now agree."""
+    import pandas as pd
+
+    from benchmark import runner
+    from benchmark.suites import get_suite
+
+    def fake(scenario, seed, opts):
+        if scenario.dp_mode == "none":
+            return fake_run(opts.out_dir, scenario, seed)
+        bad = scenario.target_epsilon == 1.0
+        return _audited_run(opts.out_dir, scenario, seed, fake_run, claimed=0.5 if bad else scenario.target_epsilon,
+                            sigma=1.0, shift=0.7 if bad else 0.0)
+
+    monkeypatch.setattr(runner, "run_one", fake)
+    monkeypatch.setattr(runner, "check_fid_available", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "verify_before_dp", lambda *a, **k: {})
+    code = main(["run", "--suite", "privacy", "--seeds", "0", "--out", str(tmp_path / "o"), "--results",
+                 str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    board = pd.read_csv(tmp_path / "r" / "privacy" / "leaderboard.csv").set_index("scenario")
+    failed = sorted(board.index[board.audit_verdict == "failed"])
+    assert failed == ["privacy-iid-local-eps1"] and board.loc[failed[0], "epsilon_empirical_lb"] == pytest.approx(
+        0.587, abs=0.005)
+    assert code == errors.EXIT_AUDIT_FAILED
+    assert "AUDIT FAILED: privacy/privacy-iid-local-eps1: empirical epsilon lower bound 0.587" in err
+    assert "bench: error: 1 row(s) failed the empirical privacy audit (3 audited, each at 95 % for the row)" in err
+    assert len(get_suite("privacy", "cpu")) == len(board)

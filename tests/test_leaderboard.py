@@ -136,6 +136,50 @@ def test_results_readme_documents_every_column_with_its_dtype(tmp_path):
     assert {c: plain[c].dtype.kind for c in plain.columns} == {c: kinds[t] for c, t in doc.items()}
 
 
+def test_relation_and_estimate_columns(tmp_path):
+    """``neighbouring_relation`` is the mechanism's relation for the row's ``epsilon``;
+    ``epsilon_estimate`` the mean over seeds of the white-box estimate of the headline unit's
+    canaries (a central row's canary clients before any image-level set), empty without them."""
+    from benchmark import schema
+    from privacy.mechanisms import get_mechanism
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(runs, get_scenario("privacy-iid-local-eps4"), seed, 10.0, attacks={"mia-loss": 0.3})
+        fake_run(runs, get_scenario("privacy-iid-nodp"), seed, 10.0, attacks={"mia-loss": 0.3})
+    (path,) = summarize(runs, tmp_path / "results", report=False)
+    board = read_leaderboard(path).set_index("scenario")
+    assert board.loc["privacy-iid-local-eps4", "neighbouring_relation"] == "add/remove one image"
+    assert board.loc["privacy-iid-local-eps4", "epsilon_estimate"] == pytest.approx(1.5)   # seeds' 1.0 and 2.0
+    assert pd.isna(board.loc["privacy-iid-nodp", "neighbouring_relation"])
+    assert pd.isna(board.loc["privacy-iid-nodp", "epsilon_estimate"])
+    assert get_mechanism("central-dp").epsilon_relation.startswith("zero-out one client")
+    assert get_mechanism("central-dp-sampled").epsilon_relation == "add/remove one client"
+    both = {"a": {"unit": "image", "epsilon_estimate": 9.0}, "b": {"unit": "client", "epsilon_estimate": 3.0},
+            "c": {"unit": "client", "epsilon_estimate": None}}
+    assert schema._estimate({"canaries": [both, {"b": {"unit": "client", "epsilon_estimate": 5.0}}]}) == 4.0
+    assert schema._estimate({"canaries": [{}, {}]}) is None
+
+
+def test_a_version_4_board_is_read_upgraded(tmp_path):
+    """A board published at schema 4 reads as version 5: the relation from its dp_mode, the
+    estimate empty (never invented)."""
+    runs = tmp_path / "runs"
+    fake_run(runs, get_scenario("privacy-iid-local-eps4"), 0, 10.0, attacks={"mia-loss": 0.3})
+    fake_run(runs, get_scenario("privacy-iid-nodp"), 0, 10.0, attacks={"mia-loss": 0.3})
+    (path,) = summarize(runs, tmp_path / "results", report=False)
+    v4 = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=["neighbouring_relation",
+                                                                             "epsilon_estimate"])
+    v4["schema_version"] = "4"
+    old = tmp_path / "v4.csv"
+    v4.to_csv(old, index=False)
+    upgraded = read_leaderboard(old)
+    assert list(upgraded.columns) == COLUMNS and set(upgraded.schema_version) == {5}
+    board = upgraded.set_index("scenario")
+    assert board.loc["privacy-iid-local-eps4", "neighbouring_relation"] == "add/remove one image"
+    assert board.epsilon_estimate.isna().all() and pd.isna(board.loc["privacy-iid-nodp", "neighbouring_relation"])
+
+
 def test_read_leaderboard_refuses_other_schema_versions(tmp_path):
     old = tmp_path / "old.csv"
     old.write_text("suite,scenario\nx,y\n")  # version 1 had no schema_version column

@@ -150,6 +150,11 @@ class Mechanism:
     def private(self) -> bool:
         return bool(self.dp_level)
 
+    @property
+    def epsilon_relation(self) -> str | None:
+        """The neighbouring relation the row's ``epsilon`` holds under (its unit's); None without DP."""
+        return None
+
     def clip(self, max_grad_norm: float | None) -> float | None:
         """The clipping norm a scenario runs with: its own, or this mechanism's default."""
         return max_grad_norm or self.default_clip
@@ -245,6 +250,10 @@ class DPMechanism(Mechanism):
 
     image_relation = "add/remove one image"
     client_relation = "add/remove one client"
+
+    @property
+    def epsilon_relation(self) -> str:
+        return self.client_relation if self.dp_level == "client" else self.image_relation
     # A client's compute time follows the batch sizes Poisson sampling keeps secret (and the data it
     # holds): a private mechanism's reply never carries it, whatever the server could time itself.
     reports_timing = False

@@ -11,9 +11,15 @@ updates, so every sampled client must deliver one.
 sum with noise over the public ``q N``, amplified accounting, optional adaptive clipping
 (:mod:`privacy.central_sampled`). A round with any number of updates releases.
 
-Both: the client trains without DP and its reply carries only public metadata; one image can move
-its client's clipped update anywhere in the ball of radius C (up to 2C apart) where the accountant
-charges C for a client, so the image-level epsilon is the same accountant at half the noise.
+Both: the client trains without DP and its reply carries only public metadata; one image (added,
+removed or substituted) keeps its client in the population and can move the client's clipped
+update anywhere in the ball of radius C (up to 2C apart), where the accountant charges C for a
+client. ``central-dp``: every drawn client's update is in the release, so the image-level epsilon
+is the same accountant at half the noise (the Gaussian at sensitivity 2C). ``central-dp-sampled``:
+the client keeps its Poisson coin, so with probability q the release carries the update before or
+after the change and otherwise neither: replace-one within the same sample, the sampled Gaussian's
+``q N(+C) + (1-q) N(0)`` against ``q N(-C) + (1-q) N(0)`` at the row's own noise multiplier
+(:func:`privacy.accounting.client_sampled_image_epsilon`, a PLD accountant), not add/remove at 2C.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ class CentralDP(DPMechanism):
     default_clip = 0.5      # per-update clipping norm
     weight_key = UNIFORM_WEIGHT_KEY
     image_sensitivity = 2.0  # one image moves its client's clipped update by up to 2C; a client by C
+    # Every drawn client's update is in the release: one image is the Gaussian at sensitivity 2C.
+    image_relation = "add/remove one image (its client's clipped update moves within the C-ball, by up to 2C)"
     own_fields = ("client_canaries",)
     # A fixed number of clients a round, drawn from the public run seed: removing a client would
     # change who is drawn (its slot goes to another: the sum moves by up to 2C), so the printed
@@ -121,6 +129,9 @@ class CentralDPSampled(CentralDP):
     accountant = SAMPLED_CLIENT_ACCOUNTANT
     # Poisson sampling draws each client on its own: removing one changes no other's draw.
     client_relation = "add/remove one client"
+    # One image keeps its client in the population and in the Poisson sample (issue 25, 4c).
+    image_relation = ("add/remove or substitute one image (its client stays in the Poisson sample; the client's "
+                      "clipped update is replaced within the C-ball)")
 
     def validate_own(self, s) -> str | None:
         return self._sampling_problem(s) or plant_problem(s) or canary_problem(s, "client_canaries")
@@ -181,17 +192,18 @@ class CentralDPSampled(CentralDP):
         return ServerSide(strategy, strategy.sampled, lambda: strategy.privacy_spent().epsilon, record)
 
     def image_epsilon(self, s, columns: dict) -> float:
-        # The same amplified accountant at the same client rate q. With adaptive clipping the noise
-        # multiplier is the effective z of both releases; an image flips its client's clipped-count bit
-        # by 1 where a client moves the centred sum by 1/2, so that release's sensitivity doubles too.
-        from privacy.accounting import AccountingError, client_sampled_epsilon
+        # Replace-one within the same Poisson sample, at the row's own noise multiplier and client rate q
+        # (privacy.accounting.client_sampled_image_epsilon). With adaptive clipping the noise multiplier is
+        # the effective z of both releases: an image also flips its client's centred count bit from -1/2
+        # to +1/2, a replacement within the same ball of the combined vector, so the same formula holds.
+        from privacy.accounting import AccountingError, client_sampled_image_epsilon
 
-        q = columns.get("sample_rate")
-        if q is None:
-            raise AccountingError(f"{s.name}: a {s.dp_mode} row needs its client sample rate for its image-level "
-                                  "epsilon")
-        return client_sampled_epsilon(noise_multiplier=self._image_noise(s, columns), sample_rate=float(q),
-                                      rounds=s.rounds, delta=s.delta)
+        sigma, q = columns.get("noise_multiplier"), columns.get("sample_rate")
+        if sigma is None or q is None:
+            raise AccountingError(f"{s.name}: a {s.dp_mode} row needs its noise multiplier and client sample rate "
+                                  "for its image-level epsilon")
+        return client_sampled_image_epsilon(noise_multiplier=float(sigma), sample_rate=float(q), rounds=s.rounds,
+                                            delta=s.delta)
 
     def attacker_view(self, s, columns: dict) -> dict:
         return {"clip": None, "noise_multiplier": 0.0}  # the server clips and adds noise after the wire
