@@ -70,10 +70,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, cfg in MODEL_CONFIGS.items():
             print(f"{name:10s} widths={cfg['block_out_channels']} layers_per_block={cfg['layers_per_block']} "
                   f"blocks={','.join(cfg['down_block_types'])}")
+        print("config:PATH your own: a diffusers UNet2DModel config.json (README, \"Your own images\")")
         return 0
     if args.suite is not None and args.suite not in suite_names():
         get_suite(args.suite, args.scale)  # the one-line "unknown suite" error, with the names
-    print(f"scales: {', '.join(SCALES)}   datasets: {', '.join(dataset_names())}, medmnist:<name>")
+    print(f"scales: {', '.join(SCALES)}   datasets: {', '.join(dataset_names())}, medmnist:<name>, folder:PATH")
     for suite in suite_names():
         scenarios = get_suite(suite, args.scale)
         print(f"suite {suite} ({len(scenarios)} scenarios at scale {args.scale})")
@@ -189,25 +190,25 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
     # One rule (issue 25, 4d): every verdict is the published row's, at 95 % for the row over its
     # seeds; the exit status is 3 when a row of this invocation failed, as the board and
     # `bench compare` say.
-    audits = leaderboard.row_audits(boards, {s.name for s in scenarios})
+    audits = leaderboard.row_audits(boards, {(s.name, s.hash) for s in scenarios})
+    g = lambda x: "?" if x is None else f"{x:.3g}"  # noqa: E731  (a row recorded without evidence)
     for a in audits:
-        seeds = f"95 % for the row, {a.n_seeds} seed(s)"
+        seeds = f"95 % for the row, {a.unit or 'image'} level, {a.n_seeds} seed(s)"
         if a.verdict == "passed":
-            print(f"bench: audit passed: {a.label}: lower bound {a.bound:.3g} <= audited epsilon {a.claim:.3g} < "
-                  f"ceiling {a.ceiling:.3g} ({seeds})", file=sys.stderr)
+            print(f"bench: audit passed: {a.label}: lower bound {g(a.bound)} <= audited epsilon {g(a.claim)} < "
+                  f"ceiling {g(a.ceiling)} ({seeds})", file=sys.stderr)
         elif a.verdict == "inconclusive":
             print(f"bench: INCONCLUSIVE audit: {a.label}: the largest bound its candidates could certify, "
-                  f"{a.ceiling:.3g}, does not exceed the audited epsilon {a.claim:.3g}", file=sys.stderr)
+                  f"{g(a.ceiling)}, does not exceed the audited epsilon {g(a.claim)} ({seeds})", file=sys.stderr)
     from benchmark.report import terminal_summary
 
     for path in boards:
         print(terminal_summary(path, runs_dir=opts.out_dir))
     failed = [a for a in audits if a.verdict == "failed"]
     for a in failed:
-        bound = "" if a.bound is None else f" {a.bound:.3g}"
-        claim = "" if a.claim is None else f" {a.claim:.3g}"
-        print(f"bench: AUDIT FAILED: {a.label}: empirical epsilon lower bound{bound} (95 % for the row, {a.n_seeds} "
-              f"seed(s)) exceeds the audited epsilon{claim}", file=sys.stderr)
+        print(f"bench: AUDIT FAILED: {a.label}: empirical epsilon lower bound {g(a.bound)} (95 % for the row, "
+              f"{a.unit or 'image'} level, {a.n_seeds} seed(s)) exceeds the audited epsilon {g(a.claim)}",
+              file=sys.stderr)
     if failed:
         print(f"bench: error: {len(failed)} row(s) failed the empirical privacy audit ({len(audits)} audited, each "
               f"at 95 % for the row): their DP claim does not hold (see above)", file=sys.stderr)
@@ -223,13 +224,14 @@ def check_partitions(args: argparse.Namespace) -> None:
 
 
 def cmd_partitions(args: argparse.Namespace) -> int:
-    from benchmark.federation.partition_files import export_partitions
+    from benchmark.federation.partition_files import export_partitions, partition_site
     from benchmark.federation.server_app import resolve_scenario
 
     scenario = resolve_scenario(args.scenario, args.scale)
     manifest = export_partitions(scenario, args.seed, Path(args.out), data_root=args.data_root)
     for pid, (name, n) in enumerate(zip(manifest.files, manifest.num_images)):
-        print(f"partition {pid}: {n} images -> {Path(args.out) / name}")
+        site = partition_site(Path(args.out) / name)
+        print(f"partition {pid}: {n} images" + (f" of site {site}" if site else "") + f" -> {Path(args.out) / name}")
     print(f"manifest (for the server's run config partition-manifest): {Path(args.out) / 'manifest.json'}")
     return 0
 

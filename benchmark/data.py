@@ -56,6 +56,15 @@ class ImageDataset:
     images: np.ndarray  # uint8, (N, C, H, W), C in {1, 3}
     labels: np.ndarray  # int64, (N,)
     num_classes: int
+    # A natural partition (``folder:`` datasets with sites): each image's site (-1: none), and the
+    # sites' names; None where the dataset has no sites.
+    sites: np.ndarray | None = None
+    site_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+    # Public data may be shown in published results; a private dataset's images never are
+    # (:func:`is_public`).
+    public: bool = True
+    content_hash: str | None = None  # sha256 of the files it was read from (``folder:``)
 
     def __post_init__(self) -> None:
         # Checked once here so that every loader (and any future one) is held
@@ -71,6 +80,8 @@ class ImageDataset:
                 f"dataset {self.name!r}: labels must be int64 of shape ({imgs.shape[0]},), "
                 f"got {labels.dtype} {labels.shape}"
             )
+        if self.sites is not None and (self.sites.dtype != np.int64 or self.sites.shape != labels.shape):
+            raise DatasetError(f"dataset {self.name!r}: sites must be int64 of shape {labels.shape}")
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise DatasetError(
                 f"dataset {self.name!r}: labels must lie in [0, {self.num_classes}), "
@@ -368,21 +379,69 @@ DATASETS: dict[str, Callable[[Path, str], ImageDataset]] = {
 
 
 def dataset_names() -> list[str]:
-    """Names accepted by :func:`load_dataset`, besides the parametric ``medmnist:<subset>``."""
+    """Names accepted by :func:`load_dataset`, besides the parametric ``medmnist:<subset>`` and
+    ``folder:PATH``."""
     return list(DATASETS)
 
 
+def is_folder(name: str) -> bool:
+    from benchmark.folder_data import FOLDER_PREFIX
+
+    return name.startswith(FOLDER_PREFIX)
+
+
+def is_known(name: str) -> bool:
+    """A name :func:`load_dataset` accepts (its files are another matter)."""
+    return name in DATASETS or name.startswith(MEDMNIST_PREFIX) or (is_folder(name) and len(name) > len("folder:"))
+
+
+def is_public(name: str) -> bool:
+    """Whether a dataset's images may appear in published results: the embedded sets and the public
+    benchmarks are public; ``folder:PATH`` is someone's own images, private."""
+    return not is_folder(name)
+
+
+def _load_folder(name: str, split: str, image_size: int | None, channels: int | None) -> ImageDataset:
+    from benchmark.folder_data import FOLDER_PREFIX, FolderDataError, load_folder
+
+    try:
+        data = load_folder(name[len(FOLDER_PREFIX):], image_size=image_size, channels=channels)
+    except FolderDataError as e:
+        raise DatasetError(str(e)) from None
+    keep = data.test if split == "test" else ~data.test
+    # Named by content, size and channels, so that every cache keyed by the name (the FID
+    # reference's statistics) changes with the files and with what they were brought to.
+    _n, c, size, _w = data.images.shape
+    return ImageDataset(f"folder-{data.content_hash[:12]}-{size}px-c{c}", data.images[keep], data.labels[keep],
+                        len(data.classes), sites=data.sites[keep] if data.site_names else None,
+                        site_names=data.site_names, class_names=data.classes, public=False,
+                        content_hash=data.content_hash)
+
+
+def scenario_dataset(scenario, split: str, data_root=None) -> ImageDataset:
+    """The split of a scenario's dataset, brought to its ``image_size`` and ``channels``."""
+    return load_dataset(scenario.dataset, data_root=data_root, split=split, image_size=scenario.image_size,
+                        channels=scenario.channels)
+
+
 def load_dataset(
-    name: str, *, data_root: str | os.PathLike | None = None, split: str = "train"
+    name: str, *, data_root: str | os.PathLike | None = None, split: str = "train",
+    image_size: int | None = None, channels: int | None = None,
 ) -> ImageDataset:
-    """Load one split of a dataset by registry name (or ``medmnist:<subset>``).
+    """Load one split of a dataset by registry name (or ``medmnist:<subset>``, ``folder:PATH``).
 
     ``data_root`` defaults to :func:`default_data_root`; the embedded datasets
-    ignore it.  Raises :class:`DatasetError` (one-line message) for unknown
-    names, bad splits and missing or malformed files.
+    ignore it.  ``image_size`` and ``channels`` bring a ``folder:`` dataset's images to one shape
+    (:mod:`benchmark.folder_data`); the other datasets have their own.  Raises
+    :class:`DatasetError` (one-line message) for unknown names, bad splits and missing or
+    malformed files.
     """
     if split not in SPLITS:
         raise DatasetError(f"dataset {name!r}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if is_folder(name):
+        return _load_folder(name, split, image_size, channels)
+    if image_size is not None or channels is not None:
+        raise DatasetError(f"dataset {name!r}: image_size and channels apply to folder: datasets only")
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     if name.startswith(MEDMNIST_PREFIX):
         subset = name[len(MEDMNIST_PREFIX):]
@@ -392,6 +451,6 @@ def load_dataset(
     try:
         loader = DATASETS[name]
     except KeyError:
-        known = ", ".join([*DATASETS, f"{MEDMNIST_PREFIX}<subset>"])
+        known = ", ".join([*DATASETS, f"{MEDMNIST_PREFIX}<subset>", "folder:PATH"])
         raise DatasetError(f"unknown dataset {name!r}; known: {known}") from None
     return loader(root, split)

@@ -215,7 +215,8 @@ class RowAudit(NamedTuple):
 
 def row_audits(paths, scenarios=None) -> list[RowAudit]:
     """The audited rows (a claim, so a verdict) of the leaderboards ``paths``, in board order; only
-    the rows named in ``scenarios`` where given. The one rule of the audit: a row's verdict is its
+    the rows of ``scenarios`` ((name, scenario hash) pairs: a board may also hold an older
+    definition's row from the same run folder tree) where given. The one rule of the audit: a row's verdict is its
     seeds' at 95 % for the row (:func:`attacks.audit.seeds_judgement`), the verdict ``bench run``'s
     exit status and ``bench compare`` read too."""
     def num(x):
@@ -225,7 +226,7 @@ def row_audits(paths, scenarios=None) -> list[RowAudit]:
     for path in paths:
         for r in read_leaderboard(path).to_dict("records"):
             verdict = r.get("audit_verdict")
-            if pd.isna(verdict) or (scenarios is not None and r["scenario"] not in scenarios):
+            if pd.isna(verdict) or (scenarios is not None and (r["scenario"], r["scenario_hash"]) not in scenarios):
                 continue
             unit = r.get("audit_unit")
             out.append(RowAudit(str(r["suite"]), str(r["scenario"]), str(verdict), num(r["epsilon_empirical_lb"]),

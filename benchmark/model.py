@@ -32,10 +32,20 @@ def build_unet(name: str, *, in_channels: int, resolution: int, num_classes: int
     embedding, as in the seed paper's conditional runs). ``seed`` fixes the initial weights
     without touching the process's global torch generator.
     """
-    try:
-        cfg = MODEL_CONFIGS[name]
-    except KeyError:
-        raise ModelConfigError(f"unknown model {name!r} (known: {', '.join(MODEL_CONFIGS)})") from None
+    from benchmark.model_configs import ModelConfigFileError, data_fields, is_config_path, read_config
+
+    if is_config_path(name):  # your own UNet (benchmark.model_configs)
+        try:
+            own = read_config(name)
+            fields = data_fields(name, own, in_channels=in_channels, resolution=resolution, num_classes=num_classes)
+        except ModelConfigFileError as e:
+            raise ModelConfigError(str(e)) from None
+        cfg = {k: v for k, v in own.items() if k not in fields}
+    else:
+        try:
+            cfg = MODEL_CONFIGS[name]
+        except KeyError:
+            raise ModelConfigError(f"unknown model {name!r} (known: {', '.join(MODEL_CONFIGS)}, config:PATH)") from None
     factor = 2 ** (len(cfg["block_out_channels"]) - 1)
     if resolution % factor:
         raise ModelConfigError(
@@ -43,10 +53,14 @@ def build_unet(name: str, *, in_channels: int, resolution: int, num_classes: int
         )
     # Without a seed the weights come from the caller's global generator.
     with torch_seeded(seed) if seed is not None else contextlib.nullcontext():
-        return UNet2DModel(
-            sample_size=resolution, in_channels=in_channels, out_channels=in_channels,
-            num_class_embeds=num_classes, **cfg,
-        )
+        try:
+            return UNet2DModel(
+                sample_size=resolution, in_channels=in_channels, out_channels=in_channels,
+                num_class_embeds=num_classes, **cfg,
+            )
+        except (TypeError, ValueError) as e:  # a field UNet2DModel does not take, or a bad value
+            raise ModelConfigError(f"model {name!r}: UNet2DModel refuses the config "
+                                   f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def compile_forward(model: UNet2DModel) -> UNet2DModel:

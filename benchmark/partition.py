@@ -129,10 +129,11 @@ class Partition:
 
 
 def parse_scheme(scheme: str) -> tuple[str, float | None]:
-    """``"iid"`` -> ``("iid", None)``; ``"dirichlet-0.5"`` -> ``("dirichlet", 0.5)``."""
+    """``"iid"`` -> ``("iid", None)``; ``"dirichlet-0.5"`` -> ``("dirichlet", 0.5)``;
+    ``"by-site"`` -> ``("by-site", None)``."""
     text = str(scheme).strip().lower()
-    if text == "iid":
-        return "iid", None
+    if text in ("iid", "by-site"):
+        return text, None
     if text.startswith("dirichlet-"):
         try:
             alpha = float(text[len("dirichlet-"):])
@@ -143,7 +144,7 @@ def parse_scheme(scheme: str) -> tuple[str, float | None]:
         if alpha <= 0:
             raise PartitionError(f"bad scheme {scheme!r}: Dirichlet alpha must be > 0, got {alpha:g}")
         return "dirichlet", alpha
-    raise PartitionError(f"unknown partition scheme {scheme!r}; expected 'iid' or 'dirichlet-<alpha>'")
+    raise PartitionError(f"unknown partition scheme {scheme!r}; expected 'iid', 'dirichlet-<alpha>' or 'by-site'")
 
 
 def _dirichlet_split(
@@ -198,13 +199,17 @@ def make_partition(
     heldout_fraction: float = 0.2,
     max_train_images: int | None = None,
     min_per_client: int = 2,
+    sites: np.ndarray | None = None,
+    site_names: Sequence[str] = (),
 ) -> Partition:
     """Split a labelled dataset across clients, each with members and held-out non-members.
 
     Steps: seeded permutation (datasets often come sorted by label) ->
     optional random pool of ``ceil(max_train_images / (1 - heldout_fraction))``
-    images -> iid or Dirichlet label-skew split across clients -> per-client
-    held-out share.  Same inputs and seed give the identical partition.
+    images -> iid or Dirichlet label-skew split across clients, or ``by-site``: client k is site k
+    (``sites``: each image's site index; a natural partition, as LEAF's writers) -> per-client
+    held-out share, drawn within the client's own images.  Same inputs and seed give the
+    identical partition.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -221,6 +226,13 @@ def make_partition(
         raise PartitionError(f"max_train_images must be >= 1 or None, got {max_train_images}")
 
     n = labels.size
+    if kind == "by-site":
+        if sites is None or not len(site_names):
+            raise PartitionError("partition 'by-site' needs a dataset with sites (folder:PATH laid out as "
+                                 "PATH/<site>/<class>/<image>)")
+        if num_clients != len(site_names):
+            raise PartitionError(f"partition 'by-site': num_clients must equal the number of sites, "
+                                 f"{len(site_names)} ({', '.join(site_names)}), got {num_clients}")
     pool_size = n if max_train_images is None else min(n, math.ceil(max_train_images / (1.0 - heldout_fraction)))
     if num_clients > pool_size:
         raise PartitionError(f"more clients ({num_clients}) than images ({pool_size})")
@@ -234,6 +246,14 @@ def make_partition(
     if kind == "iid":
         shards = np.array_split(pool, num_clients)
         canonical = "iid"
+    elif kind == "by-site":
+        site_of = np.asarray(sites, dtype=np.int64)
+        shards = [pool[site_of[pool] == k] for k in range(num_clients)]
+        small = [site_names[k] for k, sh in enumerate(shards) if sh.size < min_per_client]
+        if small:
+            raise PartitionError(f"partition 'by-site': site {small[0]} has fewer than {min_per_client} training "
+                                 "images (one member and one held-out image at least)")
+        canonical = "by-site"
     else:
         shards = _dirichlet_split(labels, pool, num_clients, alpha, min_per_client, rng)
         canonical = f"dirichlet-{alpha:g}"

@@ -27,6 +27,7 @@ import torch
 from benchmark.cache import cache_dir_path
 from benchmark.data import ImageDataset, load_dataset
 from benchmark.model import build_unet, make_scheduler, train_epochs
+from benchmark.model_configs import model_identity
 from benchmark.rundir import write_json, write_torch
 from benchmark.scenarios import Scenario
 from benchmark.seeding import derive_seed
@@ -44,7 +45,7 @@ class PretrainError(ValueError):
 def definition(scenario: Scenario, image_shape: tuple[int, int, int], num_classes: int) -> dict:
     """Everything the checkpoint is computed from."""
     return {"format": FORMAT, "dataset": scenario.pretrain, "epochs": scenario.pretrain_epochs,
-            "model": scenario.model, "image_shape": list(image_shape),
+            "model": model_identity(scenario.model), "image_shape": list(image_shape),
             "num_classes": num_classes if scenario.class_conditional else None,
             "batch_size": PRETRAIN_BATCH_SIZE, "learning_rate": PRETRAIN_LEARNING_RATE,
             "num_train_timesteps": scenario.num_train_timesteps, "seed": PRETRAIN_SEED}

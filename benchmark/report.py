@@ -363,6 +363,7 @@ def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str],
              f"flwr {joined('flwr')}, diffusers {joined('diffusers')}",
              f"- FID: {joined('fid_impl')}, n = {joined('fid_n_samples')} generated vs as many real test images",
              ""]
+    lines += private_lines(df)
     plants = plants or {}
     if plants:
         lines += ["## Planted defects (auditing the audit)", "",
@@ -403,6 +404,36 @@ def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str],
     return "\n".join(lines)
 
 
+def public_runs(df: pd.DataFrame, runs: dict) -> dict:
+    """The run folders of the rows whose dataset is public (:func:`benchmark.data.is_public`)."""
+    from benchmark.data import is_public
+
+    public = {(r.scenario, r.scenario_hash) for r in df.itertuples() if is_public(str(r.dataset))}
+    return {k: v for k, v in runs.items() if k in public}
+
+
+# Columns a private dataset's rows compute from its images without any DP (the FID floor: real
+# training images; the attacks: scores of members and held-out images): the report marks them.
+PRIVATE_WITHOUT_DP = ("fid_floor", "mia_auc", "mia_tpr_at_1pct_fpr", "mia_tpr_at_0_1pct_fpr", "inversion_psnr",
+                      "inversion_ssim", "epsilon_empirical_lb", "epsilon_estimate")
+
+
+def private_lines(df: pd.DataFrame) -> list[str]:
+    """What the report says of rows on private data (none: nothing)."""
+    from benchmark.data import is_public
+
+    private = sorted({str(d) for d in df["dataset"] if not is_public(str(d))})
+    if not private:
+        return []
+    return ["## Private data", "",
+            f"Rows on {', '.join(f'`{d}`' for d in private)} trained on private images. Nothing here shows one: "
+            "no inversion figure is published for them (it shows the victims' true images, and a good "
+            "reconstruction is one); the sample grids are generated images only (a model trained without "
+            "DP can reproduce its training images: look before publishing a no-DP row's grid). Computed "
+            "from the private images without DP, whatever the row's own DP: "
+            + ", ".join(f"`{c}`" for c in PRIVATE_WITHOUT_DP) + ".", ""]
+
+
 def write_report(res, out_dir: Path) -> list[Path]:
     """README.md and the plots of one suite (a :class:`benchmark.leaderboard.SuiteResults`)."""
     out_dir = Path(out_dir)
@@ -412,7 +443,9 @@ def write_report(res, out_dir: Path) -> list[Path]:
     written += plot_rocs(df, res.runs, out_dir)
     grid = plot_samples(df, res.runs, out_dir / "samples.png")
     written += [grid] if grid else []
-    written += publish_run_files(res.runs, out_dir / "inversion", "inversion.png")  # where inversion ran
+    # Where inversion ran, and only on public data: an inversion figure shows the victims' true
+    # images, and a good reconstruction is one (issue 27: a private dataset's images never leave).
+    written += publish_run_files(public_runs(df, res.runs), out_dir / "inversion", "inversion.png")
     md = render_markdown(df, res.attacks, [p.relative_to(out_dir).as_posix() for p in written],
                          plants=planted_rows(res.runs))
     write_atomic(out_dir / "README.md", md)

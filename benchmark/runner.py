@@ -22,13 +22,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from benchmark.data import load_dataset
+from benchmark.data import is_folder, scenario_dataset
 from benchmark.devices import resolve_device  # noqa: F401  (re-exported for callers of the runner)
 from benchmark import errors
 from benchmark.federation import task
 from benchmark.federation.partition_files import load_federated_data
 from benchmark.federation.simulation import simulate
-from benchmark.model import make_scheduler, sample
+from benchmark.model import count_parameters, make_scheduler, sample
+from benchmark.model_configs import model_identity
 from benchmark.progress import Progress, round_line
 from benchmark.rundir import (environment, is_complete, run_dir, sample_grid_png, write_atomic, write_json, write_torch,
                               write_npz)
@@ -68,7 +69,7 @@ def verify_before_dp(scenarios, opts: RunOptions) -> dict:
     device = resolve_device(opts.device)
     for s in scenarios:
         get_mechanism(s.dp_mode).preflight(
-            s, test_split=lambda s=s: load_dataset(s.dataset, data_root=opts.data_root, split="test"),
+            s, test_split=lambda s=s: scenario_dataset(s, "test", opts.data_root),
             device=device, done=done)
     return done
 
@@ -140,7 +141,8 @@ def _run_stages(work: Path, final: Path, scenario: Scenario, seed: int, opts: Ru
     stage("record", "metrics.json, environment.json")
     metrics = {
         **utility, **attack_cols,
-        "train_s": history["train_s"], "sample_s": sample_s,
+        "train_s": history["train_s"], "sample_s": sample_s, "model_params": count_parameters(model),
+        "model_config": model_identity(scenario.model),
         "final_train_loss": (history["rounds"] or [{}])[-1].get("train_loss"),  # None under DP: clients keep it
         "dp_mode": scenario.dp_mode, **privacy,
     }
@@ -223,7 +225,7 @@ def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np
     """Utility: FID and KID against the test split's fixed reference, downstream accuracy."""
     from benchmark.fid import compute_fid, fid_floor, fid_reference
 
-    test = load_dataset(scenario.dataset, data_root=opts.data_root, split="test")
+    test = scenario_dataset(scenario, "test", opts.data_root)
     real, real_key = fid_reference(test, scenario.fid_n_samples)
     t0 = time.perf_counter()
     fid = compute_fid(real, fake[:scenario.fid_n_samples], device=device, real_key=real_key, extractor=scenario.fid_impl)
@@ -232,7 +234,7 @@ def score_stage(scenario: Scenario, seed: int, fake: np.ndarray, fake_labels: np
         raise RunFailedError(f"{scenario.name} seed {seed}: FID is not finite ({fid.fid})")
     out = {"fid": fid.fid, "kid": fid.kid, "fid_impl": fid.fid_impl, "fid_n_samples": fid.n_fake,
            "fid_n_real": fid.n_real, "fid_reference": real_key, "fid_s": fid_s}
-    train = load_dataset(scenario.dataset, data_root=opts.data_root, split="train")
+    train = scenario_dataset(scenario, "train", opts.data_root)
     if scenario.fid_n_samples <= len(train.labels):  # real training images against the same reference
         floor = fid_floor(train, test, scenario.fid_n_samples, device=device, extractor=scenario.fid_impl)
         out |= {"fid_floor": floor.fid, "kid_floor": floor.kid}
@@ -309,20 +311,71 @@ def check_data(work, opts: RunOptions) -> None:
     sample-level ``delta`` not below 1/n for some client's n training images."""
     loaded: dict[tuple[str, str], object] = {}
 
-    def split(name: str, which: str):
-        if (name, which) not in loaded:
-            loaded[name, which] = load_dataset(name, data_root=opts.data_root, split=which)
-        return loaded[name, which]
+    def split(scenario, which: str):
+        key = (scenario.dataset, scenario.image_size, scenario.channels, which)
+        if key not in loaded:
+            loaded[key] = scenario_dataset(scenario, which, opts.data_root)
+        return loaded[key]
 
-    for scenario, seed, _path, done in work:
+    for scenario, seed, path, done in work:
         if done:
+            _check_resumed(scenario, Path(path), lambda: split(scenario, "train").content_hash)
             continue
-        split(scenario.dataset, "test")
-        fed = load_federated_data(scenario, seed, opts.data_root, dataset=split(scenario.dataset, "train"))
+        split(scenario, "test")
+        fed = load_federated_data(scenario, seed, opts.data_root, dataset=split(scenario, "train"))
+        model_problem = _model_problem(scenario, fed.dataset)
+        if model_problem:
+            raise RunError(f"scenario {scenario.name!r}: {model_problem}")
         problem = get_mechanism(scenario.dp_mode).data_problem(scenario, [len(c.train_idx)
                                                                          for c in fed.partition.clients])
         if problem:
             raise RunError(f"scenario {scenario.name!r}: {problem}")
+
+
+def _check_resumed(scenario: Scenario, path: Path, content_hash) -> None:
+    """A completed run that ``--resume`` keeps must be of the current folder content and UNet config
+    (``folder:`` and ``config:`` name a path, whose content can change under the same scenario
+    hash); else one-line :class:`RunError`."""
+    from benchmark.model_configs import ModelConfigFileError, is_config_path, model_identity
+
+    checks = []
+    if is_folder(scenario.dataset):
+        checks.append(("partition.json", "dataset_sha256", content_hash, f"the images of {scenario.dataset}"))
+    if is_config_path(scenario.model):
+        checks.append(("metrics.json", "model_config", lambda: model_identity(scenario.model),
+                       f"the UNet config {scenario.model}"))
+    for name, key, current, what in checks:
+        try:
+            recorded = json.loads((path / name).read_text()).get(key)
+            now = current()
+        except (OSError, ValueError) as e:  # ModelConfigFileError and DatasetError are ValueErrors
+            if isinstance(e, ModelConfigFileError) or errors.is_ours(e):
+                raise RunError(errors.one_line(e)) from None
+            raise RunError(f"{path / name}: unreadable ({type(e).__name__}); remove the run folder or use "
+                           "another --out") from None
+        if recorded != now:
+            raise RunError(f"{path}: ran on another version of {what} ({str(recorded)[:19]}, now {str(now)[:19]}): "
+                           "a changed file is a new experiment; use another --out")
+
+
+def _model_problem(scenario: Scenario, ds) -> str | None:
+    """Whether the scenario's UNet fits its data: a ``config:PATH`` file's data fields, and for every
+    model that the images' size divides by its downsampling factor; None if it fits."""
+    from benchmark.model_configs import MODEL_CONFIGS, ModelConfigFileError, data_fields, is_config_path, read_config
+
+    _n, c, h, _w = ds.images.shape
+    if not is_config_path(scenario.model):
+        cfg = MODEL_CONFIGS[scenario.model]
+    else:
+        try:
+            cfg = read_config(scenario.model)
+            data_fields(scenario.model, cfg, in_channels=c, resolution=h,
+                        num_classes=ds.num_classes if scenario.class_conditional else None)
+        except ModelConfigFileError as e:
+            return str(e)
+    factor = 2 ** (len(cfg["block_out_channels"]) - 1)
+    return None if h % factor == 0 else (f"model {scenario.model!r} downsamples by {factor}; the images' size "
+                                         f"{h} is not divisible by it")
 
 
 def check_writable(out_dir: Path) -> None:

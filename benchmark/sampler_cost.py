@@ -131,7 +131,7 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
                  progress=None) -> SamplerCostReport:
     """Sample ``run``'s global model with every spec (or read the samples from ``from_samples``)
     and score each set against the run's FID reference. ``n`` defaults to the run's fid_n_samples."""
-    from benchmark.data import load_dataset
+    from benchmark.data import scenario_dataset
     from benchmark.federation import task
     from benchmark.model import make_scheduler, sample
     from benchmark.perf import _sync
@@ -149,10 +149,10 @@ def sampler_cost(run: Path, specs: list[tuple[str, int]], *, n: int | None = Non
     if from_samples is not None and not Path(from_samples).is_dir():
         raise SamplerCostError(f"{from_samples}: cannot read samples (not a folder)")
     n = scenario.fid_n_samples if n is None else n
-    test = load_dataset(scenario.dataset, data_root=data_root, split="test")
+    test = scenario_dataset(scenario, "test", data_root)
     if not 2 <= n <= len(test.labels):
         raise SamplerCostError(f"n must be 2..{len(test.labels)} (the {scenario.dataset} test split), got {n}")
-    train = load_dataset(scenario.dataset, data_root=data_root, split="train")
+    train = scenario_dataset(scenario, "train", data_root)
     real, real_key = fid_reference(test, n)
     report = SamplerCostReport(
         run=str(run), scenario=scenario.name, scenario_hash=scenario_hash, seed=seed, model=scenario.model,

@@ -17,7 +17,7 @@ import typing
 
 from attacks.registry import attack_names, membership_attack_names
 from benchmark.fid_extractors import extractor_names  # torch-free
-from benchmark.model_configs import MODEL_CONFIGS
+from benchmark.model_configs import MODEL_CONFIGS, is_config_path
 from benchmark.optimizers import UnknownOptimizerError, get_optimizer  # torch-free
 from benchmark.partition import PartitionError, parse_scheme
 from benchmark.samplers import UnknownSamplerError, get_sampler  # torch-free
@@ -72,7 +72,7 @@ def _type_name(hint) -> str:
 # The rules between fields -----------------------------------------------------------------------
 def scenario_problem(s) -> str | None:
     """The first problem of scenario ``s`` (well-typed), as one line, or None."""
-    from benchmark.data import dataset_names
+    from benchmark.data import dataset_names, is_folder, is_known
 
     if not s.name or any(c in s.name for c in "/\\ \t\n"):
         return "name must be non-empty without slashes or spaces"
@@ -80,12 +80,20 @@ def scenario_problem(s) -> str | None:
         mechanism = get_mechanism(s.dp_mode)
     except ModeError as e:
         return str(e)
-    if s.dataset not in dataset_names() and not s.dataset.startswith("medmnist:"):
-        return f"unknown dataset {s.dataset!r} (known: {', '.join(dataset_names())}, medmnist:<name>)"
+    if not is_known(s.dataset):
+        return f"unknown dataset {s.dataset!r} (known: {', '.join(dataset_names())}, medmnist:<name>, folder:PATH)"
+    if (s.image_size is not None or s.channels is not None) and not is_folder(s.dataset):
+        return f"image_size and channels apply to folder: datasets only, not {s.dataset!r}"
+    if s.image_size is not None and s.image_size < 4:
+        return f"image_size must be >= 4, got {s.image_size}"
+    if s.channels not in (None, 1, 3):
+        return f"channels must be 1 or 3, got {s.channels}"
     try:
         parse_scheme(s.partition)
     except PartitionError as e:
         return str(e)
+    if parse_scheme(s.partition)[0] == "by-site" and not is_folder(s.dataset):
+        return f"partition 'by-site' needs a folder:PATH dataset with PATH/<site>/<class>/<image>, not {s.dataset!r}"
     if s.num_clients < 1:
         return f"num_clients must be >= 1, got {s.num_clients}"
     if not 1 <= s.clients_per_round <= s.num_clients:
@@ -130,8 +138,8 @@ def scenario_problem(s) -> str | None:
             return f"downstream_n_samples must be >= 2, got {s.downstream_n_samples}"
     if s.sample_steps > s.num_train_timesteps:
         return "sample_steps must not exceed num_train_timesteps"
-    if s.model not in MODEL_CONFIGS:
-        return f"unknown model {s.model!r} (known: {', '.join(MODEL_CONFIGS)})"
+    if s.model not in MODEL_CONFIGS and not is_config_path(s.model):
+        return f"unknown model {s.model!r} (known: {', '.join(MODEL_CONFIGS)}, config:PATH)"
     try:
         get_sampler(s.sampler)
     except UnknownSamplerError as e:

@@ -34,7 +34,9 @@ HASH_NEUTRAL_DEFAULTS = {"min_clients_per_round": None, "round_timeout_s": None,
                          # public pretraining (benchmark.pretrain)
                          "pretrain": None, "pretrain_epochs": 0, "optimizer": "adam",
                          # the downstream classifier's own, larger sample
-                         "downstream_n_samples": None}
+                         "downstream_n_samples": None,
+                         # your own images (benchmark.folder_data)
+                         "image_size": None, "channels": None}
 
 
 class ScenarioError(ValueError):
@@ -95,6 +97,10 @@ class Scenario:
     # pretrain is the public-only reference: no private image touches the model.
     pretrain: str | None = None
     pretrain_epochs: int = 0
+    # folder:PATH datasets (benchmark.folder_data): the square size and channel count (1 or 3) the
+    # images are brought to; None: the images' own, which must then agree.
+    image_size: int | None = None
+    channels: int | None = None
 
     @property
     def min_replies(self) -> int:

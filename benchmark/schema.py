@@ -167,7 +167,9 @@ LEADERBOARD: list[Column] = [
     _scenario("scenario_hash", "str", "sha256 prefix of the scenario definition (every field but seeds and suite)",
               key="hash"),
     _scenario("scale", "str", "`cpu` or `gpu`: how big the same scenario was run"),
-    _scenario("dataset", "str", "e.g. `mnist-embedded`"),
+    Column("dataset", "str", "derived", "first", "e.g. `mnist-embedded`; a folder of one's own as `folder:<its last "
+           "path component>` (the path itself, a machine's directory layout, is not published)",
+           derive=lambda s: _published_dataset(s["scenario"][0]["dataset"])),
     _scenario("partition", "str", "`iid`, `dirichlet-<alpha>`", report=Shown("partition", always=True)),
     _scenario("num_clients", "int", "clients N"),
     _scenario("clients_per_round", "int", "clients sampled per round"),
@@ -295,6 +297,9 @@ RUN_ONLY: list[RunField] = [
     RunField("fid_n_real", "int", "real reference images per FID"),
     RunField("fid_reference", "str", "key of the FID reference images"),
     RunField("sample_s", "float", "sampling wall time", unit="s"),
+    RunField("model_params", "int", "the UNet's parameter count", required=False),
+    RunField("model_config", "str", "the UNet: its registered name, or `config-<sha256 12>` of a config:PATH file's "
+             "bytes", required=False),
     RunField("fid_s", "float", "FID wall time", unit="s"),
     RunField("downstream_s", "float", "downstream classifier's wall time (training and scoring)", unit="s",
              required=False),
@@ -348,8 +353,25 @@ def _row_audit(sources: dict) -> tuple:
     return lb, ceiling, verdict, verdict == "failed"
 
 
+def _published_dataset(name: str) -> str:
+    if name.startswith("folder:"):
+        return "folder:" + (name[len("folder:"):].rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or "/")
+    return name
+
+
 def _relation(dp_mode: str) -> str | None:
     return get_mechanism(dp_mode).epsilon_relation  # an unknown mode: a one-line error
+
+
+def _upgraded_relation(row: dict) -> str | None:
+    """A version-4 row's relation: its mechanism's; empty where the mode is not known here (a plugin
+    that is not installed: its relation is not ours to guess)."""
+    from privacy.modes import ModeError
+
+    try:
+        return None if not isinstance(row.get("dp_mode"), str) else _relation(row["dp_mode"])
+    except ModeError:
+        return None
 
 
 def _estimate(sources: dict) -> float | None:
@@ -371,8 +393,7 @@ def _estimate(sources: dict) -> float | None:
 # the row: a function of the row, or None for empty). A migrated board says so nowhere else; the
 # reader (benchmark.leaderboard.read_leaderboard) fills them and sets schema_version to the current.
 UPGRADES: dict[int, dict[str, Callable[[dict], Any] | None]] = {
-    4: {"neighbouring_relation": lambda row: None if not isinstance(row.get("dp_mode"), str)
-        else _relation(row["dp_mode"]), "epsilon_estimate": None},
+    4: {"neighbouring_relation": _upgraded_relation, "epsilon_estimate": None},
 }
 
 

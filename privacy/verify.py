@@ -258,8 +258,10 @@ def verify_dp(model_name: str, *, device: str = "cpu", batch_size: int = 4, num_
 
 def _verify(model_name, device, batch_size, num_classes, modes, dtype, seed, tol, in_channels,
             resolution, compiled, contrib_tol, amp, clip_margin, training_flags) -> VerifyReport:
-    c, r = MODEL_INPUTS[model_name]
+    c, r = MODEL_INPUTS.get(model_name, (None, None))  # a config:PATH model: the data's shape, given
     c, r = in_channels or c, resolution or r
+    if c is None or r is None:
+        raise ValueError(f"model {model_name!r}: give the input's channels and resolution to verify it")
     model = build_unet(model_name, in_channels=c, resolution=r, num_classes=num_classes, seed=seed)
     model.to(device, dtype).train()
     scheduler = make_scheduler()

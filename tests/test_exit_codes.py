@@ -132,7 +132,7 @@ def _run_suite(monkeypatch, tmp_path, scenario_name, fake):
 
 def test_a_planted_mis_accounted_run_fails_the_audit_with_3(monkeypatch, capsys, tmp_path, fake_run):
     """Claimed epsilon 0.5 with sigma = 0: the one-run canaries are perfectly separated, the bound
-    exceeds the claim at the invocation's Bonferroni level, bench run exits 3 and says so."""
+    exceeds the claim at 95 % for the row, the board says failed, bench run exits 3 and says so."""
     import pandas as pd
 
     from benchmark.suites import get_scenario

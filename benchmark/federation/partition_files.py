@@ -30,6 +30,7 @@ a split, so one export serves them all; a file for another split or seed is refu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.data import ImageDataset, load_dataset
+from benchmark.data import ImageDataset, scenario_dataset
 from benchmark.partition import ClientSplit, Partition, make_partition
 from benchmark.rundir import write_json, write_npz
 from benchmark.scenarios import Scenario
@@ -47,6 +48,9 @@ FILE_FORMAT = "feddp-partition/1"
 MANIFEST_FORMAT = "feddp-partitions/1"
 MANIFEST_NAME = "manifest.json"
 SPLIT_FIELDS = ("dataset", "partition", "num_clients", "heldout_fraction", "max_train_images", "canaries")
+# Fields that enter the key only when set (a folder dataset's size and channels), so that every
+# split exported before them keeps its key.
+SPLIT_FIELDS_IF_SET = ("image_size", "channels")
 
 
 class PartitionFileError(ValueError):
@@ -60,6 +64,7 @@ def partition_file_name(partition_id: int) -> str:
 def partition_key(scenario: Scenario, seed: int) -> str:
     """The name of the split (scenario's data fields + seed), 12 hex digits."""
     fields = {f: getattr(scenario, f) for f in SPLIT_FIELDS} | {"seed": int(seed)}
+    fields |= {f: getattr(scenario, f) for f in SPLIT_FIELDS_IF_SET if getattr(scenario, f) is not None}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -75,6 +80,13 @@ class FederatedData:
     def partition_record(self) -> dict:
         """What partition.json holds: every client's indices, and the canaries if any."""
         d = self.partition.to_dict()
+        if self.dataset.content_hash:  # a folder of one's own: which content this split is of
+            d["dataset_sha256"] = self.dataset.content_hash
+        if self.partition.scheme == "by-site":  # each party is one site: say which, and that it holds only its own
+            for c in d["clients"]:
+                own = self.dataset.sites[np.r_[c["train_idx"], c["heldout_idx"]].astype(np.int64)]
+                c["site"] = self.dataset.site_names[c["client_id"]]
+                c["sites_held"] = sorted({self.dataset.site_names[k] for k in own.tolist() if k >= 0})
         if len(self.canary_members) + len(self.canary_nonmembers):
             d["canaries"] = {"members": self.canary_members.tolist(),
                              "nonmembers": self.canary_nonmembers.tolist(), "client": 0}
@@ -91,12 +103,11 @@ def load_federated_data(scenario: Scenario, seed: int, data_root: str | None,
     With ``scenario.canaries = m``, m canary images are appended to the dataset and each is added
     to client 0's training data by an independent fair coin (see :mod:`attacks.canaries`).
     """
-    ds = dataset if dataset is not None else load_dataset(scenario.dataset, data_root=data_root or None,
-                                                          split="train")
+    ds = dataset if dataset is not None else scenario_dataset(scenario, "train", data_root or None)
     part = make_partition(
         ds.labels, scheme=scenario.partition, num_clients=scenario.num_clients,
         seed=derive_seed("partition", seed), heldout_fraction=scenario.heldout_fraction,
-        max_train_images=scenario.max_train_images,
+        max_train_images=scenario.max_train_images, sites=ds.sites, site_names=ds.site_names,
     )
     if not scenario.canaries:
         return FederatedData(ds, part)
@@ -108,8 +119,8 @@ def load_federated_data(scenario: Scenario, seed: int, data_root: str | None,
                                  seed=derive_seed("canary-images", seed))
     inserted, kept_out = include_canaries(m, seed=derive_seed("canary-split", seed))
     base = len(ds.labels)
-    ds = ImageDataset(ds.name, np.concatenate([ds.images, imgs]), np.concatenate([ds.labels, labels]),
-                      ds.num_classes)
+    ds = dataclasses.replace(ds, images=np.concatenate([ds.images, imgs]), labels=np.concatenate([ds.labels, labels]),
+                             sites=None if ds.sites is None else np.concatenate([ds.sites, np.full(m, -1, np.int64)]))
     members, nonmembers = base + inserted, base + kept_out
     first = part.clients[0]
     clients = (ClientSplit(first.client_id, np.concatenate([first.train_idx, members]), first.heldout_idx),
@@ -227,13 +238,21 @@ def export_partitions(scenario: Scenario, seed: int, out_dir: str | Path, *, dat
         pid = split.client_id
         images, labels = fed.dataset.images[split.train_idx], fed.dataset.labels[split.train_idx]
         name = partition_file_name(pid)
+        site = {"site": fed.dataset.site_names[pid]} if fed.partition.scheme == "by-site" else {}
         write_npz(out_dir / name, images=images, labels=labels,
-                  meta=np.array(json.dumps(meta | {"partition_id": pid, "num_images": len(labels)}, sort_keys=True)))
+                  meta=np.array(json.dumps(meta | {"partition_id": pid, "num_images": len(labels)} | site,
+                                           sort_keys=True)))
         files.append(name)
         digests.append(hashlib.sha256((out_dir / name).read_bytes()).hexdigest())
     manifest = PartitionManifest(**{**manifest.__dict__, "files": tuple(files), "sha256": tuple(digests)})
     write_json(out_dir / MANIFEST_NAME, manifest.to_dict())
     return manifest
+
+
+def partition_site(path: str | Path) -> str | None:
+    """The site a partition file holds (``by-site`` partitions), else None."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"])).get("site")
 
 
 @dataclass(frozen=True, eq=False)
