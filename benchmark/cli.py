@@ -60,6 +60,17 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``K/N``: this invocation runs shard K (1-based) of N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N, e.g. 2/4, got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}")
+    return k, n
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from benchmark.data import dataset_names
     from benchmark.model_configs import MODEL_CONFIGS
@@ -145,6 +156,10 @@ def _dry_run(args: argparse.Namespace, scenarios, report) -> int:
     from benchmark import runner
 
     work = runner.plan(scenarios, args.seeds, dataclasses.replace(_options(args, report, False), resume=True))
+    if args.shard:
+        everything, work = work, runner.shard(work, *args.shard)
+        print(f"bench: shard {args.shard[0]}/{args.shard[1]}: {len(work)} of the {len(everything)} planned runs",
+              file=sys.stderr)
     for s, seed, path, done in work:
         print(f"{'done' if done else 'todo'}  {s.name} seed {seed}  -> {path}")
     print(f"bench: dry run: {sum(w.done for w in work)} complete, {sum(not w.done for w in work)} to run"
@@ -164,6 +179,9 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
     opts = _options(args, report, bars)
     results_dir = _results_dir(args)
     work = runner.plan(scenarios, args.seeds, opts)
+    if args.shard:
+        everything, work = work, runner.shard(work, *args.shard)
+        report(f"shard {args.shard[0]}/{args.shard[1]}: {len(work)} of the {len(everything)} planned runs")
     # Bad input is refused in one line, so the checks print nothing unless they take 30 s.
     checks = Progress(report, "before any training")
     checks.stage = "checks (data files and partitions, output folders, FID network, verify-dp)"
@@ -239,8 +257,18 @@ def cmd_partitions(args: argparse.Namespace) -> int:
 def cmd_summarize(args: argparse.Namespace) -> int:
     from benchmark import leaderboard
 
-    for path in leaderboard.summarize(Path(args.runs_dir), _results_dir(args), suites=args.suite):
+    dirs = [Path(d) for d in args.runs_dir]
+    missing = leaderboard.missing_runs(dirs, suites=args.suite)
+    if missing and args.publish:
+        first = "; ".join(f"{suite}: {', '.join(runs[:3])}{' ...' if len(runs) > 3 else ''}"
+                          for suite, runs in missing.items())
+        raise errors.BadInputError(f"not publishing an incomplete suite ({first}): run the missing runs "
+                                   "(bench run --resume) or summarize without --publish")
+    for path in leaderboard.summarize(dirs, _results_dir(args), suites=args.suite):
         print(f"bench: leaderboard {path} (report: {path.parent / 'README.md'})")
+    for suite, runs in missing.items():
+        print(f"bench: suite {suite} is INCOMPLETE: {len(runs)} planned run(s) missing: {', '.join(runs)}",
+              file=sys.stderr)
     return 0
 
 
@@ -430,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-root", help="where on-disk datasets lie (default: $FEDDP_DATA_ROOT or "
                    "~/.cache/feddp-bench/data)")
     q.add_argument("--resume", action="store_true", help="skip runs that are already complete")
+    q.add_argument("--shard", type=_shard, metavar="K/N", help="run shard K of N (1 <= K <= N): the planned runs "
+                   "(scenario x seed, in plan order) dealt round-robin into N disjoint shards; N invocations "
+                   "together run each run once (then bench summarize the run folders)")
     q.add_argument("--dry-run", action="store_true", help="print the runs without running them")
     q.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is "
                    "not a terminal: a log gets one line per stage, round and run)")
@@ -523,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=cmd_partitions, check=check_partitions, hushed=True)
 
     q = sub.add_parser("summarize", help="rebuild leaderboards from run folders (no retraining)")
-    q.add_argument("runs_dir", help="folder of run folders (bench run --out)")
+    q.add_argument("runs_dir", nargs="+", help="folder(s) of run folders (bench run --out; several: the trees of "
+                   "a suite's shards, merged; the same run in two trees must be the same result)")
     _results_args(q)
     q.add_argument("--suite", action="append", help="only this suite (repeatable)")
     q.set_defaults(fn=cmd_summarize)

@@ -41,6 +41,58 @@ def find_runs(runs_dir: Path) -> list[Path]:
     return found
 
 
+# The files whose bytes make a run's result: two copies of a run are the same result if these agree.
+RESULT_FILES = ("scenario.json", "metrics.json", "environment.json")
+
+
+def merged_runs(runs_dirs) -> list[Path]:
+    """Every complete run folder of the trees ``runs_dirs`` (one path or several: the trees of a
+    suite's shards), one per run (suite, scenario, hash, seed). The same run in two trees must be
+    the same result (:data:`RESULT_FILES` byte-identical, as a copy is); two different results of
+    one run are refused in one line naming both, for no leaderboard can hold both."""
+    dirs = [Path(runs_dirs)] if isinstance(runs_dirs, (str, Path)) else [Path(d) for d in runs_dirs]
+    seen: dict[tuple, Path] = {}
+    for d in dirs:
+        for run in find_runs(d):
+            key = run.relative_to(d).parts  # <suite>/<scenario>-<hash>/seed-<k>
+            if key not in seen:
+                seen[key] = run
+                continue
+            other = seen[key]
+            differ = [f for f in RESULT_FILES if (run / f).read_bytes() != (other / f).read_bytes()]
+            if differ:
+                raise LeaderboardError(f"two different results for run {'/'.join(key)}: {other} and {run} "
+                                       f"({', '.join(differ)} differ); keep one of them")
+    return [seen[k] for k in sorted(seen)]
+
+
+def _where(runs_dirs) -> str:
+    return str(runs_dirs) if isinstance(runs_dirs, (str, Path)) else ", ".join(map(str, runs_dirs))
+
+
+def missing_runs(runs_dirs, suites: list[str] | None = None) -> dict[str, list[str]]:
+    """suite -> the runs its definition plans that no tree holds (``<scenario> seed <k>``), for each
+    registered suite found in the trees (a scenario file's runs have no plan to miss)."""
+    from benchmark.suites import get_suite, suite_names
+
+    found: dict[str, set] = defaultdict(set)
+    scales: dict[str, set] = defaultdict(set)
+    for run in merged_runs(runs_dirs):
+        sc = json.loads((run / "scenario.json").read_text())
+        found[sc["suite"]].add((sc["name"], sc["hash"], int(sc["seed"])))
+        scales[sc["suite"]].add(sc["scale"])
+    out = {}
+    for suite in sorted(found):
+        if suite not in suite_names() or (suites is not None and suite not in suites):
+            continue
+        planned = [(s.name, s.hash, seed) for scale in sorted(scales[suite]) for s in get_suite(suite, scale)
+                   for seed in s.seeds]
+        gone = [f"{name} seed {seed}" for name, h, seed in planned if (name, h, seed) not in found[suite]]
+        if gone:
+            out[suite] = gone
+    return out
+
+
 def load_run(run: Path) -> dict:
     """One record: scenario, metrics, environment (and attacks, where run) of a run folder."""
     rec = {"path": run}
@@ -87,15 +139,16 @@ class SuiteResults:
     runs: dict[tuple[str, str], list[Path]] = field(default_factory=dict)  # (scenario, hash) -> by seed
 
 
-def build_results(runs_dir: Path) -> dict[str, SuiteResults]:
-    """suite -> its leaderboard, attack table and run folders, from the complete runs under ``runs_dir``."""
+def build_results(runs_dir) -> dict[str, SuiteResults]:
+    """suite -> its leaderboard, attack table and run folders, from the complete runs under
+    ``runs_dir`` (one tree or several: :func:`merged_runs`)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for run in find_runs(runs_dir):
+    for run in merged_runs(runs_dir):
         rec = load_run(run)
         sc = rec["scenario"]
         groups[(sc["suite"], sc["name"], sc["scale"], sc["hash"])].append(rec)
     if not groups:
-        raise LeaderboardError(f"no complete runs under {runs_dir}")
+        raise LeaderboardError(f"no complete runs under {_where(runs_dir)}")
     rows: dict[str, list[dict]] = defaultdict(list)
     attack_rows: dict[str, list[dict]] = defaultdict(list)
     runs: dict[str, dict] = defaultdict(dict)
@@ -164,16 +217,17 @@ def _upgrade(df: pd.DataFrame, version: int) -> pd.DataFrame:
     return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
 
 
-def summarize(runs_dir: Path, results_dir: Path, suites: list[str] | None = None,
+def summarize(runs_dir, results_dir: Path, suites: list[str] | None = None,
               report: bool = True) -> list[Path]:
     """Write ``<results_dir>/<suite>/leaderboard.csv`` (and ``attacks.csv`` where attacks ran, the
-    sample grids, the README and the plots of :mod:`benchmark.report`) for each suite found;
-    return the leaderboard paths."""
+    sample grids, the README and the plots of :mod:`benchmark.report`) for each suite found in
+    ``runs_dir`` (a tree of run folders, or several: :func:`merged_runs`); return the leaderboard
+    paths."""
     results = build_results(runs_dir)
     if suites is not None:
         missing = [s for s in suites if s not in results]
         if missing:
-            raise LeaderboardError(f"no complete runs of suite(s) {', '.join(missing)} under {runs_dir}")
+            raise LeaderboardError(f"no complete runs of suite(s) {', '.join(missing)} under {_where(runs_dir)}")
         results = {s: results[s] for s in suites}
     written = []
     for suite, res in sorted(results.items()):

@@ -293,6 +293,16 @@ def plan(scenarios: tuple[Scenario, ...], seeds: tuple[int, ...] | None, opts: R
     return out
 
 
+def shard(work: list[PlannedRun], k: int, n: int) -> list[PlannedRun]:
+    """Shard ``k`` of ``n`` (1-based) of a plan: its runs dealt round-robin in plan order (run i goes
+    to shard i mod n + 1), so the n shards are disjoint, together the whole plan, and each gets a
+    share of every scenario's seeds. The plan's order is stable (:func:`plan`: scenarios in suite
+    order, each scenario's seeds), so every machine computes the same shards."""
+    if not 1 <= k <= n:
+        raise RunError(f"shard {k}/{n}: expected 1 <= K <= N")
+    return [w for i, w in enumerate(work) if i % n == k - 1]
+
+
 def check_fid_available(scenarios) -> None:
     """Fail before any training when a scenario's FID network is not installed."""
     from benchmark.fid_extractors import get_extractor

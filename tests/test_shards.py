@@ -1,0 +1,94 @@
+"""A suite over several machines (issue 28, first part): ``bench run --shard K/N`` and ``bench
+summarize`` over several run trees, refusing conflicting duplicates and naming missing runs."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from benchmark import runner
+from benchmark.cli import main
+from benchmark.leaderboard import merged_runs, missing_runs
+from benchmark.suites import get_suite
+from conftest import write_fake_run
+
+
+def _plan(tmp_path, suite="privacy"):
+    opts = runner.RunOptions(out_dir=tmp_path / "runs", device="cpu", data_root=None, resume=True,
+                             progress=False, report=lambda line: None)
+    return runner.plan(get_suite(suite, "cpu"), None, opts)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 10, 17])
+def test_shards_are_disjoint_and_cover_the_plan(tmp_path, n):
+    work = _plan(tmp_path, "cross-device")
+    shards = [runner.shard(work, k, n) for k in range(1, n + 1)]
+    keys = [(w.scenario.name, w.seed) for s in shards for w in s]
+    assert sorted(keys) == sorted((w.scenario.name, w.seed) for w in work) and len(set(keys)) == len(keys)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_dry_run_shows_a_shards_runs_and_bad_shards_are_refused(tmp_path, capsys):
+    base = ["run", "--suite", "privacy", "--out", str(tmp_path / "runs"), "--dry-run"]
+    assert main(base + ["--shard", "2/3"]) == 0
+    cap = capsys.readouterr()
+    lines = [ln for ln in cap.out.splitlines() if ln.startswith("todo")]
+    assert len(lines) == 3 and "shard 2/3: 3 of the 10 planned runs" in cap.err   # runs 1, 4, 7 of 0..9
+    for bad in ("0/3", "4/3", "x", "1/0"):
+        assert main(base + ["--shard", bad]) == 2
+        assert "K/N" in capsys.readouterr().err
+
+
+def _fake_suite(root, skip=()):
+    for i, w in enumerate(_plan(root)):
+        if i not in skip:
+            write_fake_run(root / "runs", w.scenario, w.seed, fid=10.0 + i, attacks={"mia-loss": 0.1 * i})
+
+
+def test_two_shard_trees_summarize_to_the_one_tree_leaderboard(tmp_path):
+    """Shards 1/2 and 2/2 written into two trees, merged, equal the same runs in one tree, byte for
+    byte; a copy of a run in both trees is the same result and is accepted."""
+    one, a, b = tmp_path / "one", tmp_path / "a", tmp_path / "b"
+    _fake_suite(one)
+    for k, dest in ((1, a), (2, b)):
+        for w in runner.shard(_plan(one), k, 2):
+            src = w.path
+            shutil.copytree(src, dest / src.relative_to(one / "runs"))
+    some = next(p for p in merged_runs(a))
+    shutil.copytree(some, b / some.relative_to(a))                    # the same run in both trees
+    assert main(["summarize", str(one / "runs"), "--results", str(tmp_path / "r1")]) == 0
+    assert main(["summarize", str(a), str(b), "--results", str(tmp_path / "r2")]) == 0
+    for f in ("leaderboard.csv", "attacks.csv"):
+        assert (tmp_path / "r1" / "privacy" / f).read_bytes() == (tmp_path / "r2" / "privacy" / f).read_bytes()
+
+
+def test_a_conflicting_duplicate_is_refused_naming_it(tmp_path, capsys):
+    _fake_suite(tmp_path)
+    other = tmp_path / "other"
+    run = merged_runs(tmp_path / "runs")[0]
+    copy = other / run.relative_to(tmp_path / "runs")
+    shutil.copytree(run, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    (copy / "metrics.json").write_text(json.dumps(metrics | {"fid": metrics["fid"] + 1.0}))   # another result
+    assert main(["summarize", str(tmp_path / "runs"), str(other), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("bench: error: two different results for run privacy/") and "metrics.json differ" in err
+
+
+def test_an_incomplete_tree_names_its_missing_runs_and_is_not_published(tmp_path, capsys, monkeypatch):
+    _fake_suite(tmp_path, skip=(3, 8))
+    work = _plan(tmp_path)
+    want = [f"{work[i].scenario.name} seed {work[i].seed}" for i in (3, 8)]
+    assert missing_runs(tmp_path / "runs") == {"privacy": want}
+    assert main(["summarize", str(tmp_path / "runs"), "--results", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert f"suite privacy is INCOMPLETE: 2 planned run(s) missing: {', '.join(want)}" in err
+    board = pd.read_csv(tmp_path / "r" / "privacy" / "leaderboard.csv")
+    assert len(board) == 5 and sorted(board.n_seeds) == [1, 1, 2, 2, 2]
+    monkeypatch.setattr("benchmark.cli.PUBLISHED_RESULTS", str(tmp_path / "published"))
+    assert main(["summarize", str(tmp_path / "runs"), "--publish"]) == 2
+    assert "not publishing an incomplete suite" in capsys.readouterr().err
+    assert not (tmp_path / "published").exists()
+    _fake_suite(tmp_path / "rest", skip=tuple(i for i in range(10) if i not in (3, 8)))
+    assert missing_runs([tmp_path / "runs", tmp_path / "rest" / "runs"]) == {}
