@@ -148,7 +148,7 @@ def _options(args: argparse.Namespace, report, bars: bool):
     from benchmark import runner
 
     return runner.RunOptions(out_dir=Path(args.out), device=args.device, data_root=args.data_root,
-                             resume=args.resume, progress=bars, report=report)
+                             resume=args.resume, progress=bars, report=report, ray_address=args.ray_address)
 
 
 def _dry_run(args: argparse.Namespace, scenarios, report) -> int:
@@ -189,6 +189,7 @@ def _run(args: argparse.Namespace, scenarios, report, bars: bool) -> int:
         runner.check_data(work, opts)
         runner.check_writable(opts.out_dir)
         runner.check_writable(results_dir)
+        runner.check_ray_address(opts.ray_address)
         todo = [w for w in work if not w.done]
         runner.check_fid_available(tuple(w.scenario for w in todo))
         for line in runner.verify_before_dp(tuple({w.scenario for w in todo}), opts).values():
@@ -461,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--shard", type=_shard, metavar="K/N", help="run shard K of N (1 <= K <= N): the planned runs "
                    "(scenario x seed, in plan order) dealt round-robin into N disjoint shards; N invocations "
                    "together run each run once (then bench summarize the run folders)")
+    q.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None, metavar="HOST:PORT",
+                   help="run the federations on an existing Ray cluster (its GCS address, as `ray start --head` "
+                   "prints; default $RAY_ADDRESS; unset: a local Ray per federation)")
     q.add_argument("--dry-run", action="store_true", help="print the runs without running them")
     q.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is "
                    "not a terminal: a log gets one line per stage, round and run)")

@@ -55,6 +55,7 @@ class RunOptions:
     resume: bool = False
     progress: bool = True                          # tqdm bars (rounds; bench run: on a TTY only)
     report: Callable[[str], None] | None = None    # one line as each stage of a run starts
+    ray_address: str | None = None                 # an existing Ray cluster for the federations (None: a local one)
 
 
 def privacy_metrics(scenario: Scenario, history: dict) -> dict:
@@ -190,7 +191,7 @@ def train_stage(scenario: Scenario, seed: int, work: Path, fed, device: str, opt
             run_config["init-weights"] = str(ckpt)
         return simulate(run_config, num_clients=scenario.num_clients,
                         gpu_fraction=(1.0 / scenario.clients_per_round) if device.startswith("cuda") else 0.0,
-                        on_round=on_round, fed=fed)
+                        on_round=on_round, fed=fed, ray_address=opts.ray_address)
     finally:
         if bar:
             bar.close()
@@ -386,6 +387,36 @@ def _model_problem(scenario: Scenario, ds) -> str | None:
     factor = 2 ** (len(cfg["block_out_channels"]) - 1)
     return None if h % factor == 0 else (f"model {scenario.model!r} downsamples by {factor}; the images' size "
                                          f"{h} is not divisible by it")
+
+
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(address: str | None) -> None:
+    """Before any training: an existing Ray cluster at ``address`` answers (its GCS port takes a
+    TCP connection, then ``ray.init`` connects and lets go), else one-line :class:`RunError`.
+    ``auto`` and ``ray://`` addresses are left to Ray itself."""
+    if not address:
+        return
+    import socket
+
+    if address != "auto" and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=RAY_CONNECT_TIMEOUT_S):
+                pass
+        except (OSError, ValueError) as e:
+            raise RunError(f"no Ray cluster at --ray-address {address} ({getattr(e, 'strerror', None) or e}); "
+                           "start one with `ray start --head` or give its GCS address host:port") from None
+    import ray
+
+    try:
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    except Exception as e:  # noqa: BLE001 - Ray raises several kinds; all mean: not a cluster we can use
+        raise RunError(f"cannot join the Ray cluster at {address} ({str(e).splitlines()[0] if str(e) else e})") \
+            from None
+    finally:
+        ray.shutdown()
 
 
 def check_writable(out_dir: Path) -> None:

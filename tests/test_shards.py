@@ -92,3 +92,96 @@ def test_an_incomplete_tree_names_its_missing_runs_and_is_not_published(tmp_path
     assert not (tmp_path / "published").exists()
     _fake_suite(tmp_path / "rest", skip=tuple(i for i in range(10) if i not in (3, 8)))
     assert missing_runs([tmp_path / "runs", tmp_path / "rest" / "runs"]) == {}
+
+
+# ------------------------------------------------------------------ an existing Ray cluster
+def test_a_wrong_ray_address_stops_the_run_in_one_line_before_training(tmp_path, capsys):
+    code = main(["run", "--scenario", "grid-iid-nodp", "--out", str(tmp_path / "runs"), "--results",
+                 str(tmp_path / "r"), "--no-progress", "--ray-address", "127.0.0.1:9"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and err[-1].startswith("bench: error: no Ray cluster at --ray-address 127.0.0.1:9")
+    assert not any((tmp_path / "runs").rglob("DONE"))
+
+
+@pytest.mark.slow  # starts a Ray head node and trains one small federation on it (about a minute)
+def test_a_run_with_ray_address_trains_on_that_cluster(tmp_path, feddp_cache):
+    """A real local Ray cluster (``ray start --head --block`` on loopback, its process group killed
+    afterwards, so no other Ray on the machine is touched); ``bench run --ray-address`` trains on it,
+    and the cluster's own state lists the Flower client actors that ran there."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp_path / 'ray'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        scn = tmp_path / "tiny.toml"
+        scn.write_text('name = "on-cluster"\nnum_clients = 2\nclients_per_round = 2\nrounds = 1\n'
+                       'max_train_images = 32\nbatch_size = 16\nnum_train_timesteps = 100\nsample_steps = 2\n'
+                       'fid_n_samples = 16\n')
+        res = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--scenario-file", str(scn), "--out",
+                              str(tmp_path / "runs"), "--results", str(tmp_path / "r"), "--no-progress",
+                              "--ray-address", address], capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        probe = ("import ray, json; from ray.util.state import list_actors; ray.init(address=%r, log_to_driver=False); "
+                 "print(json.dumps([a.class_name for a in list_actors(limit=1000)]))" % address)
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        classes = json.loads(out.stdout.strip().splitlines()[-1])
+        assert any("ClientAppActor" in c for c in classes), classes
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+# Columns that time a run or name where and when it ran: never equal between two runs of anything.
+CIRCUMSTANCE = {"train_s", "date", "device", "git_sha"}
+
+
+@pytest.mark.slow  # three small federations, two of them at once (a few minutes on 2 cores)
+def test_two_concurrent_shards_make_the_one_process_leaderboard(tmp_path, feddp_cache):
+    """Issue 28's must-be-true: a small suite (two non-DP scenarios, one seed) as shards 1/2 and 2/2
+    in two concurrent processes into one output tree; the merged leaderboard equals the one-process
+    one in every column but the run's circumstances (wall time, date, device, commit)."""
+    import subprocess
+    import sys
+
+    scn = tmp_path / "two.toml"
+    tiny = ('num_clients = 2\nclients_per_round = 2\nrounds = 1\nmax_train_images = 32\nbatch_size = 16\n'
+            'num_train_timesteps = 100\nsample_steps = 2\nfid_n_samples = 16\n')
+    scn.write_text(f'[[scenario]]\nname = "shard-a"\n{tiny}\n[[scenario]]\nname = "shard-b"\npartition = '
+                   f'"dirichlet-0.5"\n{tiny}')
+    bench = [sys.executable, "-m", "benchmark.cli", "run", "--scenario-file", str(scn), "--no-progress"]
+    one = subprocess.run(bench + ["--out", str(tmp_path / "one"), "--results", str(tmp_path / "r1")],
+                         capture_output=True, text=True, timeout=1200)
+    assert one.returncode == 0, one.stderr[-3000:]
+    procs = [subprocess.Popen(bench + ["--out", str(tmp_path / "shared"), "--results", str(tmp_path / f"s{k}"),
+                                       "--shard", f"{k}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for k in (1, 2)]
+    for p in procs:
+        _out, err = p.communicate(timeout=1200)
+        assert p.returncode == 0, err[-3000:]
+        assert "shard" in err and "1 of the 2 planned runs" in err
+    assert main(["summarize", str(tmp_path / "shared"), "--results", str(tmp_path / "r2")]) == 0
+    a = pd.read_csv(tmp_path / "r1" / "custom" / "leaderboard.csv", dtype=str, keep_default_na=False)
+    b = pd.read_csv(tmp_path / "r2" / "custom" / "leaderboard.csv", dtype=str, keep_default_na=False)
+    keep = [c for c in a.columns if c not in CIRCUMSTANCE]
+    assert len(a) == 2 and a[keep].equals(b[keep])

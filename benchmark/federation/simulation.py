@@ -38,7 +38,8 @@ class SimulationError(RuntimeError):
 
 def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
              gpu_fraction: float = 0.0, on_round: Callable[[int, dict], None] | None = None,
-             client_app: ClientApp = default_client_app, fed: FederatedData | None = None) -> dict:
+             client_app: ClientApp = default_client_app, fed: FederatedData | None = None,
+             ray_address: str | None = None) -> dict:
     """Run one federated training in simulation; return the round history.
 
     ``client_app`` is ours unless a test swaps in a faulty one. ``fed``: the run's split, already
@@ -47,6 +48,12 @@ def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
 
     The simulated clients' output stays out of the terminal unless ``BENCH_VERBOSE=1``
     (:mod:`benchmark.quiet`); a client's failure still reaches the server as an error reply.
+
+    ``ray_address``: an existing Ray cluster (``bench run --ray-address``): Flower's Ray backend joins
+    it (``ray.init(address=...)``, through the backend config's ``init_args``) instead of starting
+    a local Ray; each client actor still asks for its CPUs (and ``gpu_fraction`` of a GPU), now from
+    the cluster's. The client threads follow this machine's cores (the policy of
+    :mod:`benchmark.threads`); on a cluster of other machines give them the same cores.
     """
     run_config = dict(run_config)
     scenario = resolve_scenario(str(run_config["scenario"]), str(run_config.get("scale", "cpu")))
@@ -61,14 +68,16 @@ def simulate(run_config: dict, *, num_clients: int, num_cpus: int | None = None,
         run_config["partition-dir"] = str(exported)
     try:
         return _simulate(run_config, num_clients=num_clients, num_cpus=cores, client_cpus=per_client,
-                         gpu_fraction=gpu_fraction, on_round=on_round, client_app=client_app)
+                         gpu_fraction=gpu_fraction, on_round=on_round, client_app=client_app,
+                         ray_address=ray_address)
     finally:
         if exported is not None:
             shutil.rmtree(exported, ignore_errors=True)
 
 
 def _simulate(run_config: dict, *, num_clients: int, num_cpus: int, client_cpus: int, gpu_fraction: float,
-              on_round: Callable[[int, dict], None] | None, client_app: ClientApp) -> dict:
+              on_round: Callable[[int, dict], None] | None, client_app: ClientApp,
+              ray_address: str | None = None) -> dict:
     box: dict = {}
 
     server_app = ServerApp()
@@ -81,7 +90,8 @@ def _simulate(run_config: dict, *, num_clients: int, num_cpus: int, client_cpus:
             box["error"] = e
             raise
 
-    init_args = {"num_cpus": num_cpus} | quiet.ray_init_args()
+    # A cluster of its own (num_cpus: this process's cores), or an existing one (which has its own).
+    init_args = ({"address": ray_address} if ray_address else {"num_cpus": num_cpus}) | quiet.ray_init_args()
     backend_config = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": gpu_fraction},
         "init_args": init_args | {"include_dashboard": False},
