@@ -11,6 +11,10 @@
 # SEEDS (the suite's own, fixed per scale in benchmark/scales.py), WORK (regression-work: runs, new
 # leaderboard, comparison), BASELINE (results/$SUITE/leaderboard.csv), RESUME=1 (keep the completed
 # runs of an interrupted WORK), COMPARE_ARGS (e.g. "--sigmas 2 --margin fid=5%"), BENCH (bench).
+# Over several machines (README, "Several machines: shards"): SHARD=K/N runs shard K of N into
+# $WORK/runs and stops (no gate: one shard is not the suite); MERGE="TREE1 TREE2 ..." runs nothing,
+# summarizes the shards' run trees into $WORK/results (refused if a run is missing or conflicts)
+# and gates that merged leaderboard.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +26,26 @@ BASELINE=${BASELINE:-results/$SUITE/leaderboard.csv}
 BENCH=${BENCH:-bench}
 NEW="$WORK/results/$SUITE/leaderboard.csv"
 
-echo "== $BENCH run --suite $SUITE --scale $SCALE ${SEEDS:+--seeds $SEEDS} --device $DEVICE (work: $WORK)"
-# shellcheck disable=SC2086  # BENCH and COMPARE_ARGS are word lists
-$BENCH run --suite "$SUITE" --scale "$SCALE" ${SEEDS:+--seeds "$SEEDS"} --device "$DEVICE" \
-    --out "$WORK/runs" --results "$WORK/results" --no-progress ${RESUME:+--resume}
+if [ -n "${MERGE:-}" ]; then
+    echo "== $BENCH summarize $MERGE (the shards' run trees) into $WORK/results"
+    mkdir -p "$WORK"
+    # shellcheck disable=SC2086  # MERGE is a list of folders; a conflict or no runs: exit 2 here
+    $BENCH summarize $MERGE --results "$WORK/results" --suite "$SUITE" 2> "$WORK/summarize.err"
+    cat "$WORK/summarize.err" >&2
+    if grep -q INCOMPLETE "$WORK/summarize.err"; then
+        echo "regression.sh: a shard's runs are missing (above): not gating a partial leaderboard" >&2
+        exit 2
+    fi
+else
+    echo "== $BENCH run --suite $SUITE --scale $SCALE ${SEEDS:+--seeds $SEEDS} --device $DEVICE ${SHARD:+--shard $SHARD} (work: $WORK)"
+    # shellcheck disable=SC2086  # BENCH and COMPARE_ARGS are word lists
+    $BENCH run --suite "$SUITE" --scale "$SCALE" ${SEEDS:+--seeds "$SEEDS"} --device "$DEVICE" \
+        --out "$WORK/runs" --results "$WORK/results" --no-progress ${RESUME:+--resume} ${SHARD:+--shard "$SHARD"}
+    if [ -n "${SHARD:-}" ]; then
+        echo "== shard $SHARD done: its runs are in $WORK/runs; gate the merged trees with MERGE=\"...\" $0"
+        exit 0
+    fi
+fi
 
 if [ ! -f "$BASELINE" ]; then
     echo "regression.sh: no baseline $BASELINE to compare with; to make this run the baseline:" >&2

@@ -185,3 +185,20 @@ def test_two_concurrent_shards_make_the_one_process_leaderboard(tmp_path, feddp_
     b = pd.read_csv(tmp_path / "r2" / "custom" / "leaderboard.csv", dtype=str, keep_default_na=False)
     keep = [c for c in a.columns if c not in CIRCUMSTANCE]
     assert len(a) == 2 and a[keep].equals(b[keep])
+
+
+def test_the_gpu_workflow_runs_a_shard_matrix_and_gates_the_merged_trees():
+    import subprocess
+
+    import yaml
+
+    from conftest import REPO
+
+    wf = yaml.safe_load((REPO / ".github" / "workflows" / "gpu-regression.yml").read_text())
+    shards = wf["jobs"]["shard"]["strategy"]["matrix"]["shard"]
+    assert shards == list(range(1, int(wf["env"]["SHARDS"]) + 1))
+    runs = [s["run"] for s in wf["jobs"]["shard"]["steps"] if "run" in s]
+    assert any("SHARD=${{ matrix.shard }}/${{ env.SHARDS }} scripts/regression.sh" in r for r in runs)
+    assert wf["jobs"]["gate"]["needs"] == "shard"
+    assert any("MERGE=" in s.get("run", "") and "scripts/regression.sh" in s["run"] for s in wf["jobs"]["gate"]["steps"])
+    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "regression.sh")]).returncode == 0
