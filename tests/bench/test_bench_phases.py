@@ -48,3 +48,36 @@ def round_overhead(rounds: list[dict], *, cores: int) -> dict:
     ideal = statistics.median(max(r["compute_s_max"], r["compute_s_sum"] / cores) for r in rounds)
     return {**{k: round(v, 2) for k, v in med.items()}, "cores": cores, "round_ideal_s": round(ideal, 2),
             "round_overhead_x": round(med["round_s"] / ideal, 2)}
+
+
+def test_canary_cost_of_a_dp_run(benchmark, tmp_path, monkeypatch):
+    """What the white-box audit costs (issue 25: at most 10 % more wall time): the privacy suite's
+    epsilon-4 row with its 10,000 gradient canaries and the same row without, side by side in one
+    process (rounds cut to 2 as above; every other phase the suite's own). ``extra_info`` holds each
+    phase's time for both and their ratios, and the whole run's ratio at the suite's 20 rounds
+    (training per round scaled up). A measurement, never an assertion on time."""
+    monkeypatch.setenv("FEDDP_CACHE", str(tmp_path / "cache"))
+    full = get_scenario("privacy-iid-local-eps4")
+    with_canaries = dataclasses.replace(full, rounds=2, seeds=(0,))
+    without = dataclasses.replace(with_canaries, gradient_canaries=0)
+    opts = RunOptions(out_dir=tmp_path / "runs", progress=False)
+    run_one(without, 0, opts)  # the public pretraining and the FID statistics, once, before either is timed
+    opts = RunOptions(out_dir=tmp_path / "timed", progress=False)
+    times = {}
+
+    def both():
+        for tag, s in (("without", without), ("with", with_canaries)):
+            folder = run_one(s, 1, opts)
+            times[tag] = json.loads((folder / "metrics.json").read_text())
+
+    benchmark.pedantic(both, rounds=1, iterations=1)
+    for tag in ("without", "with"):
+        benchmark.extra_info.update({f"{k}_{tag}": round(times[tag][k], 2) for k in PHASES})
+    for k in ("train_s", "attack_s"):
+        benchmark.extra_info[f"{k}_ratio"] = round(times["with"][k] / times["without"][k], 3)
+
+    def suite_run(m):  # one run of the suite: 20 rounds of training, the other phases as measured
+        return m["train_s"] * full.rounds / with_canaries.rounds + sum(m[k] for k in PHASES if k != "train_s")
+
+    benchmark.extra_info["run_ratio_at_20_rounds"] = round(suite_run(times["with"]) / suite_run(times["without"]), 3)
+    assert times["with"]["epsilon"] == times["without"]["epsilon"]
