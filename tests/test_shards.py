@@ -109,26 +109,36 @@ def test_a_run_with_ray_address_trains_on_that_cluster(tmp_path, feddp_cache):
     afterwards, so no other Ray on the machine is touched); ``bench run --ray-address`` trains on it,
     and the cluster's own state lists the Flower client actors that ran there."""
     import os
+    import shutil
     import signal
     import socket
     import subprocess
     import sys
+    import tempfile
     import time
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # Ray's temp dir must be short: its plasma socket lives at TEMP/session_<date>_<pid>/sockets/plasma_store,
+    # and an AF_UNIX path over 107 bytes makes `ray start` die (pytest's tmp_path is too long for it).
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    head_log = open(tmp_path / "ray-head.log", "w")
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp_path / 'ray'}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={ray_tmp}"],
+                            stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
-        for _ in range(120):
+        deadline = time.monotonic() + 300  # a loaded 2-core machine starts Ray slowly; a dead head fails at once
+        while True:
+            assert head.poll() is None, "ray start --head exited: " + (tmp_path / "ray-head.log").read_text()[-2000:]
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
+                assert time.monotonic() < deadline, "ray head never listened: " + (tmp_path / "ray-head.log").read_text()[-2000:]
                 time.sleep(0.5)
         scn = tmp_path / "tiny.toml"
         scn.write_text('name = "on-cluster"\nnum_clients = 2\nclients_per_round = 2\nrounds = 1\n'
@@ -138,8 +148,9 @@ def test_a_run_with_ray_address_trains_on_that_cluster(tmp_path, feddp_cache):
                               str(tmp_path / "runs"), "--results", str(tmp_path / "r"), "--no-progress",
                               "--ray-address", address], capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, res.stderr[-3000:]
-        probe = ("import ray, json; from ray.util.state import list_actors; ray.init(address=%r, log_to_driver=False); "
-                 "print(json.dumps([a.class_name for a in list_actors(limit=1000)]))" % address)
+        # The GCS's own actor table (the state API would need the dashboard, which this head does not run).
+        probe = ("import ray, json; import ray._private.state as st; ray.init(address=%r, log_to_driver=False); "
+                 "print(json.dumps([a.get('ActorClassName', '') for a in st.actors().values()]))" % address)
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         classes = json.loads(out.stdout.strip().splitlines()[-1])
@@ -150,6 +161,8 @@ def test_a_run_with_ray_address_trains_on_that_cluster(tmp_path, feddp_cache):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        head_log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 # Columns that time a run or name where and when it ran: never equal between two runs of anything.
