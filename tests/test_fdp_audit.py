@@ -88,3 +88,18 @@ def test_ceiling_grows_with_m_where_the_delta_bound_cannot():
                   fdp.fdp_epsilon(m, 2 * k, 2 * k, sample_rate=0.5, steps=400, delta=1e-5, alpha=0.05 / 40))
     assert out[1000][0] < 4.6 and out[10_000][0] < 4.6
     assert 7.0 < out[1000][1] < out[10_000][1] and out[10_000][1] > 10
+
+
+@pytest.mark.parametrize("sigma,rate,steps", [(0.9, 1 / 3, 600), (3.0, 0.05, 100), (40.0, 1.0, 20), (0.3, 0.5, 10), (2.0, 0.2, 1)])
+def test_the_vectorised_hockey_stick_equals_dp_accountings_own(sigma, rate, steps):
+    """attacks.fdp.hockey_stick against ``PrivacyLossDistribution.get_delta_for_epsilon`` on the
+    suite's grid: the curves the f-DP bound tests are the library's, to rounding."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_mod
+
+    from attacks.fdp import EPS_GRID, hockey_stick
+
+    pld = pld_mod.from_gaussian_mechanism(standard_deviation=sigma, sensitivity=1.0, sampling_prob=rate,
+                                          pessimistic_estimate=True, value_discretization_interval=1e-3)
+    pld = pld.self_compose(steps)
+    grid = EPS_GRID[::7]
+    np.testing.assert_allclose(hockey_stick(pld, grid), pld.get_delta_for_epsilon(grid), rtol=1e-9, atol=1e-15)

@@ -4,6 +4,8 @@ refutes a planted defect (noise off, clip off) while passing the correct mechani
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -120,17 +122,34 @@ def test_rate_plant_draws_at_four_times_the_rate_while_charging_the_plan(monkeyp
 
 
 def test_the_index_loader_draws_what_a_loader_over_the_images_drew():
-    """dp_train_epochs samples indices (images, then included canaries): without canaries its
-    batches are exactly those of Opacus' Poisson loader over the images (same seeded generator)."""
-    from privacy.dpsgd import poisson_loader
+    """dp_train_epochs samples indices (images, then included canaries) with PoissonIndices: without
+    canaries its batches are exactly those of Opacus' Poisson loader over the images (same seeded
+    generator, epoch after epoch, empty batches included)."""
+    from privacy.dpsgd import PoissonIndices, poisson_loader
 
-    plan = _plan()
+    plan = dataclasses.replace(_plan(), sample_rate=0.1)  # small batches: some steps draw nothing
     images = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (20, 1, 8, 8), dtype=np.uint8))
     old = poisson_loader(plan, torch.utils.data.TensorDataset(images), torch.Generator().manual_seed(5))
-    new = poisson_loader(plan, torch.utils.data.TensorDataset(torch.arange(20)), torch.Generator().manual_seed(5))
+    new = PoissonIndices(plan, 20, torch.Generator().manual_seed(5))
+    sizes = []
+    for _ in range(6):
+        for (xb,), idx in zip(old, new, strict=True):
+            assert idx.dtype == torch.long and torch.equal(xb, images[idx])
+            sizes.append(len(idx))
+    assert 0 in sizes and max(sizes) > 1
+
+
+def test_the_index_loader_draws_what_the_loader_over_images_and_canaries_drew():
+    """With canaries the population is n images then the included canaries: the same draws as
+    Opacus' Poisson loader over ``arange(n + canaries)`` (what dp_train_epochs used before)."""
+    from privacy.dpsgd import PoissonIndices, poisson_loader
+
+    plan = _plan()
+    old = poisson_loader(plan, torch.utils.data.TensorDataset(torch.arange(20 + 500)), torch.Generator().manual_seed(7))
+    new = PoissonIndices(plan, 20 + 500, torch.Generator().manual_seed(7))
     for _ in range(3):
-        for (xb,), (idx,) in zip(old, new, strict=True):
-            assert torch.equal(xb, images[idx])
+        for (a,), b in zip(old, new, strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("extra, problem", [
