@@ -313,6 +313,15 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 def check_account(args: argparse.Namespace) -> None:
 
+    if args.mechanism is not None and args.level != "client":
+        raise errors.BadInputError(f"--mechanism {args.mechanism} is a client-level mechanism (--level client)")
+    if args.mechanism == "dp-ftrl":
+        if args.sample_rate is not None:
+            raise errors.BadInputError("dp-ftrl samples no clients: --sample-rate does not apply (its tree noise "
+                                       "needs no amplification)")
+        if args.accountant != "rdp":
+            raise errors.BadInputError(f"dp-ftrl accounts with dp_accounting's rdp only, not {args.accountant!r}")
+        return  # --population is optional: the tree's epsilon does not depend on N (delta < 1/N checked if given)
     if args.level == "sample" and args.sample_rate is None:
         raise errors.BadInputError("sample level needs --sample-rate")
     if args.level == "client" and args.population is None:
@@ -328,6 +337,11 @@ def cmd_account(args: argparse.Namespace) -> int:
         common = dict(sample_rate=args.sample_rate, steps=args.steps, delta=args.delta, accountant=args.accountant)
         epsilon_of, noise_for = acc.sample_level_epsilon, acc.sample_level_noise
         how = f"sample level, {args.accountant}, q = {args.sample_rate:g}, {args.steps} steps"
+    elif args.mechanism == "dp-ftrl":  # tree-aggregated noise, one participation per client per tree
+        common = dict(steps=args.steps, delta=args.delta)
+        epsilon_of, noise_for = acc.ftrl_tree_epsilon, acc.ftrl_tree_noise
+        how = (f"client level, dp-ftrl, {acc.FTRL_ACCOUNTANT}, {args.steps} steps in one tree, "
+               "each client at most once")
     else:
         if args.sample_rate is not None:  # Poisson client sampling, amplified
             if args.accountant != "rdp":
@@ -490,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "clients (client level: central-dp-sampled, amplified; without it no amplification)")
     q.add_argument("--population", type=int, help="N: dataset size (sample) or clients (client); delta < 1/N")
     q.add_argument("--accountant", default="rdp", choices=SAMPLE_ACCOUNTANTS, help="rdp or prv (sample level)")
+    q.add_argument("--mechanism", choices=("dp-fedavg", "dp-ftrl"), help="client level only: dp-fedavg (the "
+                   "default: one Gaussian release per round, central-dp, or central-dp-sampled with --sample-rate) "
+                   "or dp-ftrl (tree-aggregated noise over --steps steps, no sampling, each client at most once "
+                   "per tree; replace-with-special neighbours; --population optional)")
     q.set_defaults(fn=cmd_account, check=check_account, hushed=True)  # Opacus' RDP-order warning: the epsilon is still a bound
 
     from benchmark.model_configs import MODEL_CONFIGS  # torch-free

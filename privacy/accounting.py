@@ -32,6 +32,14 @@ sensitivity ``C (1 + z_update^2 / (4 sigma_b^2))^1/2 = z_update C / z``, on the 
 i.e. the sampled Gaussian of multiplier ``z``. The accountant charges ``z``, so a row with adaptive
 clipping carries a true epsilon (the clip norm of a round is a function of earlier releases only).
 
+DP-FTRL (Kairouz et al. 2021), client level, without sampling or shuffling: the server adds
+tree-aggregated noise (:mod:`privacy.tree_aggregation`) to the prefix sums of the clipped updates,
+and each client takes part at most once per tree (between restarts). Neighbours are
+replace-with-special (one client's whole contribution replaced by a "zero" one), and one tree of
+``steps`` steps is the Gaussian mechanism at L2 sensitivity ``sqrt(depth)``, ``depth =
+ceil(log2(steps + 1))``: :func:`ftrl_tree_epsilon`, Google's ``dp_accounting`` RDP accountant on
+``SingleEpochTreeAggregationDpEvent``.
+
 Image level (what a membership audit tests): each mechanism's ``image_epsilon`` (:mod:`privacy.mechanisms`).
 Under central DP an image never leaves or joins the population: adding, removing or substituting
 one image changes one *present* client's clipped update ``u`` to some ``u'`` in the same ball of
@@ -50,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 SAMPLE_ACCOUNTANTS = ("rdp", "prv")
 CLIENT_ACCOUNTANT = "flwr-rdp-no-amplification"
@@ -270,6 +279,67 @@ def client_sampled_noise(*, target_epsilon: float, sample_rate: float, rounds: i
     eps = client_sampled_epsilon(noise_multiplier=sigma, sample_rate=sample_rate, rounds=rounds, delta=delta)
     assert eps <= target_epsilon * (1 + 1e-9), (eps, target_epsilon)  # the calibration's promise
     return sigma
+
+
+# DP-FTRL: tree-aggregated noise, no sampling (Kairouz et al. 2021) ------------------------------------
+FTRL_ACCOUNTANT = "dp-accounting-rdp-tree-replace-special"
+
+
+def _check_tree_steps(steps) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise AccountingError(f"steps must be an integer >= 1, got {steps!r}")
+
+
+def ftrl_tree_epsilon(*, noise_multiplier: float, steps: int, delta: float) -> float:
+    """Client-level epsilon of DP-FTRL's tree aggregation over one tree of ``steps`` steps.
+
+    The mechanism (Kairouz et al. 2021, "Practical and Private (Deep) Learning without Sampling or
+    Shuffling"; :class:`privacy.tree_aggregation.TreeAggregator`): at step ``t`` the server
+    releases the prefix sum of the clipped client updates of steps ``1..t`` plus the noise of the
+    ``popcount(t)`` binary-tree nodes covering ``[1, t]``; every node's noise, std
+    ``noise_multiplier * clip`` per coordinate, is drawn once and reused. A tree restart (a new
+    epoch) starts from fresh nodes.
+
+    Neighbouring relation: **replace-with-special** (``dp_accounting``'s ``REPLACE_SPECIAL``, which
+    cites the paper's Definition 1.1): one client's whole contribution is replaced by a special "zero"
+    contribution, so a leaf's value moves by at most ``clip`` (not add/remove, not replace-one at
+    ``2 clip``). The guarantee assumes each client contributes **at most once per epoch** (between
+    two tree restarts; :class:`privacy.tree_aggregation.ParticipationGuard` enforces it), with **no
+    sampling or shuffling**: no amplification is claimed, and the order in which clients take part
+    need not be random or secret. One leaf lies in at most ``depth = ceil(log2(steps + 1))`` of the
+    nodes released over ``steps`` steps, so the released nodes are a Gaussian mechanism of L2
+    sensitivity ``sqrt(depth) * clip`` (the prefix sums are post-processing), RDP
+    ``a * depth / (2 noise_multiplier^2)`` at order ``a``, converted to ``(epsilon, delta)`` by
+    ``dp_accounting``'s improved conversion at its default orders.
+
+    ``steps`` is one tree: a client that can take part in several trees (several epochs) needs
+    those trees composed, which this function does not do."""
+    import dp_accounting
+
+    check_privacy_params(delta=delta, noise_multiplier=noise_multiplier)
+    _check_tree_steps(steps)
+    acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL)
+    acc.compose(dp_accounting.SingleEpochTreeAggregationDpEvent(float(noise_multiplier), step_counts=int(steps)))
+    return float(acc.get_epsilon(delta))
+
+
+def ftrl_tree_noise(*, target_epsilon: float, steps: int, delta: float) -> float:
+    """The smallest noise multiplier (bisection, 0.1% relative) whose :func:`ftrl_tree_epsilon` <= target."""
+    check_privacy_params(delta=delta, epsilon=target_epsilon)
+    _check_tree_steps(steps)
+    eps = lambda s: ftrl_tree_epsilon(noise_multiplier=s, steps=steps, delta=delta)  # noqa: E731
+    lo, hi = 1e-3, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            raise AccountingError(f"no noise multiplier reaches epsilon {target_epsilon}")
+    if eps(lo) <= target_epsilon:
+        raise AccountingError(f"epsilon {target_epsilon} is reached with noise multiplier below {lo:g}: "
+                              "target too large")
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
+    return hi
 
 
 # Adaptive clipping (Andrew et al. 2021) ------------------------------------------------------------------
