@@ -167,13 +167,21 @@ def test_a_run_with_ray_address_trains_on_that_cluster(tmp_path, feddp_cache):
 
 # Columns that time a run or name where and when it ran: never equal between two runs of anything.
 CIRCUMSTANCE = {"train_s", "date", "device", "git_sha"}
+# Columns of a DP row measured on the trained model, which the mechanism's secret noise and
+# Poisson sampling (privacy.noise: never seeded) make differ between any two runs.
+SECRET_DRAWN = {"fid", "fid_std", "kid", "kid_std", "downstream_acc", "downstream_acc_std", "mia_auc", "mia_auc_std",
+                "mia_best_attack", "mia_tpr_at_1pct_fpr", "mia_tpr_at_1pct_fpr_std", "mia_tpr_at_0_1pct_fpr",
+                "mia_tpr_at_0_1pct_fpr_std", "inversion_psnr", "inversion_psnr_std", "inversion_ssim",
+                "inversion_ssim_std", "epsilon_empirical_lb", "audit_verdict", "audit_failed", "epsilon_estimate"}
 
 
 @pytest.mark.slow  # three small federations, two of them at once (a few minutes on 2 cores)
 def test_two_concurrent_shards_make_the_one_process_leaderboard(tmp_path, feddp_cache):
-    """Issue 28's must-be-true: a small suite (two non-DP scenarios, one seed) as shards 1/2 and 2/2
-    in two concurrent processes into one output tree; the merged leaderboard equals the one-process
-    one in every column but the run's circumstances (wall time, date, device, commit)."""
+    """Issue 28's must-be-true: a small suite (two non-DP scenarios and one local DP-SGD one, one
+    seed) as shards 1/2 and 2/2 in two concurrent processes into one output tree; the merged
+    leaderboard equals the one-process one in every column but the run's circumstances (wall time,
+    date, device, commit), and for the DP row but what its secret noise and sampling drew (the
+    trained model's measures: SECRET_DRAWN)."""
     import subprocess
     import sys
 
@@ -181,7 +189,8 @@ def test_two_concurrent_shards_make_the_one_process_leaderboard(tmp_path, feddp_
     tiny = ('num_clients = 2\nclients_per_round = 2\nrounds = 1\nmax_train_images = 32\nbatch_size = 16\n'
             'num_train_timesteps = 100\nsample_steps = 2\nfid_n_samples = 16\n')
     scn.write_text(f'[[scenario]]\nname = "shard-a"\n{tiny}\n[[scenario]]\nname = "shard-b"\npartition = '
-                   f'"dirichlet-0.5"\n{tiny}')
+                   f'"dirichlet-0.5"\n{tiny}\n[[scenario]]\nname = "shard-dp"\ndp_mode = "local-dpsgd"\n'
+                   f'target_epsilon = 8.0\ndelta = 1e-3\n{tiny}')
     bench = [sys.executable, "-m", "benchmark.cli", "run", "--scenario-file", str(scn), "--no-progress"]
     one = subprocess.run(bench + ["--out", str(tmp_path / "one"), "--results", str(tmp_path / "r1")],
                          capture_output=True, text=True, timeout=1200)
@@ -192,12 +201,19 @@ def test_two_concurrent_shards_make_the_one_process_leaderboard(tmp_path, feddp_
     for p in procs:
         _out, err = p.communicate(timeout=1200)
         assert p.returncode == 0, err[-3000:]
-        assert "shard" in err and "1 of the 2 planned runs" in err
+        assert "shard" in err and "of the 3 planned runs" in err
     assert main(["summarize", str(tmp_path / "shared"), "--results", str(tmp_path / "r2")]) == 0
     a = pd.read_csv(tmp_path / "r1" / "custom" / "leaderboard.csv", dtype=str, keep_default_na=False)
     b = pd.read_csv(tmp_path / "r2" / "custom" / "leaderboard.csv", dtype=str, keep_default_na=False)
+    assert len(a) == 3 and list(a["scenario"]) == list(b["scenario"])
     keep = [c for c in a.columns if c not in CIRCUMSTANCE]
-    assert len(a) == 2 and a[keep].equals(b[keep])
+    plain = a["dp_mode"] == "none"
+    assert plain.sum() == 2 and a.loc[plain, keep].equals(b.loc[plain, keep])
+    # The DP row: its plan, accounting and audit design recompute alike; what the noise drew differs.
+    keep_dp = [c for c in keep if c not in SECRET_DRAWN]
+    assert a.loc[~plain, keep_dp].equals(b.loc[~plain, keep_dp])
+    assert a.loc[~plain, "epsilon"].astype(float).iloc[0] > 0
+    assert not a.loc[~plain, "fid"].equals(b.loc[~plain, "fid"])  # two secret draws: the column is not a constant
 
 
 def test_the_gpu_workflow_runs_a_shard_matrix_and_gates_the_merged_trees():
