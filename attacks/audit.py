@@ -49,6 +49,24 @@ composition): the same guesses, tested against the claimed mechanism's whole tra
 cannot certify more than about 4.5 whatever m; this one reaches about 7.5 at m = 1,000 and 10.5
 at m = 10,000 with every guess right (alpha 0.05 / 40).
 
+**Guess sides.** Two-sided guesses (top k in, bottom k out) suit canaries whose every inclusion
+shows: a gradient canary of a local DP-SGD row is drawn in some 100-200 steps, so its score is
+nearly Gaussian and both tails are informative. A canary client of a Poisson-sampled central row
+is drawn in q T rounds on average (5 in the audit-power suite, 2 in the cross-device suite), so
+the lowest scores mix the excluded canaries with included ones drawn once or never: "out" guesses
+there are little better than coins and dilute the count. Those canaries guess "in" on the top k
+alone (``sides = "in"``, r = k; Steinke et al.'s theorem holds for any guess vector in {-1, 0,
++1}^m, and the f-DP recursion for any r guesses, the trade-off curve tested being symmetric).
+Those canaries also score by the log-likelihood ratio of each release under the claimed
+mechanism (:func:`privacy.canary_clients.release_log_likelihood_ratio`). Measured on that exact
+mechanism (q = 1/4, 20 releases, m = 10,000, noise at 0.4 of the epsilon-4 noise; numpy
+simulation, the claim 4): the plain sum with two-sided guesses gave f-DP bounds 3.46-4.12 in 8
+runs (the audit-power run of 2026-12-07: 3.69, missed); the plain sum one-sided, at least 4.06 in
+30 runs (3.99 in one of six through the real strategy); the likelihood ratio one-sided, at least
+4.48 in 30 runs. Ceilings: 11.1 one-sided against 13.2 two-sided, above every claim up to 10.
+The design is the canaries' (their record says which, :class:`privacy.canary_clients.CanaryClients`),
+fixed before any run; evidence without ``sides`` is two-sided.
+
 The ceiling of a test is the bound a perfect attack would get at the same counts, split, guess grid
 and correction: a row whose ceiling does not exceed its claim could not have failed, and says
 "inconclusive", not "passed" (:func:`audit_verdict`).
@@ -208,9 +226,17 @@ def guess_counts(m: int) -> list[int]:
     return sorted({min(max(1, math.ceil(f * m)), m // 2) for f in GUESS_FRACTIONS} - {0})
 
 
-def one_run_evidence(scores: np.ndarray, included: np.ndarray, *, seed: int = 0) -> dict:
-    """Each guess count's (r, v): the top-k scores guessed in, the bottom-k guessed out. Ties are
-    broken by a seeded permutation, never by the candidates' order."""
+GUESS_SIDES = ("both", "in")
+
+
+def one_run_evidence(scores: np.ndarray, included: np.ndarray, *, seed: int = 0, sides: str = "both") -> dict:
+    """Each guess count's (r, v): the top-k scores guessed in and the bottom-k guessed out (``sides =
+    "both"``: r = 2k), or the top-k guessed in and every other canary abstained on (``"in"``: r = k;
+    the design for canaries most of whose inclusions leave no trace: the module docstring,
+    "Guess sides"). Ties are broken by a seeded permutation, never by the candidates' order.
+    The design is the canaries', fixed before the run; one-sided evidence says so (``sides``)."""
+    if sides not in GUESS_SIDES:
+        raise AuditError(f"guess sides must be one of {GUESS_SIDES}, got {sides!r}")
     scores = np.asarray(scores, dtype=np.float64)
     included = np.asarray(included).astype(bool)
     m = len(scores)
@@ -220,16 +246,19 @@ def one_run_evidence(scores: np.ndarray, included: np.ndarray, *, seed: int = 0)
     order = np.lexsort((tie, -scores))            # highest score first
     guesses = []
     for k in guess_counts(m):
-        v = int(included[order[:k]].sum() + (~included[order[m - k:]]).sum())
-        guesses.append([2 * k, v])
-    return {"method": "one-run", "m": m, "n_included": int(included.sum()), "guesses": guesses}
+        if sides == "in":
+            guesses.append([k, int(included[order[:k]].sum())])
+        else:
+            guesses.append([2 * k, int(included[order[:k]].sum() + (~included[order[m - k:]]).sum())])
+    out = {"method": "one-run", "m": m, "n_included": int(included.sum()), "guesses": guesses}
+    return out | ({"sides": "in"} if sides == "in" else {})
 
 
 def one_run_fdp_evidence(scores: np.ndarray, included: np.ndarray, *, sample_rate: float, steps: int,
-                         seed: int = 0) -> dict:
+                         seed: int = 0, sides: str = "both") -> dict:
     """The one-run guesses (:func:`one_run_evidence`) for the f-DP bound of :mod:`attacks.fdp`, with
     the shape of the canaries' mechanism (Poisson rate and steps of their sampled Gaussian)."""
-    ev = one_run_evidence(scores, included, seed=seed)
+    ev = one_run_evidence(scores, included, seed=seed, sides=sides)
     return ev | {"method": "one-run-fdp", "sample_rate": float(sample_rate), "steps": int(steps)}
 
 
@@ -266,6 +295,8 @@ def perfect_evidence(evidence: dict) -> dict:
     if evidence["method"] not in ONE_RUN_METHODS:
         raise AuditError(f"unknown audit method {evidence['method']!r}")
     n_in, n_out = evidence["n_included"], evidence["m"] - evidence["n_included"]
+    if evidence.get("sides") == "in":
+        return evidence | {"guesses": [[r, min(r, n_in)] for r, _ in evidence["guesses"]]}
     return evidence | {"guesses": [[r, min(r // 2, n_in) + min(r // 2, n_out)] for r, _ in evidence["guesses"]]}
 
 

@@ -155,20 +155,23 @@ def audit_claims(scenario, privacy: dict) -> dict[str, float]:
     return get_mechanism(scenario.dp_mode).audit_claims(scenario, privacy)
 
 
-def audit_tests(tested: list[tuple], *, delta: float, seed: int, shapes: dict | None = None) -> list[dict]:
+def audit_tests(tested: list[tuple], *, delta: float, seed: int, shapes: dict | None = None,
+                sides: dict | None = None) -> list[dict]:
     """One test per (attack, candidate set, scores, labels, unit) of ``tested``: the natural candidates by the half
     split (at the run's Bonferroni level, which only picks the threshold), the canaries by one-run
     auditing, the white-box canaries also by the f-DP one-run bound (``gradient-canary-fdp``, with
-    the shape of their mechanism from ``shapes``: name -> sample_rate, steps). Each test keeps its
+    the shape of their mechanism from ``shapes``: name -> sample_rate, steps), each white-box set
+    with its guess design (``sides``: name -> "both" or "in", default both). Each test keeps its
     unit (what its canaries stand for; :mod:`attacks.audit`, "Units")."""
     tests = []
     alpha = (1 - AUDIT_CONFIDENCE) / len(tested)
     for name, tag, scores, labels, unit in tested:
+        side = (sides or {}).get(name, "both") if tag.startswith("gradient-canary") else "both"
         if tag == "gradient-canary-fdp":
-            evidence = one_run_fdp_evidence(scores, labels, **shapes[name],
+            evidence = one_run_fdp_evidence(scores, labels, **shapes[name], sides=side,
                                             seed=derive_seed("audit-ties", name, "gradient-canary", seed))
         elif tag != "natural":   # planted canaries, in by a fair coin: one-run auditing
-            evidence = one_run_evidence(scores, labels, seed=derive_seed("audit-ties", name, tag, seed))
+            evidence = one_run_evidence(scores, labels, sides=side, seed=derive_seed("audit-ties", name, tag, seed))
         else:
             evidence = epsilon_lower_bound(scores, labels, delta=delta, confidence=AUDIT_CONFIDENCE,
                                            n_tests=len(tested),
@@ -217,7 +220,7 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
             section[tag][attack.name] = mia_metrics(scores, truth)
             tested.append((attack.name, tag, scores, truth, AUDIT_UNIT))
     delta = case.scenario.delta if case.scenario.delta is not None else DEFAULT_AUDIT_DELTA
-    shapes = {}
+    shapes, sides = {}, {}
     for c in map(as_canaries, case.audit_canaries):  # white-box: the scores the mechanism recorded
         scores, included = np.asarray(c.scores, np.float64), np.asarray(c.included).astype(bool)
         arrays[f"{c.name.replace('-', '_')}_gradient_canary_scores"] = scores
@@ -225,11 +228,13 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
         record["gradient_canaries"][c.name] = mia_metrics(scores, included) | {
             "unit": c.unit, "epsilon_estimate": gaussian_fit_epsilon(scores[included], scores[~included],
                                                                      delta=delta)}
-        tested.append((c.name, "gradient-canary", scores, included, c.unit))
+        statistic = scores if c.audit_scores is None else np.asarray(c.audit_scores, np.float64)
+        tested.append((c.name, "gradient-canary", statistic, included, c.unit))
+        sides[c.name] = c.sides
         if c.shape:  # the canaries' mechanism is known: the f-DP bound too
             shapes[c.name] = dict(c.shape)
             record["gradient_canaries_fdp"][c.name] = dict(record["gradient_canaries"][c.name])
-            tested.append((c.name, "gradient-canary-fdp", scores, included, c.unit))
+            tested.append((c.name, "gradient-canary-fdp", statistic, included, c.unit))
 
     best = best_attack({a.name: record["mia"][a.name]["auc"] for a in attacks})
     m = record["mia"][best]
@@ -237,7 +242,7 @@ def _membership(case: Case, attacks: list[Attack], record: dict, arrays: dict) -
                "mia_tpr_at_0_1pct_fpr": m["tpr_at_0_1pct_fpr"], "mia_min_fpr": m["min_fpr"],
                "mia_best_attack": best, "mia_n_candidates": m["n_members"] + m["n_nonmembers"]}
     # The audit: every (attack, candidate set) is one test; Bonferroni keeps the max at 95 %.
-    tests = audit_tests(tested, delta=delta, seed=seed, shapes=shapes)
+    tests = audit_tests(tested, delta=delta, seed=seed, shapes=shapes, sides=sides)
     for t in tests:
         section[t["candidates"]][t["attack"]]["epsilon_lb"] = t["epsilon_lb"]
         section[t["candidates"]][t["attack"]]["audit"] = {k: t[k] for k in ("epsilon_lb", "ceiling", "evidence")}

@@ -25,7 +25,15 @@ real client take part, and its update goes through the mechanism's own clip, sum
 
 A canary's score is the released block along its coordinate, in units of the round's clipping norm
 (so with adaptive clipping every round counts alike), summed over every release the accountant
-charges. An included canary contributes 1 each round it takes part and the noise N(0, z^2) each
+charges. Where the canaries are Poisson-sampled (``central-dp-sampled``) the audit reads a second
+statistic, the log-likelihood ratio of each release under the *claimed* mechanism (drawn with
+probability q and adding 1, or not, plus N(0, z^2); :func:`release_log_likelihood_ratio`), summed
+over the releases: the Neyman-Pearson statistic for the claim's own model, which weighs a release
+by how much it looks like a draw rather than adding noise and signal alike; any function of the
+releases fixed before the run is a valid score. With its one-sided guesses (:attr:`guess_sides`) it
+is what catches noise at 0.4 of the claimed one at the audit-power suite's q = 1/4 and 20 rounds
+(attacks/audit.py, "Guess sides"). Every round taking part (``central-dp``), the ratio is a linear
+function of the plain sum, which both tests read. An included canary contributes 1 each round it takes part and the noise N(0, z^2) each
 round: the claimed client-level mechanism exactly (``steps`` releases of a Gaussian of multiplier
 z, Poisson-sampled at the client rate q or taking part every round), whose trade-off curve the f-DP
 bound tests (:mod:`attacks.fdp`). A missing clip shows as contributions 1000 times too large,
@@ -61,12 +69,17 @@ class CanaryClients:
     sample_rate: float                  # the rate a canary takes part at (1.0: every round)
     scores: np.ndarray = field(default=None)
     releases: int = 0
+    noise_multiplier: float | None = None   # the claimed z (units of C per release): the sampled audit statistic
 
     def __post_init__(self) -> None:
         self.included = np.asarray(self.included, dtype=bool)
         self.ids = np.flatnonzero(self.included)
         if self.scores is None:
             self.scores = np.zeros(len(self.included), dtype=np.float64)
+        # Poisson-sampled canaries with a known claim: the audit's statistic is the log-likelihood
+        # ratio of each release under the claimed mechanism (module docstring), summed.
+        self.lr_scores = (np.zeros(len(self.included), dtype=np.float64)
+                          if self.sample_rate < 1 and self.noise_multiplier else None)
 
     @property
     def m(self) -> int:
@@ -88,13 +101,35 @@ class CanaryClients:
         to the scores, in units of the round's clipping norm."""
         if block.shape != (self.m,):
             raise ValueError(f"canary block has shape {block.shape}, expected ({self.m},)")
-        self.scores += np.asarray(block, dtype=np.float64) / clip
+        x = np.asarray(block, dtype=np.float64) / clip
+        self.scores += x
+        if self.lr_scores is not None:
+            self.lr_scores += release_log_likelihood_ratio(x, self.sample_rate, self.noise_multiplier)
         self.releases += 1
 
     def record(self) -> dict:
         """history.json's ``privacy.whitebox`` entry (the audit reads it back: :func:`audit_entry`)."""
-        return {"kind": NAME, "unit": UNIT, "m": self.m, "sample_rate": self.sample_rate,
-                "steps": self.releases, "scores": self.scores.tolist()}
+        out = {"kind": NAME, "unit": UNIT, "m": self.m, "sample_rate": self.sample_rate,
+               "steps": self.releases, "scores": self.scores.tolist(), "guess_sides": self.guess_sides}
+        if self.lr_scores is not None:
+            out |= {"audit_scores": self.lr_scores.tolist(), "audit_statistic": "log-likelihood ratio, claimed "
+                    f"q = {self.sample_rate:g}, z = {self.noise_multiplier:g}"}
+        return out
+
+    @property
+    def guess_sides(self) -> str:
+        """The audit's guess design (:mod:`attacks.audit`, "Guess sides"), fixed by the mechanism
+        before the run: Poisson-sampled canaries (rate below 1, a few draws each) guess "in" on the
+        highest scores only; canaries taking part in every release guess both ways."""
+        return "in" if self.sample_rate < 1 else "both"
+
+
+def release_log_likelihood_ratio(x: np.ndarray, q: float, z: float) -> np.ndarray:
+    """log of p_in(x) / p_out(x) for one release ``x`` (units of C) under the claimed mechanism:
+    in, the canary is drawn with probability q and adds 1, plus N(0, z^2); out, N(0, z^2) alone:
+    ``log(1 - q + q exp((x - 1/2) / z^2))``, computed without overflow (a clip-off plant releases
+    x = 1000)."""
+    return np.logaddexp(np.log1p(-q), np.log(q) + (x - 0.5) / z ** 2)
 
 
 def audit_entry(record: dict, seed: int):

@@ -65,7 +65,10 @@ def recorded_canaries(record: dict, seed: int, *, name: str, unit: str) -> list:
         return []
     scores = np.asarray(wb["scores"], dtype=np.float64)
     shape = {"sample_rate": float(wb["sample_rate"]), "steps": int(wb["steps"])}
-    return [Canaries(name, scores, canary_coins(len(scores), seed), shape, unit)]
+    # The guess design the canaries were planted with (a record without one: two-sided), and the
+    # audit statistic where it is not the plain sum (privacy.canary_clients).
+    audit = np.asarray(wb["audit_scores"], dtype=np.float64) if "audit_scores" in wb else None
+    return [Canaries(name, scores, canary_coins(len(scores), seed), shape, unit, wb.get("guess_sides", "both"), audit)]
 
 
 @dataclass

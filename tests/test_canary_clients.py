@@ -49,7 +49,7 @@ def _update():
 
 def run_sampled(m=2000, q=0.25, z=0.0, rounds=8, seed=0, plant=None):
     """(strategy, canaries) after ``rounds`` rounds in which every sampled client replies."""
-    canaries = CanaryClients(canary_coins(m, seed), sample_rate=q)
+    canaries = CanaryClients(canary_coins(m, seed), sample_rate=q, noise_multiplier=z or None)  # z: the claim
     s = PoissonSampledDP(partition_to_node=NODES, sample_rate=q, noise_multiplier=z, clipping_norm=1.0,
                          delta=DELTA, sampling_rng=np.random.default_rng(seed + 1),
                          noise_rng=np.random.default_rng(seed + 2), canaries=canaries,
@@ -188,6 +188,14 @@ def test_central_mechanisms_record_and_hand_over_their_canaries(mode):
     (entry,) = mech.audit_canaries(s, rec, 11)
     assert entry.unit == "client" and np.array_equal(entry.included, canary_coins(100, 11))
     assert entry.shape == {"sample_rate": 1.0 if mode == "central-dp" else 0.4, "steps": 1}
+    # The guess design: Poisson-sampled canary clients guess "in" only, every-round ones both ways.
+    assert entry.sides == rec["whitebox"]["guess_sides"] == ("both" if mode == "central-dp" else "in")
+    # ... and its statistic: the sampled mode's log-likelihood ratio at its claimed q and z; none fixed.
+    if mode == "central-dp":
+        assert entry.audit_scores is None and "audit_scores" not in rec["whitebox"]
+    else:
+        assert np.array_equal(entry.audit_scores, rec["whitebox"]["audit_scores"])
+        assert not np.array_equal(entry.audit_scores, entry.scores)
     assert np.any(entry.scores != 0)
     claims = mech.audit_claims(s, mech.columns(s, rec | {"epsilon": 4.0}))
     assert set(claims) == {"client", "image"} and claims["client"] == 4.0 < claims["image"]
@@ -302,3 +310,43 @@ def test_gaussian_fit_estimate_needs_two_scores_a_side():
     assert gaussian_fit_epsilon([1.0, 1.0], [0.0, 1.0], delta=DELTA) == 64.0   # a point mass against a spread
     assert gaussian_fit_epsilon([0.0, 0.0], [0.0, 0.0], delta=DELTA) == 0.0
     assert gaussian_fit_epsilon([0.0, 1.0, -1.0], [0.0, 1.0, -1.0], delta=DELTA) == 0.0
+
+
+def test_the_sampled_audit_design_catches_the_weak_noise_plant_the_plain_design_misses():
+    """Why Poisson-sampled canary clients are audited by the log-likelihood-ratio statistic with
+    one-sided guesses (attacks/audit.py, "Guess sides"; privacy/canary_clients.py): the audit-power
+    suite's central row (q = 1/4, 20 rounds, m = 10,000, epsilon 4) through the real strategy with
+    the noise at 0.4 of the calibrated one. That design's f-DP bound exceeds the claim in each of
+    four runs, by a margin; the plain sum with two-sided guesses (the design before 2026-12-07,
+    whose audit-power run then read 3.69 against 4) does not in at least one, on the same releases.
+    The correct mechanism stays below its claim, with its ceiling above it."""
+    q, rounds, eps = 0.25, 20, 4.0
+    z = client_sampled_noise(target_epsilon=eps, sample_rate=q, rounds=rounds, delta=DELTA)
+    claim = client_sampled_epsilon(noise_multiplier=z, sample_rate=q, rounds=rounds, delta=DELTA)
+    alpha = 0.05 / 4   # the row's Bonferroni over its four tests
+    plain = []
+    for seed in (1, 2, 3, 4):
+        _, c = run_sampled(m=10_000, q=q, z=z, rounds=rounds, seed=seed, plant="noise-x0.4")
+        rec = c.record()
+        assert rec["guess_sides"] == "in" and len(rec["audit_scores"]) == 10_000
+        ev = one_run_fdp_evidence(c.lr_scores, c.included, sample_rate=q, steps=rounds, seed=0, sides="in")
+        assert evidence_bound(ev, delta=DELTA, alpha=alpha) > claim + 0.3, seed
+        two = one_run_fdp_evidence(c.scores, c.included, sample_rate=q, steps=rounds, seed=0)
+        plain.append(evidence_bound(two, delta=DELTA, alpha=alpha))
+    assert min(plain) <= claim, plain
+    _, c = run_sampled(m=10_000, q=q, z=z, rounds=rounds, seed=5, plant=None)
+    ev = one_run_fdp_evidence(c.lr_scores, c.included, sample_rate=q, steps=rounds, seed=0, sides="in")
+    assert evidence_bound(ev, delta=DELTA, alpha=alpha) <= claim < evidence_ceiling(ev, delta=DELTA, alpha=alpha)
+
+
+def test_the_release_log_likelihood_ratio():
+    from privacy.canary_clients import release_log_likelihood_ratio
+
+    x = np.array([-3.0, 0.0, 0.5, 1.0, 4.0, 1000.0])
+    q, z = 0.25, 1.7
+    dens = lambda v, mu: np.exp(-((v - mu) ** 2) / (2 * z * z))  # noqa: E731
+    expected = np.log((q * dens(x[:5], 1.0) + (1 - q) * dens(x[:5], 0.0)) / dens(x[:5], 0.0))
+    got = release_log_likelihood_ratio(x, q, z)
+    np.testing.assert_allclose(got[:5], expected, rtol=1e-12, atol=1e-15)
+    assert np.isfinite(got[5]) and got[5] == pytest.approx(np.log(q) + 999.5 / z ** 2)
+    assert np.all(np.diff(got) > 0)   # increasing in x: the highest sums are the most likely drawn

@@ -73,14 +73,18 @@ class ServerSide:
 class Canaries(NamedTuple):
     """White-box canaries a mechanism planted in one run, as the audit scores them: ``scores`` (one
     per canary), ``included`` (the coins), ``shape`` (``sample_rate`` and ``steps`` of the Poisson-
-    sampled Gaussian each canary went through, for the f-DP bound; None: unknown) and the ``unit``
-    whose claim they test."""
+    sampled Gaussian each canary went through, for the f-DP bound; None: unknown), the ``unit``
+    whose claim they test, the audit's guess design (``sides``: "both" or "in",
+    :mod:`attacks.audit`, "Guess sides") and the statistic its tests read (``audit_scores``; None:
+    ``scores``, which the epsilon estimate and the descriptive metrics always read)."""
 
     name: str
     scores: Any
     included: Any
     shape: dict | None = None
     unit: str = "image"
+    sides: str = "both"
+    audit_scores: Any = None   # the statistic the audit's tests read, where not ``scores`` themselves
 
 
 def as_canaries(item) -> Canaries:

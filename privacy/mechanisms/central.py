@@ -50,14 +50,15 @@ class CentralDP(DPMechanism):
             return f"{s.dp_mode} needs min_clients_per_round = clients_per_round (the noise is calibrated to it)"
         return canary_problem(s, "client_canaries")
 
-    def canary_clients(self, s, seed: int, sample_rate: float):
+    def canary_clients(self, s, seed: int, sample_rate: float, noise_multiplier: float | None = None):
         """The run's canary clients (:mod:`privacy.canary_clients`), or None without."""
         if not s.client_canaries:
             return None
         from privacy.canary_clients import CanaryClients
         from privacy.whitebox import canary_coins
 
-        return CanaryClients(canary_coins(s.client_canaries, seed), sample_rate=sample_rate)
+        return CanaryClients(canary_coins(s.client_canaries, seed), sample_rate=sample_rate,
+                             noise_multiplier=noise_multiplier)
 
     def audit_canaries(self, s, record: dict, seed: int) -> list:
         from privacy.canary_clients import audit_entry
@@ -172,7 +173,7 @@ class CentralDPSampled(CentralDP):
         if s.adaptive_clipping:
             adaptive = AdaptiveClipping(count_noise=default_count_noise(expected_clients=q * s.num_clients,
                                                                         noise_multiplier=z))
-        canaries = self.canary_clients(s, seed, q)
+        canaries = self.canary_clients(s, seed, q, z)
         strategy = PoissonSampledDP(partition_to_node=partition_to_node, sample_rate=q, noise_multiplier=z,
                                     clipping_norm=clip, delta=s.delta, adaptive=adaptive, canaries=canaries,
                                     plant=get_plant(s.plant), **rngs)
