@@ -345,6 +345,8 @@ def test_bad_dataset_files_are_one_line_and_write_nothing(tmp_path, capsys, data
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 3 min on 2 cores; in .ci/run test_shards' concurrent-shards test shows the same (two
+#                        processes, the non-DP rows equal bit for bit), so this one is left to `tox -e slow`
 def test_same_scenario_and_seed_give_the_same_metrics(tmp_path, feddp_cache):
     """The smoke suite on CPU, twice: identical models, samples and metrics (timings aside) for
     non-DP rows; a DP row is reproducible up to its DP noise, drawn from OS entropy:

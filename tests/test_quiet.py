@@ -147,6 +147,7 @@ delta = 1e-3
 
 
 @pytest.mark.slow  # two tiny federated runs in a subprocess
+@pytest.mark.extended  # in .ci/run, scripts/terminal_check.py holds README command 1's own terminal to this rule
 def test_a_run_prints_at_most_10_lines_that_are_not_the_tools(tmp_path):
     import subprocess
     import sys
