@@ -44,19 +44,27 @@ def _simulate(sigma, q, steps, m, rng):
     return scores, included
 
 
-@pytest.mark.parametrize("sigma", [33.1, 9.53, 4.41])   # epsilon about 1.1 / 4.7 / 11.9 at q 0.5, 400 steps
-def test_simulated_null_of_the_exact_mechanism_keeps_false_alarms_under_alpha(sigma):
+@pytest.mark.parametrize("sigma, q, steps, sides", [
+    (33.1, 0.5, 400, "both"), (9.53, 0.5, 400, "both"), (4.41, 0.5, 400, "both"),  # epsilon ~1.1 / 4.7 / 11.9
+    (1.68, 0.25, 20, "in"), (0.82, 0.25, 20, "in"),   # canary clients, sampled: epsilon ~4 / 10, one-sided guesses
+])
+def test_simulated_null_of_the_exact_mechanism_keeps_false_alarms_under_alpha(sigma, q, steps, sides):
     """At level 0.3 per guess count (so that false alarms are frequent enough to count), the
     refutation rate of the mechanism's own curve stays under 0.3 at every guess count, and the
-    suite's level (0.05, Bonferroni over the guess counts) raises no alarm in 100 runs."""
-    q, steps, m, n = 0.5, 400, 1000, 150
+    suite's level (0.05, Bonferroni over the guess counts) raises no more alarms than alpha allows;
+    for both guess designs, each on the mechanism it is used for (two-sided: local DP-SGD's many
+    steps; one-sided: the sampled canary clients' few draws)."""
+    m, n = 1000, 150
     f = fdp.tradeoff(sigma, q, steps)
     rng = np.random.default_rng(int(sigma * 100))
     alarms = np.zeros(4)
     strict = 0
     for trial in range(n):
         scores, included = _simulate(sigma, q, steps, m, rng)
-        guesses = one_run_evidence(scores, included, seed=trial)["guesses"]
+        ev = one_run_evidence(scores, included, seed=trial, sides=sides)
+        guesses = ev["guesses"]
+        assert ev.get("sides", "both") == sides
+        assert [r for r, _ in guesses] == [k * (2 if sides == "both" else 1) for k in (50, 100, 250, 450)]
         alarms += [fdp.refutes(f, m, r, v, 0.3) for r, v in guesses]
         strict += any(fdp.refutes(f, m, r, v, 0.05 / len(guesses)) for r, v in guesses)
     rate = alarms / n
@@ -103,36 +111,6 @@ def test_the_vectorised_hockey_stick_equals_dp_accountings_own(sigma, rate, step
     pld = pld.self_compose(steps)
     grid = EPS_GRID[::7]
     np.testing.assert_allclose(hockey_stick(pld, grid), pld.get_delta_for_epsilon(grid), rtol=1e-9, atol=1e-15)
-
-
-def _simulate_sampled_clients(sigma, q, steps, m, rng):
-    """Canary clients of a Poisson-sampled mechanism: each included canary drawn at rate q in each
-    of ``steps`` releases, every score the sum of the releases (units of C)."""
-    included = rng.random(m) < 0.5
-    scores = rng.binomial(steps, q, m) * included + rng.normal(0.0, np.sqrt(steps) * sigma, m)
-    return scores, included
-
-
-@pytest.mark.parametrize("sigma", [1.68, 0.82])   # epsilon about 4 / 10 at q 1/4, 20 releases
-def test_simulated_null_with_one_sided_guesses_keeps_false_alarms_under_alpha(sigma):
-    """The one-sided design (top k guessed in, the rest abstained on) on the exact sampled mechanism
-    it is used for: at level 0.3 per guess count the refutation rate of the mechanism's own curve
-    stays under 0.3, and at the suite's 0.05 (Bonferroni over the guess counts) no more alarms than
-    alpha allows."""
-    q, steps, m, n = 0.25, 20, 1000, 150
-    f = fdp.tradeoff(sigma, q, steps)
-    rng = np.random.default_rng(int(sigma * 100))
-    alarms = np.zeros(4)
-    strict = 0
-    for trial in range(n):
-        scores, included = _simulate_sampled_clients(sigma, q, steps, m, rng)
-        ev = one_run_evidence(scores, included, seed=trial, sides="in")
-        assert ev["sides"] == "in" and all(r == k for (r, _), k in zip(ev["guesses"], [50, 100, 250, 450]))
-        alarms += [fdp.refutes(f, m, r, v, 0.3) for r, v in ev["guesses"]]
-        strict += any(fdp.refutes(f, m, r, v, 0.05 / len(ev["guesses"])) for r, v in ev["guesses"])
-    rate = alarms / n
-    assert np.all(rate <= 0.3 + 2 * np.sqrt(0.3 * 0.7 / n)), rate
-    assert strict <= 0.05 * n + 2 * np.sqrt(0.05 * 0.95 * n)
 
 
 def test_one_sided_evidence_counts_and_its_perfect_attack():
