@@ -9,6 +9,15 @@ learning rate, timesteps): it is trained once, with a fixed seed (the same publi
 row and seed, as a downloaded one would be), and cached by the hash of that definition under
 ``<cache>/pretrained/`` (:func:`benchmark.cache.cache_dir_path`; ``$FEDDP_CACHE``).
 
+Shipped checkpoints: the registered suites' ``cpu`` definitions ship inside the installed package
+(``benchmark/pretrained/``, under the same file names, each with its JSON record: the definition,
+the file's SHA-256, the torch version and threads it was trained with), as the embedded datasets
+do, so a fresh machine does not spend minutes retraining them and every machine starts from the
+same bytes (the CPU kernels' sums depend on the thread count). A shipped checkpoint is used before
+the cache; one whose bytes do not match its record is refused in one line. They are written, and
+checked to be what this code trains, by ``scripts/ship_pretrained.py`` (``--check``; the extended
+test tier runs the check for the ``privacy`` suite's checkpoint).
+
 A scenario with ``rounds = 0`` is the ``public-only`` reference: no private image touches the model,
 so its row shows what the private data adds (and its membership attacks are a null: no member was
 ever seen).
@@ -33,6 +42,7 @@ from benchmark.scenarios import Scenario
 from benchmark.seeding import derive_seed
 
 FORMAT = "feddp-pretrained/1"
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"  # package data (pyproject.toml)
 PRETRAIN_BATCH_SIZE = 64
 PRETRAIN_LEARNING_RATE = 2e-3
 PRETRAIN_SEED = 0  # fixed: one public checkpoint per definition, whatever the run's seed
@@ -56,6 +66,26 @@ def checkpoint_path(defn: dict, cache_dir=None) -> Path:
     return cache_dir_path(cache_dir) / "pretrained" / f"{defn['dataset']}-{defn['model']}-e{defn['epochs']}-{key}.pt"
 
 
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shipped_checkpoint(defn: dict, shipped_dir: Path | None = None) -> Path | None:
+    """The checkpoint of ``defn`` that ships with the package, or None; one whose bytes differ
+    from its record (a damaged install) is refused."""
+    path = (SHIPPED_DIR if shipped_dir is None else Path(shipped_dir)) / checkpoint_path(defn).name
+    record_path = path.with_suffix(".json")
+    if not path.exists() or not record_path.exists():
+        return None
+    record = json.loads(record_path.read_text())
+    if {k: record.get(k) for k in defn} != defn:
+        raise PretrainError(f"shipped checkpoint {path.name}: its record's definition is not the one its name "
+                            "hashes (rewrite it with scripts/ship_pretrained.py)")
+    if sha256_file(path) != record.get("sha256"):
+        raise PretrainError(f"shipped checkpoint {path} does not match its SHA-256 (a damaged install: reinstall)")
+    return path
+
+
 def public_data(scenario: Scenario, image_shape: tuple[int, int, int], num_classes: int,
                 data_root: str | None = None) -> ImageDataset:
     public = load_dataset(scenario.pretrain, data_root=data_root, split="train")
@@ -71,8 +101,12 @@ def public_data(scenario: Scenario, image_shape: tuple[int, int, int], num_class
 def pretrained_state(scenario: Scenario, image_shape: tuple[int, int, int], num_classes: int, *,
                      data_root: str | None = None, cache_dir=None, device: str = "cpu",
                      say: Callable[[str], None] | None = None) -> Path:
-    """The cached checkpoint of ``scenario``'s public pretraining (trained here if absent)."""
+    """The checkpoint of ``scenario``'s public pretraining: the shipped one, else the cached one,
+    else trained here (and cached)."""
     defn = definition(scenario, image_shape, num_classes)
+    shipped = shipped_checkpoint(defn)
+    if shipped is not None:
+        return shipped
     path = checkpoint_path(defn, cache_dir)
     if path.exists():
         return path
@@ -84,11 +118,17 @@ def pretrained_state(scenario: Scenario, image_shape: tuple[int, int, int], num_
     state, loss = train_public(scenario, public, device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_torch(path, state)
-    write_json(path.with_suffix(".json"), defn | {"final_epoch_loss": loss, "train_s": time.perf_counter() - t0,
-                                                  "n_images": int(len(public.labels))})
+    write_json(path.with_suffix(".json"), record(defn, path, loss=loss, train_s=time.perf_counter() - t0,
+                                                 n_images=len(public.labels)))
     if say:
         say(f"public pretraining done in {time.perf_counter() - t0:.0f} s (last epoch's loss {loss:.4f})")
     return path
+
+
+def record(defn: dict, path: Path, *, loss: float, train_s: float, n_images: int) -> dict:
+    """A checkpoint's JSON record: its definition, what training reported, and what reproduces it."""
+    return defn | {"final_epoch_loss": loss, "train_s": train_s, "n_images": int(n_images),
+                   "sha256": sha256_file(path), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def train_public(scenario: Scenario, public: ImageDataset, *, device: str = "cpu") -> tuple[dict, float]:

@@ -1,6 +1,8 @@
 """Public pretraining (benchmark.pretrain): the checkpoint a federation starts from."""
 
 import dataclasses
+import json
+import shutil
 
 import pytest
 import torch
@@ -109,3 +111,71 @@ def test_public_only_row_is_the_checkpoint_and_its_attacks_are_a_null(tmp_path, 
     assert set(mia) == {"mia-loss", "mia-secmi", "mia-pia"}
     for name, r in mia.items():
         assert r["n_members"] == r["n_nonmembers"] == 128 and abs(r["auc"] - 0.5) < 4 * 0.036, name
+
+
+from benchmark.federation import task  # noqa: E402
+
+
+def _shipped_definitions():
+    """Every registered suite's cpu-scale pretraining definition, with a scenario that names it."""
+    from benchmark.data import scenario_dataset
+    from benchmark.suites import get_suite, suite_names
+
+    out = {}
+    for name in suite_names():
+        for s in get_suite(name, "cpu"):
+            if s.pretrain:
+                d = scenario_dataset(s, "train")
+                defn = pretrain.definition(s, d.images.shape[1:], d.num_classes)
+                out.setdefault(pretrain.checkpoint_path(defn).name, (defn, s, d))
+    return out
+
+
+def test_every_registered_suites_checkpoint_ships_and_is_used_before_any_cache_or_training(tmp_path, monkeypatch):
+    def no_training(*args, **kw):
+        raise AssertionError("trained although the checkpoint ships")
+
+    monkeypatch.setattr(pretrain, "train_public", no_training)
+    shipped = _shipped_definitions()
+    assert len(shipped) >= 2  # the privacy suite's and the cross-device suite's
+    for name, (defn, s, d) in shipped.items():
+        path = pretrain.pretrained_state(s, d.images.shape[1:], d.num_classes, cache_dir=tmp_path)
+        assert path == pretrain.SHIPPED_DIR / name and not (tmp_path / "pretrained").exists()
+        rec = json.loads(path.with_suffix(".json").read_text())
+        assert {k: rec[k] for k in defn} == defn and rec["sha256"] == pretrain.sha256_file(path)
+        # It is the private model's architecture: it loads into it.
+        task.build_model(s, d).load_state_dict(torch.load(path, weights_only=True))
+
+
+def test_a_damaged_or_mislabelled_shipped_checkpoint_is_refused_in_one_line(tmp_path):
+    (name, (defn, _, _)), = list(_shipped_definitions().items())[:1]
+    for f in (name, name.replace(".pt", ".json")):
+        shutil.copy(pretrain.SHIPPED_DIR / f, tmp_path / f)
+    assert pretrain.shipped_checkpoint(defn, tmp_path) == tmp_path / name
+    assert pretrain.shipped_checkpoint(dict(defn, epochs=defn["epochs"] + 1), tmp_path) is None  # another name: absent
+    data = bytearray((tmp_path / name).read_bytes())
+    data[-100] ^= 1
+    (tmp_path / name).write_bytes(bytes(data))
+    with pytest.raises(pretrain.PretrainError, match="does not match its SHA-256") as e:
+        pretrain.shipped_checkpoint(defn, tmp_path)
+    assert "\n" not in str(e.value)
+    rec = json.loads((tmp_path / name.replace(".pt", ".json")).read_text())
+    (tmp_path / name.replace(".pt", ".json")).write_text(json.dumps(rec | {"epochs": 1}))
+    with pytest.raises(pretrain.PretrainError, match="record's definition"):
+        pretrain.shipped_checkpoint(defn, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_the_shipped_privacy_checkpoint_is_what_this_code_trains():
+    """scripts/ship_pretrained.py --check: retrained with its recorded threads, bit for bit (about 2-3
+    minutes on 2 cores)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "ship_pretrained.py"), "--check", "--only", "privacy"],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "same:" in r.stdout
