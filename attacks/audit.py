@@ -64,6 +64,12 @@ simulation, the claim 4): the plain sum with two-sided guesses gave f-DP bounds 
 runs (the audit-power run of 2026-12-07: 3.69, missed); the plain sum one-sided, at least 4.06 in
 30 runs (3.99 in one of six through the real strategy); the likelihood ratio one-sided, at least
 4.48 in 30 runs. Ceilings: 11.1 one-sided against 13.2 two-sided, above every claim up to 10.
+The canary clients of a ``central-dp-ftrl`` row take part once in every tree epoch, so every
+inclusion shows: they guess both ways, scored by the log-likelihood ratio of the released prefix
+sums (:class:`privacy.canary_clients.TreeCanaryClients`), their f-DP shape the Gaussian nodes that
+hold their contribution (sample rate 1). With 2 epochs of 10 rounds (8 such nodes), m = 10,000
+and alpha 0.05 / 4, the ceiling is 11.4 two-sided against 9.7 with "in" guesses only, which could
+not refute a claim of 10 (numpy simulation of the node sums).
 The design is the canaries' (their record says which, :class:`privacy.canary_clients.CanaryClients`),
 fixed before any run; evidence without ``sides`` is two-sided.
 

@@ -280,10 +280,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for text in args.margin or ():
         name, value, rel = compare.parse_margin(text)
         margins[name] = (value, rel)
-    findings = compare.compare_files(Path(args.base), Path(args.new), sigmas=args.sigmas, margins=margins)
+    from benchmark.leaderboard import read_leaderboard
+
+    base, new = read_leaderboard(Path(args.base)), read_leaderboard(Path(args.new))
+    findings = compare.compare(base, new, sigmas=args.sigmas, margins=margins)
     shown = findings if args.all else [f for f in findings if f.status != "ok"]
     if shown:
         print(compare.format_table(shown, markdown=args.markdown))
+    powers = compare.power(base, new, sigmas=args.sigmas, margins=margins)
+    print(("\n" if shown and args.markdown else "")
+          + compare.format_power(compare.summarize_power(powers), markdown=args.markdown))
     failing = any(f.failing for f in findings)
     print(f"bench: {'regression' if failing else 'ok'}: {compare.summary(findings)}",
           file=sys.stderr if failing else sys.stdout)
@@ -315,6 +321,8 @@ def check_account(args: argparse.Namespace) -> None:
 
     if args.mechanism is not None and args.level != "client":
         raise errors.BadInputError(f"--mechanism {args.mechanism} is a client-level mechanism (--level client)")
+    if args.epochs is not None and args.mechanism != "dp-ftrl":
+        raise errors.BadInputError("--epochs counts dp-ftrl's tree epochs (--mechanism dp-ftrl)")
     if args.mechanism == "dp-ftrl":
         if args.sample_rate is not None:
             raise errors.BadInputError("dp-ftrl samples no clients: --sample-rate does not apply (its tree noise "
@@ -338,10 +346,13 @@ def cmd_account(args: argparse.Namespace) -> int:
         epsilon_of, noise_for = acc.sample_level_epsilon, acc.sample_level_noise
         how = f"sample level, {args.accountant}, q = {args.sample_rate:g}, {args.steps} steps"
     elif args.mechanism == "dp-ftrl":  # tree-aggregated noise, one participation per client per tree
-        common = dict(steps=args.steps, delta=args.delta)
+        epochs = 1 if args.epochs is None else args.epochs
+        common = dict(steps=args.steps, delta=args.delta, epochs=epochs)
         epsilon_of, noise_for = acc.ftrl_tree_epsilon, acc.ftrl_tree_noise
-        how = (f"client level, dp-ftrl, {acc.FTRL_ACCOUNTANT}, {args.steps} steps in one tree, "
-               "each client at most once")
+        trees = ("in one tree" if epochs == 1 else
+                 f"per tree, {epochs} trees (epochs) composed")
+        how = (f"client level, dp-ftrl, {acc.FTRL_ACCOUNTANT}, {args.steps} steps {trees}, "
+               "each client at most once per tree")
     else:
         if args.sample_rate is not None:  # Poisson client sampling, amplified
             if args.accountant != "rdp":
@@ -508,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: one Gaussian release per round, central-dp, or central-dp-sampled with --sample-rate) "
                    "or dp-ftrl (tree-aggregated noise over --steps steps, no sampling, each client at most once "
                    "per tree; replace-with-special neighbours; --population optional)")
+    q.add_argument("--epochs", type=int, help="dp-ftrl: tree epochs of --steps steps each (default 1), the tree "
+                   "restarted each epoch and each client once in each; their epsilons compose (central-dp-ftrl: "
+                   "--steps N / clients per round, --epochs rounds / --steps)")
     q.set_defaults(fn=cmd_account, check=check_account, hushed=True)  # Opacus' RDP-order warning: the epsilon is still a bound
 
     from benchmark.model_configs import MODEL_CONFIGS  # torch-free
@@ -599,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
         "    side has one; a DP row: never less than the metric's noise floor, as its noise differs\n"
         "    between runs by design and two seeds do not estimate its spread);\n"
         "  a metric BASE has is empty in NEW; audit_failed is true in NEW; a BASE row is missing in NEW.\n"
+        "Then, per gated metric (rows without DP, DP rows: median and worst), the smallest regression the\n"
+        "gate flags 95% of the time: band + 1.645 * SE (SE: the seeds'; on a DP row at least the secret\n"
+        "noise its floor stands for, floor / (3 * sqrt(1/2 + 1)) per run).\n"
         "Gated metrics and default margins (override with --margin METRIC=VALUE, VALUE absolute or N%):\n"
         + "".join(f"  {m:24s} {g.describe()}\n" for m, g in GATED.items())
         + "Details: results/README.md.")

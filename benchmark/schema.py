@@ -190,7 +190,8 @@ LEADERBOARD: list[Column] = [
            "(the mechanism's, `privacy.mechanisms`: e.g. `add/remove one image`, `zero-out one client ...`); "
            "empty without DP", derive=lambda s: _relation(s["scenario"][0]["dp_mode"])),
     _scenario("delta", "float", "delta of the DP guarantee", report=Shown("delta", fmt="g", when="epsilon")),
-    _metric("accountant", "str", "joined", "`opacus-rdp`, `opacus-prv`, `flwr-rdp-no-amplification`, `opacus-rdp-poisson-clients`", **_NO_DP),
+    _metric("accountant", "str", "joined", "`opacus-rdp`, `opacus-prv`, `flwr-rdp-no-amplification`, `opacus-rdp-poisson-clients`, "
+            "`dp-accounting-rdp-tree-replace-special`", **_NO_DP),
     _metric("noise_multiplier", "float", "mean", "Gaussian noise std / clipping norm (local DP-SGD: the worst "
             "client's, whose epsilon is published)", **_NO_DP),
     _metric("max_grad_norm", "float", "mean", "clipping norm (per sample: local; per update: central)", **_NO_DP),

@@ -229,9 +229,10 @@ def _grid(scale: Scale, suite: str, prefix: str) -> tuple[Scenario, ...]:
 def cross_device_suite(scale: Scale) -> tuple[Scenario, ...]:
     """Hundreds of clients with tens of images each, 20 expected per round: Poisson-sampled central
     DP with amplified accounting (``sampled``) beside the same population with a fixed 20 clients
-    per round accounted without amplification (``fixed``, Flower's wrapper), at epsilon 1, 4, 10;
-    plus no DP, one adaptive-clipping row and, where the scale's recipe pretrains, the public-only
-    reference. Only the sampled clients train, so a round is cheap. Every row is attacked by the
+    per round accounted without amplification (``fixed``, Flower's wrapper) and DP-FTRL (``ftrl``:
+    the 200 clients dealt 20 per round, each once per tree epoch of 10 rounds, tree-aggregated noise,
+    no sampling assumption), at epsilon 1, 4, 10; plus no DP, one adaptive-clipping row and, where
+    the scale's recipe pretrains, the public-only reference. Only the sampled clients train, so a round is cheap. Every row is attacked by the
     membership attacks; every DP row carries ``CLIENT_CANARIES`` canary clients, so its client-level
     claim is audited white-box (privacy.canary_clients).
 
@@ -250,17 +251,22 @@ def cross_device_suite(scale: Scale) -> tuple[Scenario, ...]:
     out.append(Scenario(name="cross-device-iid-nodp", **common))
     for eps in (10.0, 4.0, 1.0):
         out.append(Scenario(name=f"cross-device-iid-sampled-eps{eps:g}", dp_mode="central-dp-sampled",
-                            client_sample_rate=q, target_epsilon=eps, **common, **dp))
+                            client_sample_rate=q, target_epsilon=eps, **(common | dp)))
         out.append(Scenario(name=f"cross-device-iid-fixed-eps{eps:g}", dp_mode="central-dp", target_epsilon=eps,
-                            **common, **dp))
+                            **(common | dp)))
+        out.append(Scenario(name=f"cross-device-iid-ftrl-eps{eps:g}", dp_mode="central-dp-ftrl", target_epsilon=eps,
+                            **(common | dp)))
     out.append(Scenario(name="cross-device-iid-sampled-adaptive-eps10", dp_mode="central-dp-sampled",
-                        client_sample_rate=q, adaptive_clipping=True, target_epsilon=10.0, **common, **dp))
+                        client_sample_rate=q, adaptive_clipping=True, target_epsilon=10.0, **(common | dp)))
     return tuple(out)
 
 
 # The grid scenarios (privacy-grid) the CI gate re-runs on every change (scripts/regression.sh): no DP
 # and epsilon 4 of both DP modes on IID data, and local DP-SGD under label skew.
 REGRESSION_SCENARIOS = ("iid-nodp", "iid-local-eps4", "iid-central-eps4", "dirichlet-0.5-local-eps4")
+# The gpu scale's budget for them (one H100, its two seeds; an estimate): the seeds the gate's power
+# asks for are weighed against it (benchmark.compare.power_doc, results/README.md).
+REGRESSION_GPU_MINUTES = 30
 
 
 @register_suite("regression")
@@ -270,7 +276,9 @@ def regression_suite(scale: Scale) -> tuple[Scenario, ...]:
 
     ``gpu``: four privacy scenarios at GPU scale with 10 instead of 20 rounds and two seeds (the
     seeds' spread sets the tolerance band of `bench compare`), sized for one H100 in under
-    30 minutes (an estimate from the H200 step timings; not yet measured). ``cpu``: the first two
+    30 minutes (``REGRESSION_GPU_MINUTES``; an estimate from the H200 step timings, not yet
+    measured). More seeds would not buy its DP rows power: their band is the noise floor whatever
+    the seeds (results/README.md, "Regression gate", gives what it can catch). ``cpu``: the first two
     on 64 images, one round, 16 FID samples and one seed, so that the CPU path of the gate script
     (tests/test_regression_script.py) runs in minutes; CPU Inception dominates its time.
     """

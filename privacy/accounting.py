@@ -38,7 +38,8 @@ and each client takes part at most once per tree (between restarts). Neighbours 
 replace-with-special (one client's whole contribution replaced by a "zero" one), and one tree of
 ``steps`` steps is the Gaussian mechanism at L2 sensitivity ``sqrt(depth)``, ``depth =
 ceil(log2(steps + 1))``: :func:`ftrl_tree_epsilon`, Google's ``dp_accounting`` RDP accountant on
-``SingleEpochTreeAggregationDpEvent``.
+``SingleEpochTreeAggregationDpEvent``. Several epochs (a fresh tree each, every client once in
+each) compose: :func:`ftrl_epsilon`, the ``central-dp-ftrl`` mode's accountant.
 
 Image level (what a membership audit tests): each mechanism's ``image_epsilon`` (:mod:`privacy.mechanisms`).
 Under central DP an image never leaves or joins the population: adding, removing or substituting
@@ -290,8 +291,61 @@ def _check_tree_steps(steps) -> None:
         raise AccountingError(f"steps must be an integer >= 1, got {steps!r}")
 
 
-def ftrl_tree_epsilon(*, noise_multiplier: float, steps: int, delta: float) -> float:
-    """Client-level epsilon of DP-FTRL's tree aggregation over one tree of ``steps`` steps.
+def ftrl_epoch_steps(rounds: int, rounds_per_epoch: int) -> tuple[int, ...]:
+    """The steps of each tree epoch of a run of ``rounds`` rounds restarted every
+    ``rounds_per_epoch`` rounds: full epochs, then a shorter last one if ``rounds`` is not a multiple."""
+    _check_tree_steps(rounds)
+    _check_tree_steps(rounds_per_epoch)
+    full, rest = divmod(int(rounds), int(rounds_per_epoch))
+    return (int(rounds_per_epoch),) * full + ((rest,) if rest else ())
+
+
+def _ftrl_event(noise_multiplier: float, epoch_steps: tuple[int, ...]):
+    """The epochs as dp_accounting composes them: one ``SingleEpochTreeAggregationDpEvent`` per
+    epoch (a fresh tree each), self-composed over the epochs of equal length."""
+    import dp_accounting
+
+    counts: dict[int, int] = {}
+    for steps in epoch_steps:
+        counts[steps] = counts.get(steps, 0) + 1
+    return dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.SingleEpochTreeAggregationDpEvent(float(noise_multiplier),
+                                                                                          step_counts=steps), count)
+        for steps, count in sorted(counts.items())])
+
+
+@functools.lru_cache(maxsize=4096)
+def _ftrl_epsilon(noise_multiplier: float, epoch_steps: tuple[int, ...], delta: float) -> float:
+    import dp_accounting
+
+    acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL)
+    acc.compose(_ftrl_event(noise_multiplier, epoch_steps))
+    return float(acc.get_epsilon(delta))
+
+
+def ftrl_epsilon(*, noise_multiplier: float, epoch_steps, delta: float) -> float:
+    """Client-level epsilon of DP-FTRL over several tree epochs (``epoch_steps``: the steps of each).
+
+    Each epoch is one tree (:func:`ftrl_tree_epsilon`), restarted with fresh nodes, in which every
+    client takes part at most once; a client takes part in every epoch, so the epochs compose:
+    dp_accounting's RDP accountant (``REPLACE_SPECIAL``) on one
+    ``SingleEpochTreeAggregationDpEvent`` **per epoch**, i.e. RDP ``a sum_e depth(T_e) / (2 sigma^2)``
+    at order ``a``. (One ``SingleEpochTreeAggregationDpEvent`` with a list of step counts is a
+    different mechanism: several trees in ONE epoch, each record in at most one of them; it charges
+    only the deepest tree and would under-count a client that takes part in every epoch.)"""
+    check_privacy_params(delta=delta, noise_multiplier=noise_multiplier)
+    if isinstance(epoch_steps, (numbers.Number, str)) or not hasattr(epoch_steps, "__iter__"):
+        epoch_steps = (epoch_steps,)
+    epoch_steps = tuple(epoch_steps)
+    if not epoch_steps:
+        raise AccountingError("epoch_steps must name at least one epoch")
+    for steps in epoch_steps:
+        _check_tree_steps(steps)
+    return _ftrl_epsilon(float(noise_multiplier), tuple(int(s) for s in epoch_steps), float(delta))
+
+
+def ftrl_tree_epsilon(*, noise_multiplier: float, steps: int, delta: float, epochs: int = 1) -> float:
+    """Client-level epsilon of DP-FTRL's tree aggregation over ``epochs`` trees of ``steps`` steps each.
 
     The mechanism (Kairouz et al. 2021, "Practical and Private (Deep) Learning without Sampling or
     Shuffling"; :class:`privacy.tree_aggregation.TreeAggregator`): at step ``t`` the server
@@ -312,22 +366,22 @@ def ftrl_tree_epsilon(*, noise_multiplier: float, steps: int, delta: float) -> f
     ``a * depth / (2 noise_multiplier^2)`` at order ``a``, converted to ``(epsilon, delta)`` by
     ``dp_accounting``'s improved conversion at its default orders.
 
-    ``steps`` is one tree: a client that can take part in several trees (several epochs) needs
-    those trees composed, which this function does not do."""
-    import dp_accounting
-
-    check_privacy_params(delta=delta, noise_multiplier=noise_multiplier)
+    ``epochs`` trees (a client once in each) compose: :func:`ftrl_epsilon`."""
     _check_tree_steps(steps)
-    acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL)
-    acc.compose(dp_accounting.SingleEpochTreeAggregationDpEvent(float(noise_multiplier), step_counts=int(steps)))
-    return float(acc.get_epsilon(delta))
+    _check_epochs(epochs)
+    return ftrl_epsilon(noise_multiplier=noise_multiplier, epoch_steps=(int(steps),) * int(epochs), delta=delta)
 
 
-def ftrl_tree_noise(*, target_epsilon: float, steps: int, delta: float) -> float:
-    """The smallest noise multiplier (bisection, 0.1% relative) whose :func:`ftrl_tree_epsilon` <= target."""
+def _check_epochs(epochs) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise AccountingError(f"epochs must be an integer >= 1, got {epochs!r}")
+
+
+def ftrl_noise(*, target_epsilon: float, epoch_steps, delta: float) -> float:
+    """The smallest noise multiplier (bisection, 0.1% relative) whose :func:`ftrl_epsilon` <= target."""
     check_privacy_params(delta=delta, epsilon=target_epsilon)
-    _check_tree_steps(steps)
-    eps = lambda s: ftrl_tree_epsilon(noise_multiplier=s, steps=steps, delta=delta)  # noqa: E731
+    ftrl_epsilon(noise_multiplier=1.0, epoch_steps=epoch_steps, delta=delta)  # the schedule's own checks
+    eps = lambda s: ftrl_epsilon(noise_multiplier=s, epoch_steps=epoch_steps, delta=delta)  # noqa: E731
     lo, hi = 1e-3, 1.0
     while eps(hi) > target_epsilon:
         lo, hi = hi, hi * 2
@@ -340,6 +394,14 @@ def ftrl_tree_noise(*, target_epsilon: float, steps: int, delta: float) -> float
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
     return hi
+
+
+def ftrl_tree_noise(*, target_epsilon: float, steps: int, delta: float, epochs: int = 1) -> float:
+    """The smallest noise multiplier (bisection, 0.1% relative) whose :func:`ftrl_tree_epsilon` <= target."""
+    check_privacy_params(delta=delta, epsilon=target_epsilon)
+    _check_tree_steps(steps)
+    _check_epochs(epochs)
+    return ftrl_noise(target_epsilon=target_epsilon, epoch_steps=(int(steps),) * int(epochs), delta=delta)
 
 
 # Adaptive clipping (Andrew et al. 2021) ------------------------------------------------------------------

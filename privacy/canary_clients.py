@@ -15,6 +15,11 @@ real client take part, and its update goes through the mechanism's own clip, sum
   included canary is drawn by the strategy's own Poisson sampler (its secret generator, its rate,
   a planted rate included), clipped by the strategy's own clip factor, and the block receives
   noise from the same generator at the same standard deviation as the model's sum.
+- ``central-dp-ftrl`` (:class:`privacy.central_ftrl.TreeFTRL`): each included canary takes part
+  once per tree epoch, in its first round (the slot in the most released nodes), through the
+  strategy's clip factor, into an audit block with its own tree of the same noise std from the same
+  generator; scored by the log-likelihood ratio of the released prefix sums
+  (:class:`TreeCanaryClients`), with two-sided guesses (every inclusion shows, in every epoch).
 - ``central-dp`` (Flower's fixed-clipping wrapper, :mod:`privacy.central`): the accountant charges
   every round in full to every client, as if every client took part in every round, so an
   included canary takes part in every round (the worst case the claim covers; the real clients'
@@ -122,6 +127,66 @@ class CanaryClients:
         before the run: Poisson-sampled canaries (rate below 1, a few draws each) guess "in" on the
         highest scores only; canaries taking part in every release guess both ways."""
         return "in" if self.sample_rate < 1 else "both"
+
+
+@dataclass
+class TreeCanaryClients(CanaryClients):
+    """The canary clients of a ``central-dp-ftrl`` run (:class:`privacy.central_ftrl.TreeFTRL`).
+
+    Every included canary takes part once per tree epoch, in the epoch's first round: its leaf is
+    then in every node ``[1, 2^j]``, ``2^j <= T``, the ``depth(T)`` released nodes the accountant
+    charges (no other slot lies in more), so the audit tests the claim at its worst case. Its update
+    goes through the strategy's clip factor into an audit block with a tree of its own (the model
+    tree's noise std, from the same generator), and :meth:`release` receives the block's **released
+    prefix sum** of each round, in the scale of the sum.
+
+    The score (``scores``, which every test reads) is the log-likelihood ratio of the released
+    prefix sums ``Y_1..Y_t`` of one coordinate under the claimed mechanism, in (the canary added
+    ``C`` at step 1) against out (it added nothing), with the tree's covariance ``Cov(Y_s, Y_t) =
+    (z C)^2`` times the nodes ``[1, s]`` and ``[1, t]`` share: ``mu' Sigma^-1 Y - mu' Sigma^-1 mu / 2``.
+    Each prefix sum is its earlier one plus the node its step closes (``Y_t = Y_(t - 2^j) + node_t``,
+    ``j`` the trailing zeros of ``t``), so the nodes are read back from the releases by differences,
+    they are independent ``N(mean, (z C)^2)``, and the ratio is ``sum over the nodes holding step 1
+    of (node / C - 1/2) / z^2``, summed over the epochs (independent trees). ``nodes``: how many
+    such nodes the releases held, the Gaussian compositions (sensitivity 1, noise ``z``) of the
+    f-DP bound's shape (``steps`` in the record, ``sample_rate`` 1)."""
+
+    sample_rate: float = 1.0
+    nodes: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.noise_multiplier or self.noise_multiplier <= 0:
+            raise ValueError("tree canary clients need the claimed noise multiplier (> 0)")
+        self.restart()
+
+    def restart(self) -> None:
+        """A new tree epoch: no prefix sums released yet."""
+        self._prefix: dict[int, np.ndarray] = {0: np.zeros(self.m, dtype=np.float64)}
+
+    def release(self, block: np.ndarray, clip: float, *, step: int) -> None:
+        """Step ``step``'s released prefix sum of the audit block (clipped sums + tree noise, in the
+        scale of the sum): the node it closes, in units of the clipping norm, and if that node holds
+        step 1, its log-likelihood ratio added to the scores."""
+        if block.shape != (self.m,):
+            raise ValueError(f"canary block has shape {block.shape}, expected ({self.m},)")
+        if step != len(self._prefix):   # steps 0 .. step - 1 released
+            raise ValueError(f"tree canary release at step {step}, expected step {len(self._prefix)}")
+        width = step & -step
+        x = np.asarray(block, dtype=np.float64) / clip
+        node = x - self._prefix[step - width]
+        self._prefix[step] = x
+        if step == width:   # the node [1, step] (step a power of two) holds the canaries' leaf
+            self.scores += (node - 0.5) / self.noise_multiplier ** 2
+            self.nodes += 1
+        self.releases += 1
+
+    def record(self) -> dict:
+        return {"kind": NAME, "unit": UNIT, "m": self.m, "sample_rate": 1.0, "steps": self.nodes,
+                "rounds": self.releases, "scores": self.scores.tolist(), "guess_sides": self.guess_sides,
+                "planted": "the first round of every tree epoch",
+                "audit_statistic": "log-likelihood ratio of the released prefix sums under the claimed tree "
+                                   f"covariance, z = {self.noise_multiplier:g}"}
 
 
 def release_log_likelihood_ratio(x: np.ndarray, q: float, z: float) -> np.ndarray:

@@ -16,7 +16,10 @@ release and the white-box canaries see the same defect:
   sampler) and its gradient canaries (:mod:`privacy.whitebox`);
 - ``central-dp-sampled``: the server's strategy (:class:`privacy.central_sampled.PoissonSampledDP`;
   the update clip, the noise of the sum, the client sampler) and its canary clients
-  (:mod:`privacy.canary_clients`).
+  (:mod:`privacy.canary_clients`);
+- ``central-dp-ftrl``: the server's strategy (:class:`privacy.central_ftrl.TreeFTRL`; the update
+  clip, the std of every tree node's noise) and its canary clients. It samples nobody, so
+  ``rate-x4`` is refused there.
 
 Torch-free.
 """

@@ -17,17 +17,18 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 # ------------------------------------------------------------------------------------ registry
 def test_registry_holds_the_published_modes():
-    assert mechanism_names() == ("none", "local-dpsgd", "central-dp", "central-dp-sampled")
+    assert mechanism_names() == ("none", "local-dpsgd", "central-dp", "central-dp-sampled", "central-dp-ftrl")
     assert grad_sample_mode_names() == ("hooks", "ghost", "mixed-ghost", "mixed-ghost-bk")
-    none, local, central, sampled = (get_mechanism(n) for n in mechanism_names())
-    assert (none.dp_level, local.dp_level, central.dp_level, sampled.dp_level) == ("", "sample", "client", "client")
+    none, local, central, sampled, ftrl = (get_mechanism(n) for n in mechanism_names())
+    assert (none.dp_level, local.dp_level, central.dp_level, sampled.dp_level, ftrl.dp_level) == \
+        ("", "sample", "client", "client", "client")
     assert not none.private and local.private and central.private
     assert local.accountants == ("rdp", "prv") and central.accountants == ("rdp",)
     assert (none.weight_key, local.weight_key, central.weight_key) == ("num-examples", "num-examples", "dp-weight")
     assert (local.expected_weight(12), central.expected_weight(12)) == (12.0, 1.0)
     # The published defaults: per-sample clip 1.0 (local), per-update clip 0.5 (central).
     assert local.clip(None) == 1.0 and local.clip(2.5) == 2.5 and none.clip(None) is None
-    assert central.clip(None) == sampled.clip(None) == 0.5
+    assert central.clip(None) == sampled.clip(None) == ftrl.clip(None) == 0.5
     assert [n for n in grad_sample_mode_names() if get_grad_sample_mode(n).supports_noise_multiplicity] == ["hooks"]
     assert [n for n in grad_sample_mode_names() if not get_grad_sample_mode(n).ghost_family] == ["hooks"]
 
@@ -47,7 +48,7 @@ def test_registry_refuses_duplicates():
 
 
 @pytest.mark.parametrize("lookup, name, known", [
-    (get_mechanism, "local", "none, local-dpsgd, central-dp, central-dp-sampled"),
+    (get_mechanism, "local", "none, local-dpsgd, central-dp, central-dp-sampled, central-dp-ftrl"),
     (get_grad_sample_mode, "fast", "hooks, ghost, mixed-ghost, mixed-ghost-bk"),
 ])
 def test_unknown_mode_is_a_one_line_error_listing_the_known_names(lookup, name, known):

@@ -4,6 +4,7 @@
 ``local-dpsgd``         :mod:`privacy.mechanisms.local_dpsgd` (DP-SGD on every client, Opacus)
 ``central-dp``          :mod:`privacy.mechanisms.central` (Flower's fixed-clipping wrapper)
 ``central-dp-sampled``  :mod:`privacy.mechanisms.central` (Poisson-sampled DP-FedAvg)
+``central-dp-ftrl``     :mod:`privacy.mechanisms.central_ftrl` (DP-FTRL, tree-aggregated noise)
 
 A new mechanism is its module (a :class:`~privacy.mechanisms.base.DPMechanism` subclass: see the
 contract in :mod:`privacy.mechanisms.base`) and one ``register_mechanism`` line below. A mechanism
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 
 from privacy.mechanisms.base import Canaries, Mechanism, as_canaries  # noqa: F401 (re-exported)
 from privacy.mechanisms.central import CentralDP, CentralDPSampled
+from privacy.mechanisms.central_ftrl import CentralDPFTRL
 from privacy.mechanisms.local_dpsgd import LocalDPSGD
 from privacy.modes import ModeError, _Registry
 
@@ -68,6 +70,7 @@ NO_DP = register_mechanism(Mechanism())
 LOCAL_DPSGD = register_mechanism(LocalDPSGD())
 CENTRAL_DP = register_mechanism(CentralDP())
 CENTRAL_DP_SAMPLED = register_mechanism(CentralDPSampled())
+CENTRAL_DP_FTRL = register_mechanism(CentralDPFTRL())
 BUILT_IN = tuple(_MECHANISMS)
 
 

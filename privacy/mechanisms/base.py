@@ -27,8 +27,8 @@ The audit's place: ``audit_claims`` are the claims the one-run audit (attacks/au
 per unit (``image``: what membership attacks and a local DP-SGD row's gradient canaries stand for;
 ``client``: a central row's canary clients). A white-box audit belongs inside the mechanism it
 audits: canaries planted in ``train_client`` (a client's DP-SGD step: ``local-dpsgd``'s gradient
-canaries, :mod:`privacy.whitebox`) or in the server side's strategy (``central-dp`` and
-``central-dp-sampled``'s canary clients, :mod:`privacy.canary_clients`), their scores written into
+canaries, :mod:`privacy.whitebox`) or in the server side's strategy (``central-dp``,
+``central-dp-sampled`` and ``central-dp-ftrl``'s canary clients, :mod:`privacy.canary_clients`), their scores written into
 the ``privacy`` record by ``record`` and handed to the audit by ``audit_canaries``, so that what is
 audited is the code that ran, not a copy of it.
 
