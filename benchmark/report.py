@@ -3,9 +3,12 @@
 Written by :func:`benchmark.leaderboard.summarize` (so by ``bench summarize`` and ``bench run``)
 next to ``leaderboard.csv``:
 
-    README.md          the leaderboard as Markdown tables, provenance, failed audits first
+    README.md          the leaderboard as Markdown tables, provenance, failed audits first, and the
+                       suite's declared comparisons (A - B with its 95 % interval over seeds,
+                       significant or not; benchmark/comparisons.py)
     frontier.png       utility-privacy frontier: FID (and downstream accuracy) vs epsilon, one line per
-                       family of rows that differ only in epsilon
+                       family of rows that differ only in epsilon; error bars: each mean's 95 %
+                       t-interval over seeds
     attack_vs_epsilon.png  best membership-inference attack's AUC and TPR at 1% FPR vs epsilon
     roc.png            best attack's ROC per scenario (log-log, LiRA convention)
     roc/<scenario>-<hash>.png  every attack's ROC for one scenario
@@ -29,6 +32,8 @@ import pandas as pd
 from attacks.base import auc, draw_roc
 from attacks.base import best_attack as _best
 from benchmark import schema
+from benchmark.comparisons import Measured, Unmeasured, measure
+from benchmark.intervals import TOO_FEW, mean_halfwidth
 from benchmark.rundir import publish_run_files, write_atomic, write_png
 from privacy.mechanisms import get_mechanism, mechanism_names
 
@@ -68,7 +73,8 @@ def _save(fig, path: Path) -> Path:
 def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: float | None = None,
            legend: bool = True) -> bool:
     """One line per (dp_mode, partition) over epsilon; rows without DP as a dashed level per partition
-    (the public-only reference, a dotted level of its own)."""
+    (the public-only reference, a dotted level of its own); error bars and bands: each mean's 95 %
+    t-interval over its seeds (:func:`_halfwidths`)."""
     drew = False
     dp = df[(df["dp_mode"] != NO_DP) & df["epsilon"].notna() & df[y].notna()]
     # One line per family of rows that differ only in epsilon: same mode, partition and scenario name
@@ -78,7 +84,7 @@ def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: 
         families = modes.groupby("_family", sort=True)
         for family, g in families:
             g = g.sort_values("epsilon")
-            err = g[ystd].fillna(0.0).to_numpy(float) if ystd else None
+            err = _halfwidths(g, ystd) if ystd else None
             ax.errorbar(g["epsilon"].to_numpy(float), g[y].to_numpy(float), yerr=err, marker="o", capsize=3,
                         label=f"{mode}, {part}" if families.ngroups == 1 else family)
             drew = True
@@ -89,8 +95,9 @@ def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: 
     for i, (label, g) in enumerate(levels.groupby("_level", sort=True)):
         level, color = float(g[y].mean()), f"C{7 + i % 3}"
         ax.axhline(level, ls="--" if label.startswith("no DP") else (0, (1, 1)), color=color, label=label)
-        spread = float(g[ystd].mean()) if ystd and g[ystd].notna().any() else None
-        if spread:  # the seeds' spread of the level, as the DP points' error bars
+        half = _halfwidths(g, ystd) if ystd else np.array([np.nan])
+        spread = float(np.nanmean(half)) if np.isfinite(half).any() else None
+        if spread:  # the level's 95 % interval over seeds, as the DP points' error bars
             ax.axhspan(level - spread, level + spread, color=color, alpha=0.15, lw=0)
         drew = True
     if chance is not None:
@@ -112,6 +119,18 @@ def _lines(df: pd.DataFrame, ax, y: str, ystd: str | None, ylabel: str, chance: 
     return drew
 
 
+def _halfwidths(g: pd.DataFrame, ystd: str) -> np.ndarray:
+    """Each row's error bar: half its 95 % t-interval of the mean over its seeds (from the board's
+    ``<column>_std`` and ``n_seeds``); NaN, no bar, for a row of one seed."""
+    out = [mean_halfwidth(None if pd.isna(s) else float(s), None if pd.isna(n) else int(n))
+           for s, n in zip(g[ystd], g["n_seeds"])]
+    return np.array([np.nan if h is None else h for h in out], float)
+
+
+# What the error bars are, in the plots' words.
+ERROR_BARS = "error bars and shaded bands: 95% t-interval of the mean over seeds (none for a one-seed point)"
+
+
 def _subtitle(df: pd.DataFrame) -> str:
     scale = ";".join(sorted(set(df["scale"].dropna())))
     seeds = ";".join(sorted({str(int(n)) for n in df["n_seeds"].dropna()}))
@@ -121,18 +140,19 @@ def _subtitle(df: pd.DataFrame) -> str:
 def plot_frontier(df: pd.DataFrame, path: Path) -> Path | None:
     """FID vs epsilon (the utility-privacy frontier), and beside it downstream accuracy vs epsilon
     where the rows are class-conditional (FID scores the images' marginal look; the classifier
-    whether a sample is the digit it was asked for); error bars are the seeds' std."""
+    whether a sample is the digit it was asked for); error bars are each mean's 95 % t-interval over
+    its seeds (:func:`benchmark.intervals.mean_halfwidth`), none for a row of one seed."""
     if not df["fid"].notna().any() or not (df["dp_mode"] != NO_DP).any():
         return None
     acc = "downstream_acc" in df and bool(df["downstream_acc"].notna().any())
     if acc:
         plt, fig, (ax_acc, ax) = _figure(ncols=2, figsize=(13.5, 4.4))  # the legend goes right of FID
-        _lines(df, ax_acc, "downstream_acc", "downstream_acc_std", "downstream accuracy (higher is better)",
-               chance=0.1, legend=False)
+        _lines(df, ax_acc, "downstream_acc", "downstream_acc_std",
+               "downstream accuracy (higher is better)\nmean ± 95% CI over seeds", chance=0.1, legend=False)
         ax_acc.set_title("classifier trained on the samples, tested on real images", fontsize=9)
     else:
         plt, fig, ax = _figure(figsize=(8.4, 4.4))
-    _lines(df, ax, "fid", "fid_std", "FID (lower is better)")
+    _lines(df, ax, "fid", "fid_std", "FID (lower is better)\nmean ± 95% CI over seeds")
     floors = df["fid_floor"].dropna() if "fid_floor" in df else pd.Series(dtype=float)
     if len(floors):  # what real images score at the same n: a perfect generator's FID, not 0
         ax.axhline(float(floors.mean()), ls="-.", color="k", lw=1,
@@ -144,7 +164,7 @@ def plot_frontier(df: pd.DataFrame, path: Path) -> Path | None:
     one_seed = bool((df["n_seeds"].dropna() <= 1).all())
     fig.text(0.01, -0.08, f"fid_impl: {impl}\n" + (
         "one seed per point: no error bars, the spread between runs is unknown (more seeds draw it)" if one_seed
-        else "error bars and shaded bands: std over seeds"), fontsize=7)
+        else ERROR_BARS), fontsize=7)
     return _save(fig, path)
 
 
@@ -155,7 +175,8 @@ def plot_attack_vs_epsilon(df: pd.DataFrame, path: Path) -> Path | None:
     _lines(df, a, "mia_auc", "mia_auc_std", "best MIA AUC (lower is better)", chance=0.5, legend=False)
     _lines(df, b, "mia_tpr_at_1pct_fpr", "mia_tpr_at_1pct_fpr_std", "TPR at 1% FPR (lower is better)",
            chance=0.01)
-    fig.suptitle(f"{df['suite'].iloc[0]}: membership inference vs epsilon ({_subtitle(df)})", fontsize=9)
+    fig.suptitle(f"{df['suite'].iloc[0]}: membership inference vs epsilon ({_subtitle(df)}; {ERROR_BARS})",
+                 fontsize=9)
     return _save(fig, path)
 
 
@@ -347,10 +368,61 @@ def planted_lines(df: pd.DataFrame, plants: dict[str, str]) -> list[str]:
     return out
 
 
+COMPARISONS_HEADING = "## Comparisons (95% intervals over seeds)"
+
+
+def _signed(x, spec: str) -> str:
+    """``x`` with its sign; a non-zero value that would read as 0 at ``spec`` with two significant digits."""
+    text = format(float(x), "+" + spec)
+    return format(float(x), "+.2g") if float(x) != 0 and float(text) == 0 else text
+
+
+def comparison_lines(measured: list[Measured], unmeasured: list[Unmeasured], suite: str) -> list[str]:
+    """The report's comparisons section: one table row per declared comparison and column
+    (:mod:`benchmark.comparisons`); nothing for a suite that declares none."""
+    if not measured and not unmeasured:
+        return []
+    scales = sorted({m.scale for m in measured} | {u.scale for u in unmeasured})
+    shown = {c.name: c.report for c in schema.LEADERBOARD if c.report}
+    lines = [COMPARISONS_HEADING, "",
+             "A - B: the difference of the two rows' means over seeds, with its 95% t-interval: paired by "
+             "seed over the seeds both rows ran (seed k is the same data split and initialisation in every "
+             "row of a suite), Welch's where they share fewer than 2; significant where the interval "
+             "excludes 0. Each interval is at 95% on its own, not corrected for the number of comparisons. "
+             "Declared in `benchmark/comparisons.py`; arrows: which direction is better.", ""]
+    for scale in scales:
+        rows = [m for m in measured if m.scale == scale]
+        sig = sum(m.difference.significant for m in rows)
+        if len(scales) > 1:
+            lines += [f"### Scale `{scale}`", ""]
+        if rows:
+            lines += [f"{sig} of {len(rows)} differences significant.", ""]
+            table = []
+            for m in rows:
+                d, fmt = m.difference, shown[m.column].fmt if m.column in shown else ".3g"
+                verdict = f"**{m.verdict}**" if d.significant else m.verdict
+                table.append([m.comparison.what, f"`{_short(m.comparison.a, suite)}`",
+                              f"`{_short(m.comparison.b, suite)}`",
+                              shown[m.column].header if m.column in shown else m.column,
+                              "" if d.diff is None else _signed(d.diff, fmt),
+                              "" if d.lo is None else f"[{_signed(d.lo, fmt)}, {_signed(d.hi, fmt)}]",
+                              "" if d.method == TOO_FEW else d.method,
+                              str(d.n_a) if d.paired else f"{d.n_a} + {d.n_b}", verdict])
+            lines += [_table(["comparison", "A", "B", "metric", "A - B", "95% interval", "test", "seeds",
+                              "result"], table), ""]
+        gone = [u for u in unmeasured if u.scale == scale]
+        if gone:
+            lines += ["Declared, not in these runs: " + "; ".join(
+                f"{u.comparison.what} ({', '.join(f'`{_short(n, suite)}`' for n in u.missing)} not run)"
+                for u in gone) + ".", ""]
+    return lines
+
+
 def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str],
-                    plants: dict[str, str] | None = None) -> str:
+                    plants: dict[str, str] | None = None, compared: list[str] | None = None) -> str:
     """The leaderboard as Markdown (the columns people read; the CSV has all of them); ``plants``:
-    the rows that carry a planted defect (they claim nothing; the report says which were caught)."""
+    the rows that carry a planted defect (they claim nothing; the report says which were caught);
+    ``compared``: the comparisons section (:func:`comparison_lines`), after the table."""
     suite = df["suite"].iloc[0]
     joined = lambda col: "; ".join(sorted(set(";".join(df[col].dropna().astype(str)).split(";")) - {""}))  # noqa: E731
     lines = [f"# Leaderboard: `{suite}`", "",
@@ -382,6 +454,7 @@ def render_markdown(df: pd.DataFrame, attacks: pd.DataFrame, plots: list[str],
     if not df["mia_auc"].notna().any():
         lines += ["No attacks ran in this suite: the attack columns are empty and left out below.", ""]
     lines += [_table(header, rows), ""]
+    lines += compared or []
     if len(attacks):
         lines += ["## Membership-inference attacks", "",
                   "One row per scenario and attack ([`attacks.csv`](attacks.csv)), mean over seeds.", "",
@@ -446,8 +519,10 @@ def write_report(res, out_dir: Path) -> list[Path]:
     # Where inversion ran, and only on public data: an inversion figure shows the victims' true
     # images, and a good reconstruction is one (issue 27: a private dataset's images never leave).
     written += publish_run_files(public_runs(df, res.runs), out_dir / "inversion", "inversion.png")
+    suite = str(df["suite"].iloc[0])
     md = render_markdown(df, res.attacks, [p.relative_to(out_dir).as_posix() for p in written],
-                         plants=planted_rows(res.runs))
+                         plants=planted_rows(res.runs),
+                         compared=comparison_lines(*measure(suite, df, res.runs), suite))
     write_atomic(out_dir / "README.md", md)
     # A plot these runs no longer give (no attacks now, a scenario gone) must not outlive them.
     owned = [out_dir / n for n in ("frontier.png", "attack_vs_epsilon.png", "roc.png", "samples.png")]
