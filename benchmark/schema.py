@@ -107,6 +107,9 @@ class Column:
     required: bool = True       # source "metric": every metrics.json has the key
     nullable: bool = False      # source "metric": the key may be null (not measured in this run)
     derive: Callable[[dict], Any] | None = None  # source "derived": sources -> value
+    # The values the metric can take (a gate's power calls a regression past them unreachable:
+    # benchmark.compare.gate_power); None: unbounded.
+    bounds: tuple[float, float] | None = None
 
     def __post_init__(self):
         problem = (f"dtype {self.dtype!r}" if self.dtype not in DTYPES_PANDAS
@@ -209,25 +212,26 @@ LEADERBOARD: list[Column] = [
             gate=Gate(True, 0.10, True, noise_floor=1.50), report=Shown("KID ↓", fmt=".3f", std=True)),
     _metric("downstream_acc", "float", "mean_std", "accuracy on the real test split of a small CNN trained on "
             "generated images (class-conditional scenarios)", unit="fraction", better="higher",
-            gate=Gate(False, 0.02, False, noise_floor=0.50),
+            gate=Gate(False, 0.02, False, noise_floor=0.50), bounds=(0.0, 1.0),
             report=Shown("downstream acc ↑", fmt=".3f", std=True), **_OPTIONAL),
     _metric("mia_auc", "float", "mean_std", "best membership-inference attack's ROC AUC (best = highest AUC per run)",
-            better="lower (0.5 = chance)", gate=Gate(True, 0.02, False, noise_floor=0.13),
+            better="lower (0.5 = chance)", gate=Gate(True, 0.02, False, noise_floor=0.13), bounds=(0.0, 1.0),
             report=Shown("MIA AUC ↓", fmt=".3f", std=True), **_OPTIONAL),
     _metric("mia_best_attack", "str", "joined", "the attack(s) with the highest AUC", **_OPTIONAL),
     _metric("mia_tpr_at_1pct_fpr", "float", "mean_std", "best attack's TPR at 1% FPR", unit="fraction",
-            better="lower (0.01 = chance)", gate=Gate(True, 0.02, False, noise_floor=0.10),
+            better="lower (0.01 = chance)", gate=Gate(True, 0.02, False, noise_floor=0.10), bounds=(0.0, 1.0),
             report=Shown("TPR@1%FPR ↓", fmt=".3f"),
             **_OPTIONAL),
     _metric("mia_tpr_at_0_1pct_fpr", "float", "mean_std", "best attack's TPR at 0.1% FPR", unit="fraction",
-            better="lower (0.001 = chance)", gate=Gate(True, 0.01, False, noise_floor=0.10),
+            better="lower (0.001 = chance)", gate=Gate(True, 0.01, False, noise_floor=0.10), bounds=(0.0, 1.0),
             report=Shown("TPR@0.1%FPR ↓", fmt=".3f"),
             **_OPTIONAL),
     _metric("inversion_psnr", "float", "mean_std", "gradient inversion reconstruction PSNR", unit="dB", better="lower",
             gate=Gate(True, 1.0, False, noise_floor=10.0), report=Shown("inversion PSNR (dB) ↓", fmt=".1f"),
             **_OPTIONAL),
     _metric("inversion_ssim", "float", "mean_std", "gradient inversion reconstruction SSIM (0-1)", better="lower",
-            gate=Gate(True, 0.05, False, noise_floor=0.7), report=Shown("inversion SSIM ↓", fmt=".3f"),
+            gate=Gate(True, 0.05, False, noise_floor=0.7), bounds=(-1.0, 1.0),
+            report=Shown("inversion SSIM ↓", fmt=".3f"),
             **_OPTIONAL),
     _metric("epsilon_audited", "float", "max", "the epsilon the audit holds the row to: the claim for the unit its "
             "headline tests test (`audit_unit`): a central row's canary clients are held to its client-level "

@@ -358,3 +358,132 @@ def test_a_dp_row_that_breaks_still_fails(tmp_path):
     assert {("privacy-iid-local-eps10", "mia_auc"), ("privacy-iid-local-eps4", "downstream_acc")} <= bad
     assert {s for s, _ in bad} == {"privacy-iid-local-eps10", "privacy-iid-local-eps4"}
     assert {c for s, c in bad if s == "privacy-iid-local-eps4"} == {"downstream_acc"}
+
+
+# ------------------------------------------------------------------ what each gate can catch (power)
+README = Path(__file__).resolve().parents[1] / "results" / "README.md"
+
+
+def flag_rate(gate, b: dict, n: dict, metric: str, shift: float, var_base: float, var_new: float,
+              draws: int = 1000, seed: int = 0) -> float:
+    """How often the gate itself (compare_rows) fails ``metric`` when the two rows' means are drawn
+    around the base value, the new one moved by ``shift`` in the worse direction."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = float(b[metric])
+    worse = 1.0 if gate.lower_is_better else -1.0
+    base_means = x + rng.standard_normal(draws) * var_base ** 0.5
+    new_means = x + worse * shift + rng.standard_normal(draws) * var_new ** 0.5
+    flagged = 0
+    for xb, xn in zip(base_means, new_means):
+        found = cmp.compare_rows({**b, metric: xb}, {**n, metric: xn}, sigmas=3.0, gates={metric: gate})
+        flagged += [f.status for f in found if f.check.split()[0] == metric] == ["WORSE"]
+    return flagged / draws
+
+
+def published_row(name: str) -> dict:
+    return read_leaderboard(PRIVACY).set_index("scenario", drop=False).loc[name].to_dict()
+
+
+# (scenario, metric, a one-seed new side): the band set by the seeds' spread, by a relative margin,
+# by a relative noise floor (DP, secret noise), by an absolute noise floor.
+POWER_CASES = [("privacy-iid-nodp", "inversion_psnr"), ("privacy-iid-nodp", "fid"),
+               ("privacy-iid-local-eps4", "fid"), ("privacy-iid-local-eps1", "downstream_acc")]
+
+
+@pytest.mark.parametrize("scenario, metric", POWER_CASES)
+def test_detectable_regression_by_simulation(scenario, metric):
+    """The stated regression is flagged by the gate itself about 95% of the time (1000 draws of both
+    means under the model: each side's mean normal with its seeds' spread, on a DP row the secret
+    noise its floor stands for), half of it far less often, and no change almost never."""
+    import math
+
+    gate = cmp.GATED[metric]
+    b = published_row(scenario)
+    n = {**b, "n_seeds": 1, f"{metric}_std": float("nan")}
+    p = cmp.gate_power(gate, pd.Series(b), pd.Series(n), metric)
+    sd = float(b[f"{metric}_std"])
+    if cmp.secret_noise(b["dp_mode"]):  # the per-run spread the floor stands for
+        sd = max(sd, gate.noise_floor / (3 * math.sqrt(1 / 2 + 1)) * (abs(float(b[metric])) if gate.relative else 1))
+    var_base, var_new = sd ** 2 / 2, sd ** 2
+    assert p.shift is not None and p.shift > p.band
+    by = {"inversion_psnr": 3 * math.sqrt(var_base + var_new), "fid": gate.margin * float(b[metric])}
+    if not p.dp:
+        assert p.band == pytest.approx(by[metric])  # the case is the one it is named for
+    else:
+        assert p.band == pytest.approx(gate.noise_floor * (abs(float(b[metric])) if gate.relative else 1))
+    assert 0.93 <= flag_rate(gate, b, n, metric, p.shift, var_base, var_new) <= 0.975
+    # At the band itself the gate flags half of them; with no change, almost none.
+    assert 0.4 <= flag_rate(gate, b, n, metric, p.band, var_base, var_new, seed=1) <= 0.6
+    assert flag_rate(gate, b, n, metric, 0.0, var_base, var_new, seed=2) < 0.02
+
+
+def test_power_is_unknown_without_spread_and_unreachable_past_a_fraction():
+    gate = cmp.GATED["downstream_acc"]
+    one = {"scenario": "s", "downstream_acc": 0.87, "downstream_acc_std": float("nan"), "n_seeds": 1,
+           "dp_mode": "none"}
+    p = cmp.gate_power(gate, pd.Series(one), pd.Series(one), "downstream_acc")
+    assert p.shift is None and p.band == gate.margin
+    lines = cmp.summarize_power([p])
+    assert "unknown: no spread" in cmp.format_power(lines)
+    # epsilon 1's accuracy (0.51) must fall by more than it has: no regression of it fails the gate.
+    eps1 = published_row("privacy-iid-local-eps1")
+    p = cmp.gate_power(gate, pd.Series(eps1), pd.Series({**eps1, "n_seeds": 1, "downstream_acc_std": float("nan")}),
+                       "downstream_acc")
+    assert p.shift > p.base and not p.reachable
+
+
+def test_detectable_is_band_plus_z_se():
+    assert cmp.detectable(2.0, 1.0) == pytest.approx(2.0 + 1.6448536)
+    assert cmp.detectable(2.0, 1.0, level=0.5) == pytest.approx(2.0)
+    assert cmp.detectable(2.0, 0.0) == 2.0 and cmp.detectable(2.0, None) is None
+
+
+def test_compare_prints_what_each_gate_detects(board, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, board, board)
+    assert code == 0 and "detects a regression of" in out and "at 95%" in out
+    lines = out.splitlines()
+    for metric in ("fid", "kid", "downstream_acc", "mia_auc"):
+        assert any(ln.startswith(f"{metric} ") and "no DP: 1" in ln for ln in lines) == (metric != "mia_auc"), out
+        assert any(ln.startswith(f"{metric} ") and " DP: 2" in ln and "no DP" not in ln for ln in lines), out
+    # The published board against a one-seed run of itself (.ci/run's gate): FID on a DP row needs
+    # more than its 75% floor.
+    rows = {name: {} for name in read_leaderboard(PRIVACY)["scenario"]}
+    code, out, _ = run_cli(capsys, PRIVACY, one_seed_board(tmp_path, rows))
+    (fid_dp,) = [ln for ln in out.splitlines() if ln.startswith("fid ") and "DP: 3" in ln and "no DP" not in ln]
+    median_pct = float(fid_dp.split("(")[1].split("%")[0])
+    assert code == 0 and median_pct > 75
+    code, out, _ = run_cli(capsys, board, board, "--markdown")
+    assert "| metric | rows | median | worst row |" in out
+
+
+def test_readme_power_tables_are_the_published_boards():
+    text = README.read_text()
+    assert cmp.update_power_doc(text, read_leaderboard(PRIVACY)) == text, \
+        "results/README.md is stale: run python scripts/schema_doc.py"
+    assert "| `fid` |" in cmp.power_doc(read_leaderboard(PRIVACY))
+    with pytest.raises(cmp.CompareError, match="markers"):
+        cmp.update_power_doc("no markers", read_leaderboard(PRIVACY))
+
+
+def test_the_floors_stand_for_about_the_measured_secret_noise():
+    """A floor's per-run spread (the floor as the 3-sigma band of one new seed against the two-seed
+    board) is within 0.9-3 times the spread of twelve draws of the epsilon-1 row (relative to their
+    mean where the gate is relative)."""
+    df = pd.read_csv(EPS1_DRAWS, comment="#")
+    for metric, gate in cmp.GATED.items():
+        measured = df[metric].std() / (df[metric].mean() if gate.relative else 1)
+        assert 0.9 <= cmp.secret_sd(gate) / measured <= 3, (metric, cmp.secret_sd(gate), measured)
+
+
+def test_seeds_the_targets_need():
+    """Under the gate as it is a DP row's band is its floor whatever the seeds; a band that shrinks
+    with them needs a baseline rerun with as many seeds (FID 50% worse: 8 a side) and no count of
+    new seeds suffices against the published two."""
+    for metric, target, _ in cmp.TARGETS:
+        g = cmp.GATED[metric]
+        assert cmp.seeds_needed(g, target) is None and cmp.seeds_needed(g, target, n_base=2, shrink=True) is None
+        n = cmp.seeds_needed(g, target, shrink=True)
+        assert cmp.floor_power(g, n, n, shrink=True) <= target < cmp.floor_power(g, n - 1, n - 1, shrink=True)
+        assert cmp.floor_power(g, 100, 100) > g.noise_floor  # more seeds: only the 1.645 SE term shrinks
