@@ -48,3 +48,12 @@ def set_main_threads() -> int:
     n = available_cores()
     torch.set_num_threads(n)
     return n
+
+
+def set_fixed_threads(n: int) -> int:
+    """A given torch thread count, for a tool outside ``bench run`` that must reproduce a computation
+    made with ``n`` threads (CPU kernels' sums depend on it): ``scripts/ship_pretrained.py``."""
+    import torch
+
+    torch.set_num_threads(int(n))
+    return int(n)

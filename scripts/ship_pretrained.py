@@ -29,6 +29,7 @@ from benchmark.data import scenario_dataset
 from benchmark.pretrain import SHIPPED_DIR, checkpoint_path, definition, public_data, record, train_public
 from benchmark.rundir import write_json, write_torch
 from benchmark.suites import get_suite, suite_names
+from benchmark.threads import set_fixed_threads
 
 
 def definitions(only: str | None = None) -> list[tuple[dict, object, object]]:
@@ -59,7 +60,7 @@ def check(defn: dict, scenario, public) -> bool:
         print(f"missing: {shipped.name}")
         return False
     rec = json.loads(shipped.with_suffix(".json").read_text())
-    torch.set_num_threads(int(rec["torch_threads"]))
+    set_fixed_threads(rec["torch_threads"])
     t0 = time.perf_counter()
     state, _ = train_public(scenario, public)
     same = equal_states(state, torch.load(shipped, map_location="cpu", weights_only=True))
@@ -69,7 +70,7 @@ def check(defn: dict, scenario, public) -> bool:
 
 
 def write(defn: dict, scenario, public, threads: int) -> None:
-    torch.set_num_threads(threads)
+    set_fixed_threads(threads)
     path = SHIPPED_DIR / checkpoint_path(defn).name
     t0 = time.perf_counter()
     state, loss = train_public(scenario, public)

@@ -38,7 +38,8 @@ def test_a_node_uses_its_own_setting_then_the_simulations_share_then_its_cores(m
 
 
 def test_only_the_policy_and_a_client_set_torch_threads():
-    """No stage changes the thread count mid-run: set_num_threads is called in two places only."""
+    """No stage changes the thread count mid-run: set_num_threads is called in two places only (the
+    policy module, whose set_fixed_threads serves scripts/ship_pretrained.py, a tool outside bench run)."""
     callers = set()
     for folder in ("benchmark", "privacy", "attacks", "results", "scripts"):
         for path in (ROOT / folder).rglob("*.py"):
