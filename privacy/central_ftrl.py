@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from logging import INFO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -50,6 +50,7 @@ from flwr.supercore import log
 
 from benchmark.seeding import derive_seed
 from privacy.accounting import FTRL_ACCOUNTANT, ftrl_epsilon
+from privacy.central_sampled import clipped_sum, train_messages
 from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
 from privacy.noise import secret_numpy_rng
 from privacy.tree_aggregation import ParticipationGuard, TreeAggregator
@@ -189,10 +190,7 @@ class TreeFTRL(Strategy):
         self.guard.admit(chosen + canaries)   # a second participation in the epoch raises
         self.sampled[server_round] = chosen
         self._current[server_round] = (epoch, step, arrays)
-        config["server-round"] = server_round
-        record = RecordDict({"arrays": arrays, "config": config})
-        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.partition_to_node[p])
-                for p in chosen]
+        return train_messages(server_round, arrays, config, chosen, self.partition_to_node)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -201,17 +199,9 @@ class TreeFTRL(Strategy):
         names = list(current.keys())
         base = {k: current[k].numpy() for k in names}
         floats = list(self._epoch_base)
-        total = {k: np.zeros(base[k].shape, dtype=np.float64) for k in floats}
         replies = list(replies)
         rel = TreeRelease(epoch=epoch, step=step, sampled=self.sampled.get(server_round, []), aggregated=len(replies))
-        for reply in replies:
-            arrays = next(iter(reply.content.array_records.values()))
-            update = {k: arrays[k].numpy().astype(np.float64) - base[k] for k in floats}
-            norm = math.sqrt(sum(float(np.sum(u * u)) for u in update.values()))
-            scale = self.clip_factor(norm)
-            for k in floats:
-                total[k] += update[k] * scale
-            rel.norms.append(norm)
+        total, rel.norms = clipped_sum(replies, base, floats, self.clip_factor)
         flat = np.concatenate([total[k].ravel() for k in floats]) if floats else np.zeros(0)
         prefix = self._tree.add(flat, step=step)
         out, offset = {}, 0

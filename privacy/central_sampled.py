@@ -52,6 +52,34 @@ from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
 from privacy.noise import secret_numpy_rng, secure_normal
 
 
+
+def train_messages(server_round: int, arrays: ArrayRecord, config: ConfigRecord, chosen: list[int],
+                   partition_to_node: dict[int, int]) -> list[Message]:
+    """The round's train messages: the global model and the config (with ``server-round``) to each
+    chosen partition's node."""
+    config["server-round"] = server_round
+    record = RecordDict({"arrays": arrays, "config": config})
+    return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=partition_to_node[p])
+            for p in chosen]
+
+
+def clipped_sum(replies: list[Message], base: dict[str, np.ndarray], floats: list[str],
+                clip_factor) -> tuple[dict[str, np.ndarray], list[float]]:
+    """The server-side clip of a central mechanism: each reply's update (its arrays minus ``base``
+    over the float arrays ``floats``, in float64), its L2 norm over all of them, and the sum of the
+    updates each scaled by ``clip_factor(norm)``. Returns (the sum per array, the norms in reply order)."""
+    total = {k: np.zeros(base[k].shape, dtype=np.float64) for k in floats}
+    norms = []
+    for reply in replies:
+        arrays = next(iter(reply.content.array_records.values()))
+        update = {k: arrays[k].numpy().astype(np.float64) - base[k] for k in floats}
+        norm = math.sqrt(sum(float(np.sum(u * u)) for u in update.values()))
+        scale = clip_factor(norm)
+        for k in floats:
+            total[k] += update[k] * scale
+        norms.append(norm)
+    return total, norms
+
 @dataclass(frozen=True)
 class AdaptiveClipping:
     """Andrew et al. 2021: target quantile ``gamma`` of the update norms, learning rate ``eta`` of
@@ -161,10 +189,7 @@ class PoissonSampledDP(Strategy):
         if self.canaries is not None:  # drawn after the real clients, by the same sampler at the same rate
             self._canaries_drawn[server_round] = self.canaries.draw(self.sampling_rng, self.drawn_rate)
         self._current[server_round] = arrays
-        config["server-round"] = server_round
-        record = RecordDict({"arrays": arrays, "config": config})
-        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.partition_to_node[p])
-                for p in chosen]
+        return train_messages(server_round, arrays, config, chosen, self.partition_to_node)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -173,19 +198,12 @@ class PoissonSampledDP(Strategy):
         names = list(current.keys())
         base = {k: current[k].numpy() for k in names}
         floats = [k for k in names if base[k].dtype.kind == "f"]  # integer buffers are kept as they are
-        total = {k: np.zeros(base[k].shape, dtype=np.float64) for k in floats}
         replies = list(replies)
         rel = RoundRelease(sampled=self.sampled.get(server_round, []), aggregated=len(replies), clip=self.clip)
+        total, rel.norms = clipped_sum(replies, base, floats, self.clip_factor)
         centred_bits = 0.0
-        for reply in replies:
-            arrays = next(iter(reply.content.array_records.values()))
-            update = {k: arrays[k].numpy().astype(np.float64) - base[k] for k in floats}
-            norm = math.sqrt(sum(float(np.sum(u * u)) for u in update.values()))
-            scale = self.clip_factor(norm)
-            for k in floats:
-                total[k] += update[k] * scale
+        for norm in rel.norms:
             centred_bits += (1.0 if norm <= self.clip else 0.0) - 0.5
-            rel.norms.append(norm)
         std = self.update_noise * self.clip * self.noise_factor
         out = {}
         for k in names:

@@ -27,6 +27,17 @@ from __future__ import annotations
 from privacy.accounting import CLIENT_ACCOUNTANT, SAMPLED_CLIENT_ACCOUNTANT  # torch-free
 from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY, DPMechanism, ServerSide, canary_problem, plant_problem
 
+
+def release_every_round_problem(s) -> str | None:
+    """The rules of a mechanism whose server clips and releases every round, whoever replied
+    (``central-dp-sampled``, ``central-dp-ftrl``): no ``min_clients_per_round``, server-side clipping."""
+    if s.min_clients_per_round is not None:
+        return f"{s.dp_mode} takes no min_clients_per_round (a round with any number of updates releases)"
+    if s.central_clipping != "server":
+        return f"{s.dp_mode} clips on the server (central_clipping = 'server'), got {s.central_clipping!r}"
+    return None
+
+
 class CentralDP(DPMechanism):
     name = "central-dp"
     description = "client-level DP: the server clips updates and noises their average (Flower)"
@@ -145,11 +156,7 @@ class CentralDPSampled(CentralDP):
         if s.clients_per_round != expected:
             return (f"{s.dp_mode}: clients_per_round must be the expected count round(q N) = {expected} "
                     f"(q = {q:g}, N = {s.num_clients}), got {s.clients_per_round}")
-        if s.min_clients_per_round is not None:
-            return f"{s.dp_mode} takes no min_clients_per_round (a round with any number of updates releases)"
-        if s.central_clipping != "server":
-            return f"{s.dp_mode} clips on the server (central_clipping = 'server'), got {s.central_clipping!r}"
-        return None
+        return release_every_round_problem(s)
 
     def min_replies(self, s) -> int:
         return 0  # a round with no update still releases (noise only) and is charged

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from privacy.accounting import FTRL_ACCOUNTANT  # torch-free
 from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY, DPMechanism, ServerSide, canary_problem, plant_problem
+from privacy.mechanisms.central import release_every_round_problem
 
 
 class CentralDPFTRL(DPMechanism):
@@ -43,10 +44,9 @@ class CentralDPFTRL(DPMechanism):
         if k < 1 or n % k:
             return (f"{s.dp_mode} deals every client once per tree epoch: num_clients ({n}) must be a multiple of "
                     f"clients_per_round ({k})")
-        if s.min_clients_per_round is not None:
-            return f"{s.dp_mode} takes no min_clients_per_round (a round with any number of updates releases)"
-        if s.central_clipping != "server":
-            return f"{s.dp_mode} clips on the server (central_clipping = 'server'), got {s.central_clipping!r}"
+        problem = release_every_round_problem(s)
+        if problem:
+            return problem
         if s.plant is not None:
             from privacy.plants import PLANTS
 
