@@ -63,11 +63,12 @@ class Scale:
 # public pretraining on the embedded MNIST at 8x8 (another population of writers) for 30 epochs.
 # Downstream accuracy trains on 2,000 generated digits (200 per class; about 3 s to sample here):
 # at the FID's 200 the classifier reads every model 0.2 lower and its spread hides the rows' order.
+# Three seeds: the report compares the rows with 95% intervals over seeds (paired, 2 df).
 CPU_PRIVACY = dict(dataset="digits-embedded", pretrain="mnist8-embedded", pretrain_epochs=30, num_clients=4,
                    clients_per_round=4, max_train_images=200, heldout_fraction=0.5, canaries=64, rounds=20,
                    local_epochs=30, batch_size=16,
                    learning_rate=1e-3, sample_steps=20, fid_n_samples=200, downstream_n_samples=2000,
-                   grad_sample_mode="mixed-ghost-bk", seeds=(0, 1))
+                   grad_sample_mode="mixed-ghost-bk", seeds=(0, 1, 2))
 # DP-SGD's own budget: a DP step costs a fixed ~40 ms on top of the plain one (per-sample norms), so
 # the DP rows take fewer, larger steps: 20 rounds x 10 local epochs at an expected batch of 32
 # (sample rate 0.5 on 50 images: q = 1 / ceil(50 / 32)), a third of the no-DP rows' epochs and a
