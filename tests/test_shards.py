@@ -34,7 +34,7 @@ def test_dry_run_shows_a_shards_runs_and_bad_shards_are_refused(tmp_path, capsys
     assert main(base + ["--shard", "2/3"]) == 0
     cap = capsys.readouterr()
     lines = [ln for ln in cap.out.splitlines() if ln.startswith("todo")]
-    assert len(lines) == 3 and "shard 2/3: 3 of the 10 planned runs" in cap.err   # runs 1, 4, 7 of 0..9
+    assert len(lines) == 5 and "shard 2/3: 5 of the 15 planned runs" in cap.err   # runs 1, 4, 7, 10, 13 of 0..14
     for bad in ("0/3", "4/3", "x", "1/0"):
         assert main(base + ["--shard", bad]) == 2
         assert "K/N" in capsys.readouterr().err
@@ -85,12 +85,12 @@ def test_an_incomplete_tree_names_its_missing_runs_and_is_not_published(tmp_path
     err = capsys.readouterr().err
     assert f"suite privacy is INCOMPLETE: 2 planned run(s) missing: {', '.join(want)}" in err
     board = pd.read_csv(tmp_path / "r" / "privacy" / "leaderboard.csv")
-    assert len(board) == 5 and sorted(board.n_seeds) == [1, 1, 2, 2, 2]
+    assert len(board) == 5 and sorted(board.n_seeds) == [2, 2, 3, 3, 3]   # 5 scenarios x 3 seeds, 2 missing
     monkeypatch.setattr("benchmark.cli.PUBLISHED_RESULTS", str(tmp_path / "published"))
     assert main(["summarize", str(tmp_path / "runs"), "--publish"]) == 2
     assert "not publishing an incomplete suite" in capsys.readouterr().err
     assert not (tmp_path / "published").exists()
-    _fake_suite(tmp_path / "rest", skip=tuple(i for i in range(10) if i not in (3, 8)))
+    _fake_suite(tmp_path / "rest", skip=tuple(i for i in range(len(work)) if i not in (3, 8)))
     assert missing_runs([tmp_path / "runs", tmp_path / "rest" / "runs"]) == {}
 
 
