@@ -145,27 +145,37 @@ AUDIT_POWER_CENTRAL = dict(dataset="digits-embedded", model="unet-tiny", num_cli
                            local_epochs=1, batch_size=4, optimizer="sgd", learning_rate=3e-3, sample_steps=5,
                            fid_n_samples=16, attacks=("mia-loss",), client_canaries=CLIENT_CANARIES, delta=1e-5, seeds=(0,))
 AUDIT_POWER_CENTRAL_EPSILONS = (4.0,)
+# And for DP-FTRL (central-dp-ftrl): 20 parties of 2 digits dealt 2 a round, so a tree epoch is 10
+# rounds and 20 rounds are two epochs (8 Gaussian nodes per canary client: the shape
+# tests/test_central_dp_ftrl.py checks the plants against on the bare strategy), with the same
+# canary clients at epsilon 4, as claimed and with each plant but the sampler's (the mechanism
+# samples nobody: a rate plant is refused).
+AUDIT_POWER_FTRL = {k: v for k, v in AUDIT_POWER_CENTRAL.items() if k != "client_sample_rate"} | dict(
+    num_clients=20, clients_per_round=2, max_train_images=80)
 
 
 @register_suite("audit-power")
 def audit_power_suite(scale: Scale) -> tuple[Scenario, ...]:
     """Rows that must fail the audit beside rows that must pass it (the same recipes at every scale):
-    local DP-SGD at epsilon 4 and 1 (``AUDIT_POWER``) and Poisson-sampled central DP at epsilon 4
-    (``AUDIT_POWER_CENTRAL``, client level, audited by canary clients), each as claimed and with
-    each planted defect (``plant``: noise off, noise at 0.4 times, clipping off, the sampler at 4
-    times the accounted rate). A planted row claims nothing as a result; ``bench run --suite
+    local DP-SGD at epsilon 4 and 1 (``AUDIT_POWER``), Poisson-sampled central DP at epsilon 4
+    (``AUDIT_POWER_CENTRAL``, client level, audited by canary clients) and DP-FTRL at epsilon 4
+    (``AUDIT_POWER_FTRL``, the same canary clients), each as claimed and with each planted defect
+    (``plant``: noise off, noise at 0.4 times, clipping off, the sampler at 4 times the accounted
+    rate; DP-FTRL has no sampler to plant). A planted row claims nothing as a result; ``bench run --suite
     audit-power`` exits 3 when the audit catches a plant, and the report lists which it caught."""
     from privacy.plants import PLANTS
 
     out = []
     for mode, tag, recipe, epsilons in (("local-dpsgd", "", AUDIT_POWER, AUDIT_POWER_EPSILONS),
                                         ("central-dp-sampled", "central-", AUDIT_POWER_CENTRAL,
-                                         AUDIT_POWER_CENTRAL_EPSILONS)):
+                                         AUDIT_POWER_CENTRAL_EPSILONS),
+                                        ("central-dp-ftrl", "ftrl-", AUDIT_POWER_FTRL, AUDIT_POWER_CENTRAL_EPSILONS)):
         common = dict(suite="audit-power", scale=scale.name, dp_mode=mode) | recipe
+        plants = [p for p, plant in PLANTS.items() if mode != "central-dp-ftrl" or plant.rate_factor == 1.0]
         for eps in epsilons:
             out.append(Scenario(name=f"audit-power-{tag}eps{eps:g}", target_epsilon=eps, **common))
             out += [Scenario(name=f"audit-power-{tag}eps{eps:g}-{plant}", target_epsilon=eps, plant=plant, **common)
-                    for plant in PLANTS]
+                    for plant in plants]
     return tuple(out)
 
 

@@ -338,6 +338,22 @@ def test_cross_device_suite_has_the_ftrl_rows():
             (fixed.client_canaries, fixed.max_grad_norm, fixed.rounds, fixed.attacks)
 
 
+def test_audit_power_has_the_ftrl_rows_with_every_plant_but_the_samplers():
+    """The audit audited for DP-FTRL: the correct row and one row per plant that applies (a rate plant
+    is refused: the mechanism samples nobody), in the shape the plants are checked against below
+    (N = 20, k = 2: two tree epochs of 10 steps over 20 rounds)."""
+    from privacy.mechanisms import get_mechanism
+
+    suite = {s.name: s for s in get_suite("audit-power", "cpu") if s.dp_mode == "central-dp-ftrl"}
+    assert set(suite) == {"audit-power-ftrl-eps4"} | {f"audit-power-ftrl-eps4-{p}" for p in
+                                                      ("noise-off", "noise-x0.4", "clip-off")}
+    assert {p.name for p in PLANTS.values() if p.rate_factor == 1.0} == {"noise-off", "noise-x0.4", "clip-off"}
+    for s in suite.values():
+        mech = get_mechanism(s.dp_mode)
+        assert mech.validate(s) is None and mech.epoch_steps(s) == (10, 10)
+        assert (s.target_epsilon, s.client_canaries, s.num_clients, s.clients_per_round) == (4.0, 10_000, 20, 2)
+
+
 # ------------------------------------------------------------------------------ the audit
 def test_the_canary_statistic_is_the_likelihood_ratio_of_the_prefix_sums_under_the_tree_covariance():
     """Written out here: for T steps, Cov(Y_s, Y_t) = z^2 x (nodes shared by the covers of [1, s]
