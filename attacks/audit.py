@@ -33,10 +33,16 @@ randomness, and one training run suffices. Guess counts are a fixed grid of frac
 **Evidence and aggregation.** Every test keeps the counts it needs (``evidence``: the evaluation
 half's errors, or each guess count's (r, v)), so its bound can be recomputed at any alpha without
 the scores: :func:`evidence_bound`. A run's bound at level alpha is the max over its tests at
-alpha / n_tests (:func:`record_bound`). Over seeds, the max of each seed's bound at alpha / n_seeds
-is a valid (1 - alpha) lower bound for the row (a union bound: if the claim holds, the chance that
-*any* seed's bound exceeds it is at most n_seeds * alpha / n_seeds); ``bench summarize`` recomputes
-it so from attacks.json. That row verdict is the only one: ``bench run``'s exit status 3 and ``bench
+alpha / n_tests (:func:`record_bound`). Over seeds, the max of each seed's bound at its share of alpha
+is a valid (1 - alpha) lower bound for the row (a weighted union bound: if the claim holds, the
+chance that *any* seed's bound exceeds it is at most the sum of the shares, alpha); ``bench
+summarize`` recomputes it so from attacks.json. The shares (:func:`seed_alphas`) are fixed by the
+number of seeds alone: one seed takes alpha, two take alpha / 2 each, and from three on the lowest
+seed keeps alpha / 2 and the others split the rest. Equal thirds would put the privacy suite's
+white-box ceiling at 9.82, under a claim of 10 (its epsilon-10 row could not have failed, 2026-12-07,
+the first three-seed board); the lowest seed's half keeps the two-seed ceiling, 10.1, while every
+seed's evidence still counts. The ceiling depends on the counts, not on the scores, so choosing
+the shares by it costs no validity. That row verdict is the only one: ``bench run``'s exit status 3 and ``bench
 compare`` read it from the published row (:func:`benchmark.leaderboard.row_audits`). Each row is its
 own family at 95 %; a suite of k audited rows, every claim correct, shows some row failed with
 probability at most k x 5 % (the tests are conservative: simulated nulls of the exact mechanisms
@@ -318,11 +324,23 @@ def record_bound(tests: list[dict], *, delta: float, alpha: float) -> tuple[floa
     return float(b), float(c), i
 
 
+def seed_alphas(n: int, alpha: float) -> list[float]:
+    """Each seed's share of a row's ``alpha``, the seeds in ascending order (the module docstring,
+    "Evidence and aggregation"): ``[alpha]`` for one, halves for two, and from three on alpha / 2 for
+    the lowest seed and alpha / (2 (n - 1)) for each other. The shares sum to alpha."""
+    if n < 1:
+        raise AuditError(f"a row needs at least one seed, got {n}")
+    if n <= 2:
+        return [alpha / n] * n
+    return [alpha / 2] + [alpha / (2 * (n - 1))] * (n - 1)
+
+
 def seeds_bound(records: list[dict], *, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float] | None:
-    """(bound, ceiling) of a row from its seeds' audit records (attacks.json ``audit``): the max over
-    seeds of each seed's bound at alpha / n_seeds, a (``confidence``) lower bound for the row by a
-    union bound, for the records' headline unit (:func:`seeds_judgement`). None where a seed has no
-    evidence (a run from before the evidence was recorded)."""
+    """(bound, ceiling) of a row from its seeds' audit records (attacks.json ``audit``, lowest seed
+    first): the max over seeds of each seed's bound at its share of alpha (:func:`seed_alphas`), a
+    (``confidence``) lower bound for the row by a union bound, for the records' headline unit
+    (:func:`seeds_judgement`). None where a seed has no evidence (a run from before the evidence
+    was recorded)."""
     judged = seeds_judgement(records, confidence=confidence)
     return None if judged is None else (judged.bound, judged.ceiling)
 
@@ -439,15 +457,15 @@ def judge(bounds: dict[str, tuple], claims: dict[str, float]) -> Judgement:
 
 
 def seeds_judgement(records: list[dict], *, confidence: float = DEFAULT_CONFIDENCE) -> Judgement | None:
-    """A row from its seeds' audit records: per unit the max over seeds of each seed's bound (and
-    ceiling) at alpha / n_seeds, each unit held to the largest claim its seeds make. None where a
-    seed has no evidence."""
+    """A row from its seeds' audit records (lowest seed first, as ``bench summarize`` orders them):
+    per unit the max over seeds of each seed's bound (and ceiling) at its share of alpha
+    (:func:`seed_alphas`), each unit held to the largest claim its seeds make. None where a seed has
+    no evidence."""
     if not records or any(not r or not r.get("tests") for r in records):
         return None
-    alpha = (1 - confidence) / len(records)
     bounds: dict[str, tuple[float, float]] = {}
     claims: dict[str, float] = {}
-    for r in records:
+    for r, alpha in zip(records, seed_alphas(len(records), 1 - confidence)):
         for u, (b, c, _i) in unit_bounds(r["tests"], delta=r["delta"], alpha=alpha).items():
             pb, pc = bounds.get(u, (-math.inf, -math.inf))
             bounds[u] = (max(b, pb), max(c, pc))

@@ -242,7 +242,8 @@ LEADERBOARD: list[Column] = [
             "canary clients, `client_canaries`), else `image` (membership attacks, gradient canaries); every "
             "other unit's tests are held to that unit's own claim; empty without DP", **_OPTIONAL),
     Column("epsilon_empirical_lb", "float", "derived", "max", "audit: a 95 % lower bound on epsilon for the row: the "
-           "max over seeds of each seed's bound at confidence 1 - 0.05 / n_seeds (union bound; recomputed from "
+           "max over seeds of each seed's bound at its share of 0.05 (one seed 0.05, two 0.025 each, from three "
+           "on 0.025 for the lowest and the rest split equally; union bound; recomputed from "
            "attacks.json's audit evidence; not gated by `bench compare`: `audit_failed` is)", better="lower",
            report=Shown("epsilon lb"), derive=lambda s: _row_audit(s)[0]),
     Column("audit_ceiling", "float", "derived", "max", "the largest `epsilon_empirical_lb` these candidate counts "
@@ -333,7 +334,8 @@ RUN_ONLY: list[RunField] = [
 def _row_audit(sources: dict) -> tuple:
     """(epsilon_empirical_lb, audit_ceiling, audit_verdict, audit_failed) of a row. From every seed's
     audit evidence (attacks.json, source ``audit``): per unit the max over seeds of each seed's bound
-    at alpha / n_seeds, a (1 - alpha) lower bound for the row, each unit held to its own claim; the
+    at its share of alpha (:func:`attacks.audit.seed_alphas`), a (1 - alpha) lower bound for the row,
+    each unit held to its own claim; the
     bound and ceiling shown are the headline unit's (``audit_unit``; :func:`attacks.audit.seeds_judgement`).
     Runs recorded before the evidence was kept: one seed's own bound is still one; of several seeds
     nothing valid can be said (bound empty), and ``audit_failed`` is the seeds' own flags."""

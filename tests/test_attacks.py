@@ -192,9 +192,9 @@ def test_one_run_guesses_ignore_the_candidates_order():
 
 
 def test_a_row_bound_over_seeds_is_valid_and_the_suite_level_is_bonferroni():
-    """The row's bound is the max over seeds at alpha / n_seeds: never above the per-seed bound at
-    alpha (a mean of seeds is not a bound); Monte Carlo on an exactly eps-DP mechanism: the chance
-    that a row of 3 seeds is flagged is at most ~5 %."""
+    """The row's bound is the max over seeds at each seed's share of alpha (3 seeds: 1/2, 1/4, 1/4):
+    never above the per-seed bound at alpha (a mean of seeds is not a bound); Monte Carlo on an
+    exactly eps-DP mechanism: the chance that a row of 3 seeds is flagged is at most ~5 %."""
     eps, m = 1.0, 100
     p = math.exp(eps) / (1 + math.exp(eps))
     rng = np.random.default_rng(2)
@@ -209,11 +209,30 @@ def test_a_row_bound_over_seeds_is_valid_and_the_suite_level_is_bonferroni():
     row, _ = audit.seeds_bound(seeds)
     single = [audit.record_bound([s["tests"][0]["evidence"]], delta=0.0, alpha=0.05)[0] for s in seeds]
     assert row <= max(single)
-    assert row == pytest.approx(max(audit.record_bound([s["tests"][0]["evidence"]], delta=0.0, alpha=0.05 / 3)[0]
-                                    for s in seeds))
+    assert row == pytest.approx(max(audit.record_bound([s["tests"][0]["evidence"]], delta=0.0, alpha=a)[0]
+                                    for s, a in zip(seeds, (0.025, 0.0125, 0.0125))))
     # The row's verdict (the one bench run's exit status reads) at 95 % for the row.
     flagged = sum(audit.seeds_judgement([run_record() for _ in range(3)]).verdict == "failed" for _ in range(40))
     assert flagged <= 0.05 * 40 + 1
+
+
+def test_seed_shares_sum_to_alpha_and_keep_the_two_seed_ceiling():
+    """One seed alpha, two halves (the rule every board before 2026-12-07 used: alpha / n_seeds),
+    three on: the lowest seed half, the rest equal shares. Three seeds of the same evidence have
+    the two-seed row's ceiling (equal thirds would lower it below a claim the two seeds could refute)."""
+    assert audit.seed_alphas(1, 0.05) == [0.05] and audit.seed_alphas(2, 0.05) == [0.025, 0.025]
+    for n in range(3, 9):
+        shares = audit.seed_alphas(n, 0.05)
+        assert len(shares) == n and shares[0] == 0.025 and len(set(shares[1:])) == 1
+        assert sum(shares) == pytest.approx(0.05, rel=1e-12)
+    with pytest.raises(audit.AuditError, match="at least one seed"):
+        audit.seed_alphas(0, 0.05)
+    m, included = 1000, np.arange(1000) % 2 == 0
+    ev = audit.one_run_evidence(included.astype(float), included, seed=0)   # every guess right
+    rec = {"delta": 0.0, "epsilon_audited": 1.0, "tests": [{"evidence": ev}]}
+    two, three = audit.seeds_bound([rec] * 2), audit.seeds_bound([rec] * 3)
+    assert three[1] == two[1] == audit.record_bound([ev], delta=0.0, alpha=0.025)[1]
+    assert three[1] > audit.record_bound([ev], delta=0.0, alpha=0.05 / 3)[1]
 
 
 def test_central_dp_rows_are_audited_at_their_image_level_epsilon():
