@@ -112,12 +112,14 @@ def _cross_device() -> tuple[Comparison, ...]:
 @register_comparisons("privacy")
 def _privacy() -> tuple[Comparison, ...]:
     """The order the README states (FID no DP < epsilon 10 < 4 < 1; no DP's accuracy above every DP
-    row's), epsilon 10 and 4 against the public checkpoint, and what the private data add without DP."""
+    row's), every DP row against the public checkpoint (utility, and the membership AUC: the
+    checkpoint never saw a member, so it is the same seed's chance level of the attack on that
+    seed's member / held-out split), and what the private data add without DP."""
     row = "privacy-iid-local-eps{}".format
     out = [Comparison("privacy-iid-nodp", row(e), f"no DP vs local DP-SGD at epsilon {e}") for e in ("10", "4", "1")]
     out += [Comparison(row(hi), row(lo), f"local DP-SGD: epsilon {hi} vs {lo}") for hi, lo in (("10", "4"), ("4", "1"))]
     out += [Comparison(row(e), "privacy-public-only", f"local DP-SGD at epsilon {e} vs the public checkpoint",
-                       ("fid", "downstream_acc")) for e in ("10", "4")]
+                       ("fid", "downstream_acc", "mia_auc")) for e in ("10", "4", "1")]
     out.append(Comparison("privacy-iid-nodp", "privacy-public-only", "no DP vs the public checkpoint"))
     return tuple(out)
 
