@@ -163,7 +163,7 @@ def audit_power_suite(scale: Scale) -> tuple[Scenario, ...]:
     (``plant``: noise off, noise at 0.4 times, clipping off, the sampler at 4 times the accounted
     rate; DP-FTRL has no sampler to plant). A planted row claims nothing as a result; ``bench run --suite
     audit-power`` exits 3 when the audit catches a plant, and the report lists which it caught."""
-    from privacy.plants import PLANTS
+    from privacy.mechanisms import get_mechanism
 
     out = []
     for mode, tag, recipe, epsilons in (("local-dpsgd", "", AUDIT_POWER, AUDIT_POWER_EPSILONS),
@@ -171,7 +171,7 @@ def audit_power_suite(scale: Scale) -> tuple[Scenario, ...]:
                                          AUDIT_POWER_CENTRAL_EPSILONS),
                                         ("central-dp-ftrl", "ftrl-", AUDIT_POWER_FTRL, AUDIT_POWER_CENTRAL_EPSILONS)):
         common = dict(suite="audit-power", scale=scale.name, dp_mode=mode) | recipe
-        plants = [p for p, plant in PLANTS.items() if mode != "central-dp-ftrl" or plant.rate_factor == 1.0]
+        plants = get_mechanism(mode).plants()   # DP-FTRL samples nobody: no rate plant
         for eps in epsilons:
             out.append(Scenario(name=f"audit-power-{tag}eps{eps:g}", target_epsilon=eps, **common))
             out += [Scenario(name=f"audit-power-{tag}eps{eps:g}-{plant}", target_epsilon=eps, plant=plant, **common)

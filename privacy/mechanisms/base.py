@@ -287,9 +287,20 @@ class DPMechanism(Mechanism):
             return f"noise_multiplicity must be >= 1, and > 1 only with grad_sample_mode {' or '.join(map(repr, able))}"
         return self.foreign_fields(s)
 
+    # Whether the mechanism draws a random sample (of images or clients) whose rate a plant can
+    # change; a mechanism that samples nobody refuses the rate plants.
+    samples = True
+
     def validate_own(self, s) -> str | None:
         """The mechanism's own rules, after the common ones on epsilon and delta."""
         return None
+
+    def plants(self) -> tuple[str, ...]:
+        """The planted defects (:mod:`privacy.plants`) that apply to this mechanism: all of them
+        where it samples, else those that leave the sampling rate alone."""
+        from privacy.plants import PLANTS
+
+        return tuple(n for n, p in PLANTS.items() if self.samples or p.rate_factor == 1.0)
 
     def data_problem(self, s, client_sizes: list[int]) -> str | None:
         if self.dp_level == "sample" and client_sizes:

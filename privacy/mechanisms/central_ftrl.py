@@ -34,6 +34,7 @@ class CentralDPFTRL(DPMechanism):
     weight_key = UNIFORM_WEIGHT_KEY
     image_sensitivity = 2.0  # one image moves its client's clipped update by up to 2C; a client by C
     own_fields = ("client_canaries", "plant")
+    samples = False          # the schedule deals every client once per epoch: no rate to plant
     client_relation = ("replace-with-special one client (it keeps its slot in the public schedule, at most once per "
                        "tree epoch; its update is replaced by zero)")
     image_relation = ("add/remove or substitute one image (its client keeps its slot in the public schedule; its "
@@ -47,13 +48,12 @@ class CentralDPFTRL(DPMechanism):
         problem = release_every_round_problem(s)
         if problem:
             return problem
-        if s.plant is not None:
-            from privacy.plants import PLANTS
-
-            plant = PLANTS.get(s.plant)
-            if plant is not None and plant.rate_factor != 1.0:
-                return f"plant {s.plant!r} changes a sampling rate; {s.dp_mode} samples nobody"
-        return plant_problem(s) or canary_problem(s, "client_canaries")
+        problem = plant_problem(s)
+        if problem:
+            return problem
+        if s.plant is not None and s.plant not in self.plants():
+            return f"plant {s.plant!r} changes a sampling rate; {s.dp_mode} samples nobody"
+        return canary_problem(s, "client_canaries")
 
     def min_replies(self, s) -> int:
         return 0  # a round with no update still releases (its tree step) and is charged
