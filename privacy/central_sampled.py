@@ -52,7 +52,6 @@ from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY
 from privacy.noise import secret_numpy_rng, secure_normal
 
 
-
 def train_messages(server_round: int, arrays: ArrayRecord, config: ConfigRecord, chosen: list[int],
                    partition_to_node: dict[int, int]) -> list[Message]:
     """The round's train messages: the global model and the config (with ``server-round``) to each
@@ -79,6 +78,7 @@ def clipped_sum(replies: list[Message], base: dict[str, np.ndarray], floats: lis
             total[k] += update[k] * scale
         norms.append(norm)
     return total, norms
+
 
 @dataclass(frozen=True)
 class AdaptiveClipping:

@@ -302,6 +302,14 @@ class DPMechanism(Mechanism):
 
         return tuple(n for n, p in PLANTS.items() if self.samples or p.rate_factor == 1.0)
 
+    def plant_rules(self, s) -> str | None:
+        """For a mechanism that takes ``plant``: an unknown plant, or one that does not apply here
+        (:meth:`plants`: a rate plant where nobody is sampled), in one line."""
+        problem = plant_problem(s)
+        if problem is None and s.plant is not None and s.plant not in self.plants():
+            problem = f"plant {s.plant!r} changes a sampling rate; {s.dp_mode} samples nobody"
+        return problem
+
     def data_problem(self, s, client_sizes: list[int]) -> str | None:
         if self.dp_level == "sample" and client_sizes:
             n = max(client_sizes)

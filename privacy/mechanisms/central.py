@@ -25,7 +25,7 @@ after the change and otherwise neither: replace-one within the same sample, the 
 from __future__ import annotations
 
 from privacy.accounting import CLIENT_ACCOUNTANT, SAMPLED_CLIENT_ACCOUNTANT  # torch-free
-from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY, DPMechanism, ServerSide, canary_problem, plant_problem
+from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY, DPMechanism, ServerSide, canary_problem
 
 
 def release_every_round_problem(s) -> str | None:
@@ -146,7 +146,7 @@ class CentralDPSampled(CentralDP):
                       "clipped update is replaced within the C-ball)")
 
     def validate_own(self, s) -> str | None:
-        return self._sampling_problem(s) or plant_problem(s) or canary_problem(s, "client_canaries")
+        return self._sampling_problem(s) or self.plant_rules(s) or canary_problem(s, "client_canaries")
 
     def _sampling_problem(self, s) -> str | None:
         q = s.client_sample_rate

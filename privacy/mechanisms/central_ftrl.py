@@ -19,7 +19,7 @@ sensitivity ``2C``, i.e. the same accountant at half the noise multiplier.
 from __future__ import annotations
 
 from privacy.accounting import FTRL_ACCOUNTANT  # torch-free
-from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY, DPMechanism, ServerSide, canary_problem, plant_problem
+from privacy.mechanisms.base import UNIFORM_WEIGHT_KEY, DPMechanism, ServerSide, canary_problem
 from privacy.mechanisms.central import release_every_round_problem
 
 
@@ -45,15 +45,8 @@ class CentralDPFTRL(DPMechanism):
         if k < 1 or n % k:
             return (f"{s.dp_mode} deals every client once per tree epoch: num_clients ({n}) must be a multiple of "
                     f"clients_per_round ({k})")
-        problem = release_every_round_problem(s)
-        if problem:
-            return problem
-        problem = plant_problem(s)
-        if problem:
-            return problem
-        if s.plant is not None and s.plant not in self.plants():
-            return f"plant {s.plant!r} changes a sampling rate; {s.dp_mode} samples nobody"
-        return canary_problem(s, "client_canaries")
+        return (release_every_round_problem(s) or self.plant_rules(s)
+                or canary_problem(s, "client_canaries"))
 
     def min_replies(self, s) -> int:
         return 0  # a round with no update still releases (its tree step) and is charged

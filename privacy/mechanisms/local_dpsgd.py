@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from privacy.mechanisms.base import STEPS_KEY, DPMechanism, ServerSide, canary_problem, plant_problem
+from privacy.mechanisms.base import STEPS_KEY, DPMechanism, ServerSide, canary_problem
 
 ACCOUNTANT_STATE_KEY = "dp-accountant"  # the node's accountant history (JSON), across rounds
 
@@ -38,7 +38,7 @@ class LocalDPSGD(DPMechanism):
     own_fields = ("gradient_canaries", "plant")
 
     def validate_own(self, s) -> str | None:
-        return plant_problem(s) or canary_problem(s, "gradient_canaries")
+        return self.plant_rules(s) or canary_problem(s, "gradient_canaries")
 
     def plan(self, s, n_train: int):
         """The DP-SGD calibration of a client with ``n_train`` images (the same on server and client)."""
