@@ -631,9 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmark.allocator import keep_freed_memory
     from benchmark.threads import passive_waits
 
     passive_waits()  # before any command loads torch: its OpenMP reads the wait policy once
+    keep_freed_memory()  # freed tensors stay in the heap: no zero-filled pages per allocation
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
