@@ -12,10 +12,21 @@ float32, which is lossless: the network outputs float32) in
 with a ``real_key`` always reports KID too.  Loading a cached entry does not need the
 network.  KID uses clean-fid's ``kernel_distance`` with the global NumPy RNG seeded
 (and restored afterwards) so results are reproducible.
+
+Shipped references
+------------------
+The FID reference and floor features of the suites that run on an embedded dataset ship with the
+package (``benchmark/fid_reference/``, written by ``scripts/ship_fid_reference.py``): on a cache
+miss they are used before the network, so a fresh machine's first run skips two Inception passes
+(about 35 s of README command 1 on the 2-core build machine) and every machine scores against
+the same reference bytes. Each file records the SHA-256 of the images it was computed from: it is
+used only for exactly those images (another dataset under the same key is computed here), and a
+file whose bytes or record disagree with its name is refused in one line (a damaged install).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -106,6 +117,47 @@ def _stats_path(key: str, cache_dir, impl: str) -> Path:
     return cache_dir_path(cache_dir) / "fid_stats" / f"{_sanitise(key)}__{_sanitise(impl)}.npz"
 
 
+SHIPPED_REFERENCE_DIR = Path(__file__).resolve().parent / "fid_reference"  # package data (pyproject.toml)
+
+
+class ShippedReferenceError(ValueError):
+    """A shipped reference file disagrees with its name or its record (one line)."""
+
+
+def images_sha256(images: np.ndarray) -> str:
+    """SHA-256 of uint8 NCHW images (shape and bytes): what a shipped reference was computed from."""
+    a = np.ascontiguousarray(images)
+    return hashlib.sha256(repr((a.dtype.str, a.shape)).encode() + a.tobytes()).hexdigest()
+
+
+def shipped_reference_path(key: str, impl: str, shipped_dir: Path | None = None) -> Path:
+    return (SHIPPED_REFERENCE_DIR if shipped_dir is None else Path(shipped_dir)) / _stats_path(key, ".", impl).name
+
+
+def shipped_features(key: str, impl: str, images: np.ndarray | None,
+                     shipped_dir: Path | None = None) -> np.ndarray | None:
+    """The shipped features (float64) of ``key`` under ``impl`` for exactly ``images``, or None."""
+    path = shipped_reference_path(key, impl, shipped_dir)
+    if images is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            rec = {k: str(z[k]) for k in ("key", "fid_impl", "images_sha256", "feats_sha256")}
+            feats = z["feats"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ShippedReferenceError(f"shipped FID reference {path.name} cannot be read ({e}): a damaged install, "
+                                    "reinstall") from e
+    if rec["key"] != key or rec["fid_impl"] != impl:
+        raise ShippedReferenceError(f"shipped FID reference {path.name} records key {rec['key']!r} and extractor "
+                                    f"{rec['fid_impl']!r}, not its name's (rewrite it with scripts/ship_fid_reference.py)")
+    if hashlib.sha256(np.ascontiguousarray(feats).tobytes()).hexdigest() != rec["feats_sha256"]:
+        raise ShippedReferenceError(f"shipped FID reference {path} does not match its SHA-256 (a damaged install: "
+                                    "reinstall)")
+    if rec["images_sha256"] != images_sha256(images):
+        return None  # other images under the same key: not what the file was computed from
+    return feats.astype(np.float64)
+
+
 def _reference_entry(key: str, images: np.ndarray | None, *, device="cpu", cache_dir=None,
                      extractor: str = "clean"):
     impl = get_extractor(extractor).impl
@@ -123,7 +175,9 @@ def _reference_entry(key: str, images: np.ndarray | None, *, device="cpu", cache
         return mu, sigma, feats
     if images is None:
         raise ValueError(f"no cached reference stats for {key!r} and no images given")
-    feats = inception_features(images, device=device, cache_dir=cache_dir, extractor=extractor)
+    feats = shipped_features(key, impl, images)
+    if feats is None:
+        feats = inception_features(images, device=device, cache_dir=cache_dir, extractor=extractor)
     mu, sigma = feature_stats(feats)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".npz.tmp", dir=path.parent)
@@ -207,6 +261,14 @@ def fid_reference(test, n: int) -> tuple[np.ndarray, str]:
 FID_FLOOR_SEED = 1  # which training images form the real-vs-real floor (fixed: the same for every model)
 
 
+def floor_images(train, n: int) -> tuple[np.ndarray, str]:
+    """The ``n`` training images of the FID floor (fixed by ``FID_FLOOR_SEED``) and their cache key."""
+    if n > len(train.labels):
+        raise ValueError(f"the FID floor at n = {n} needs {n} training images, {train.name} has {len(train.labels)}")
+    idx = np.sort(np.random.default_rng(FID_FLOOR_SEED).permutation(len(train.labels))[:n])
+    return train.images[idx], f"{train.name.replace(':', '-')}-train-{train.images.shape[-1]}px-n{n}-seed{FID_FLOOR_SEED}"
+
+
 def fid_floor(train, test, n: int, *, device: str = "cpu", extractor: str = "clean",
               cache_dir=None) -> FIDResult:
     """The FID floor at ``n``: FID (and KID) of ``n`` real *training* images against the same
@@ -216,13 +278,9 @@ def fid_floor(train, test, n: int, *, device: str = "cpu", extractor: str = "cle
     generated real digits would score this, not 0. Both sides' features are cached by key, so the
     floor costs one Inception pass per (dataset, n) on a machine.
     """
-    if n > len(train.labels):
-        raise ValueError(f"the FID floor at n = {n} needs {n} training images, {train.name} has {len(train.labels)}")
     real, real_key = fid_reference(test, n)
-    idx = np.sort(np.random.default_rng(FID_FLOOR_SEED).permutation(len(train.labels))[:n])
-    floor_key = f"{train.name.replace(':', '-')}-train-{train.images.shape[-1]}px-n{n}-seed{FID_FLOOR_SEED}"
+    floor, floor_key = floor_images(train, n)
     mu_r, sig_r, feats_r = _reference_entry(real_key, real, device=device, cache_dir=cache_dir, extractor=extractor)
-    mu_f, sig_f, feats_f = _reference_entry(floor_key, train.images[idx], device=device, cache_dir=cache_dir,
-                                            extractor=extractor)
+    mu_f, sig_f, feats_f = _reference_entry(floor_key, floor, device=device, cache_dir=cache_dir, extractor=extractor)
     return FIDResult(fid=frechet_distance(mu_r, sig_r, mu_f, sig_f), kid=kid(feats_r, feats_f),
                      fid_impl=get_extractor(extractor).impl, n_real=int(feats_r.shape[0]), n_fake=int(feats_f.shape[0]))

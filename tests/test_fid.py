@@ -280,3 +280,89 @@ def test_fast_frechet_matches_pytorch_fid_at_inception_size_rank_deficient():
     ours = fid.frechet_distance(mu_a, s_a, mu_b, s_b)
     ref = fid.frechet_distance_reference(mu_a, s_a, mu_b, s_b)
     assert abs(ours - ref) <= 1e-5 * abs(ref)
+
+
+# ------------------------------------------------------------------ shipped references
+def _privacy_reference_sets():
+    from benchmark.data import scenario_dataset
+    from benchmark.suites import get_scenario
+
+    s = get_scenario("privacy-iid-nodp")
+    test, train = scenario_dataset(s, "test"), scenario_dataset(s, "train")
+    return test, train, s.fid_n_samples
+
+
+def test_the_privacy_suites_references_ship_and_are_used_before_the_network(tmp_path, monkeypatch):
+    """README command 1 on a fresh machine: the reference and floor features come from the package,
+    the network scores only the generated images, and the stats equal the shipped features'."""
+    test, train, n = _privacy_reference_sets()
+    for images, key in (fid.fid_reference(test, n), fid.floor_images(train, n)):
+        assert fid.shipped_reference_path(key, FID_IMPL).is_file(), key
+
+    def _boom(*a, **k):
+        raise AssertionError("the network scored a shipped reference")
+
+    monkeypatch.setattr(fid, "inception_features", _boom)
+    floor = fid.fid_floor(train, test, n, cache_dir=tmp_path)
+    assert floor.n_real == floor.n_fake == n and np.isfinite(floor.fid)
+    real, key = fid.fid_reference(test, n)
+    mu, sigma = fid.reference_stats(key, None, cache_dir=tmp_path)  # written to the cache on first use
+    shipped = fid.shipped_features(key, FID_IMPL, real)
+    mu0, sigma0 = fid.feature_stats(shipped)
+    np.testing.assert_array_equal(mu, mu0)
+    np.testing.assert_array_equal(sigma, sigma0)
+
+
+def test_a_shipped_reference_is_what_the_network_computes(cache_dir, net_file):
+    """The shipped features are the offline network's on those images (8 of them scored here; another
+    batch may round differently in the last bits, so to 1e-4)."""
+    test, _, n = _privacy_reference_sets()
+    real, key = fid.fid_reference(test, n)
+    shipped = fid.shipped_features(key, FID_IMPL, real)
+    fresh = fid.inception_features(real[:8], cache_dir=cache_dir)
+    np.testing.assert_allclose(fresh, shipped[:8], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(fresh, shipped[8:16], rtol=1e-2)  # the comparison can fail
+
+
+def test_a_damaged_or_mislabelled_shipped_reference_is_refused_and_other_images_ignored(tmp_path):
+    test, _, n = _privacy_reference_sets()
+    real, key = fid.fid_reference(test, n)
+    src = fid.shipped_reference_path(key, FID_IMPL)
+    with np.load(src, allow_pickle=False) as z:
+        rec = {k: z[k] for k in z.files}
+    dst = fid.shipped_reference_path(key, FID_IMPL, tmp_path)
+    other = real.copy()
+    other[0, 0, 0, 0] ^= 1
+    np.savez(dst, **rec)
+    assert fid.shipped_features(key, FID_IMPL, real, tmp_path) is not None
+    assert fid.shipped_features(key, FID_IMPL, other, tmp_path) is None  # computed here instead
+    assert fid.shipped_features(key, FID_IMPL, None, tmp_path) is None
+
+    feats = rec["feats"].copy()
+    feats[3, 7] += 1.0
+    np.savez(dst, **(rec | {"feats": feats}))
+    with pytest.raises(fid.ShippedReferenceError, match="does not match its SHA-256") as ei:
+        fid.shipped_features(key, FID_IMPL, real, tmp_path)
+    assert "\n" not in str(ei.value)
+    np.savez(dst, **(rec | {"key": np.array("another-key")}))
+    with pytest.raises(fid.ShippedReferenceError, match="not its name's"):
+        fid.shipped_features(key, FID_IMPL, real, tmp_path)
+    dst.write_bytes(b"not an npz")
+    with pytest.raises(fid.ShippedReferenceError, match="cannot be read"):
+        fid.shipped_features(key, FID_IMPL, real, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_the_shipped_privacy_references_are_what_this_code_scores():
+    """scripts/ship_fid_reference.py --check: scored again with the recorded threads, bit for bit
+    (about a minute on 2 cores)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "ship_fid_reference.py"), "--check"],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("same:") == 2

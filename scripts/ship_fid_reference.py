@@ -1,0 +1,103 @@
+"""Write, or check, the FID reference features that ship inside the package.
+
+For a registered suite's scenarios at the ``cpu`` scale (default: ``privacy``, README command 1's),
+each distinct FID reference (``benchmark.fid.fid_reference``: the test split's fixed sample) and
+floor set (``benchmark.fid.floor_images``: the training images of the floor) is scored by the
+scenario's extractor, exactly as ``bench run`` scores it on a machine without the cache, and
+written to ``benchmark/fid_reference/`` (``benchmark.fid``, "Shipped references"): the float32
+features, their key and extractor, the SHA-256 of the images and of the features, the torch
+version and threads.
+
+    python scripts/ship_fid_reference.py            # (re)write the privacy suite's references
+    python scripts/ship_fid_reference.py --check    # score again with the recorded threads; exit 1
+                                                    # unless every one equals the shipped file bit for bit
+    python scripts/ship_fid_reference.py --only cross-device
+
+The CPU kernels' sums depend on the thread count, so ``--check`` scores with the threads the file
+records (the shipped files were scored with 2, this project's build machines' cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+
+import numpy as np
+import torch
+
+from benchmark.data import scenario_dataset
+from benchmark.fid import (SHIPPED_REFERENCE_DIR, fid_reference, floor_images, images_sha256, inception_features,
+                           shipped_reference_path)
+from benchmark.fid_extractors import get_extractor
+from benchmark.rundir import write_npz
+from benchmark.suites import get_suite
+from benchmark.threads import set_fixed_threads
+
+
+def reference_sets(suite: str) -> list[tuple[str, str, str, np.ndarray]]:
+    """(key, extractor name, extractor impl, images) of each distinct reference and floor set."""
+    out, seen = [], set()
+    for s in get_suite(suite, "cpu"):
+        test = scenario_dataset(s, "test")
+        sets = [fid_reference(test, s.fid_n_samples)]
+        train = scenario_dataset(s, "train")
+        if s.fid_n_samples <= len(train.labels):  # the runner scores a floor only then
+            sets.append(floor_images(train, s.fid_n_samples))
+        impl = get_extractor(s.fid_impl).impl
+        for images, key in sets:
+            if (key, impl) not in seen:
+                seen.add((key, impl))
+                out.append((key, s.fid_impl, impl, images))
+    return out
+
+
+def features(images: np.ndarray, extractor: str) -> np.ndarray:
+    return inception_features(images, extractor=extractor).astype(np.float32)  # lossless: the network's dtype
+
+
+def check(key: str, extractor: str, impl: str, images: np.ndarray) -> bool:
+    path = shipped_reference_path(key, impl)
+    if not path.exists():
+        print(f"missing: {path.name}")
+        return False
+    with np.load(path, allow_pickle=False) as z:
+        shipped, threads, version = z["feats"], int(z["torch_threads"]), str(z["torch"])
+        same_images = str(z["images_sha256"]) == images_sha256(images)
+    set_fixed_threads(threads)
+    t0 = time.perf_counter()
+    same = same_images and np.array_equal(features(images, extractor), shipped)
+    print(f"{'same' if same else 'DIFFERENT'}: {path.name} scored in {time.perf_counter() - t0:.0f} s with {threads} "
+          f"threads (shipped with torch {version}, here {torch.__version__}){'' if same_images else '; other images'}")
+    return same
+
+
+def write(key: str, extractor: str, impl: str, images: np.ndarray, threads: int) -> None:
+    set_fixed_threads(threads)
+    t0 = time.perf_counter()
+    feats = features(images, extractor)
+    path = shipped_reference_path(key, impl)
+    SHIPPED_REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
+    write_npz(path, feats=feats, key=np.array(key), fid_impl=np.array(impl), images_sha256=np.array(images_sha256(images)),
+              feats_sha256=np.array(hashlib.sha256(np.ascontiguousarray(feats).tobytes()).hexdigest()),
+              torch=np.array(torch.__version__), torch_threads=np.array(threads))
+    print(f"wrote {path} ({len(images)} images, {time.perf_counter() - t0:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="score again and compare with the shipped files")
+    ap.add_argument("--only", default="privacy", help="the registered suite whose references ship (default privacy)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads to score with when writing (default 2)")
+    args = ap.parse_args(argv)
+    todo = reference_sets(args.only)
+    if args.check:
+        return 0 if all([check(*item) for item in todo]) else 1
+    for item in todo:
+        write(*item, threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
