@@ -191,15 +191,30 @@ def package_version(dist: str) -> str:
         return "absent"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: str) -> dict:
     """What ``environment.json`` records: date, git sha, versions, device."""
-    if device.startswith("cuda"):
-        import torch
+    import torch
 
+    if device.startswith("cuda"):
         dev_name = torch.cuda.get_device_name(torch.device(device))
     else:
         dev_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     return {
+        # Which CPU kernels torch dispatched to, and the CPU: two machines of one kind but another
+        # ISA level compute the same run to other last bits (a no-DP row's FID then differs).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_sha": git_sha(),
         "python": sys.version.split()[0],
