@@ -15,7 +15,7 @@ network.  KID uses clean-fid's ``kernel_distance`` with the global NumPy RNG see
 
 Shipped references
 ------------------
-The FID reference and floor features of the suites that run on an embedded dataset ship with the
+The FID reference and floor features of the ``privacy`` suite (README command 1's) ship with the
 package (``benchmark/fid_reference/``, written by ``scripts/ship_fid_reference.py``): on a cache
 miss they are used before the network, so a fresh machine's first run skips two Inception passes
 (about 35 s of README command 1 on the 2-core build machine) and every machine scores against
