@@ -19,7 +19,6 @@ records (the shipped files were scored with 2, this project's build machines' co
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import time
@@ -34,6 +33,8 @@ from benchmark.fid_extractors import get_extractor
 from benchmark.rundir import write_npz
 from benchmark.suites import get_suite
 from benchmark.threads import set_fixed_threads
+
+import shipping  # scripts/shipping.py: the command line both shipping scripts share
 
 
 def reference_sets(suite: str) -> list[tuple[str, str, str, np.ndarray]]:
@@ -86,17 +87,8 @@ def write(key: str, extractor: str, impl: str, images: np.ndarray, threads: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="score again and compare with the shipped files")
-    ap.add_argument("--only", default="privacy", help="the registered suite whose references ship (default privacy)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads to score with when writing (default 2)")
-    args = ap.parse_args(argv)
-    todo = reference_sets(args.only)
-    if args.check:
-        return 0 if all([check(*item) for item in todo]) else 1
-    for item in todo:
-        write(*item, threads=args.threads)
-    return 0
+    return shipping.main(argv, doc=__doc__, items=reference_sets, check=check, write=write,
+                         only_default="privacy", what="references")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ names (the shipped files were trained with 2, this project's build machines' cor
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,6 +29,8 @@ from benchmark.pretrain import SHIPPED_DIR, checkpoint_path, definition, public_
 from benchmark.rundir import write_json, write_torch
 from benchmark.suites import get_suite, suite_names
 from benchmark.threads import set_fixed_threads
+
+import shipping  # scripts/shipping.py: the command line both shipping scripts share
 
 
 def definitions(only: str | None = None) -> list[tuple[dict, object, object]]:
@@ -82,17 +83,8 @@ def write(defn: dict, scenario, public, threads: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="retrain and compare with the shipped files")
-    ap.add_argument("--only", default=None, help="one registered suite's definitions")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads to train with when writing (default 2)")
-    args = ap.parse_args(argv)
-    todo = definitions(args.only)
-    if args.check:
-        return 0 if all([check(*item) for item in todo]) else 1
-    for item in todo:
-        write(*item, threads=args.threads)
-    return 0
+    return shipping.main(argv, doc=__doc__, items=definitions, check=check, write=write, only_default=None,
+                         what="checkpoints")
 
 
 if __name__ == "__main__":
