@@ -111,10 +111,15 @@ def _sanitise(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")
 
 
-def _stats_path(key: str, cache_dir, impl: str) -> Path:
+def _stats_name(key: str, impl: str) -> str:
+    """The file name of ``key``'s reference under ``impl``: in the cache and among the shipped ones."""
     if not key:
         raise ValueError("empty reference key")
-    return cache_dir_path(cache_dir) / "fid_stats" / f"{_sanitise(key)}__{_sanitise(impl)}.npz"
+    return f"{_sanitise(key)}__{_sanitise(impl)}.npz"
+
+
+def _stats_path(key: str, cache_dir, impl: str) -> Path:
+    return cache_dir_path(cache_dir) / "fid_stats" / _stats_name(key, impl)
 
 
 SHIPPED_REFERENCE_DIR = Path(__file__).resolve().parent / "fid_reference"  # package data (pyproject.toml)
@@ -130,8 +135,13 @@ def images_sha256(images: np.ndarray) -> str:
     return hashlib.sha256(repr((a.dtype.str, a.shape)).encode() + a.tobytes()).hexdigest()
 
 
+def features_sha256(feats: np.ndarray) -> str:
+    """SHA-256 of float32 features' bytes: what a shipped reference records of its features."""
+    return hashlib.sha256(np.ascontiguousarray(feats).tobytes()).hexdigest()
+
+
 def shipped_reference_path(key: str, impl: str, shipped_dir: Path | None = None) -> Path:
-    return (SHIPPED_REFERENCE_DIR if shipped_dir is None else Path(shipped_dir)) / _stats_path(key, ".", impl).name
+    return (SHIPPED_REFERENCE_DIR if shipped_dir is None else Path(shipped_dir)) / _stats_name(key, impl)
 
 
 def shipped_features(key: str, impl: str, images: np.ndarray | None,
@@ -150,7 +160,7 @@ def shipped_features(key: str, impl: str, images: np.ndarray | None,
     if rec["key"] != key or rec["fid_impl"] != impl:
         raise ShippedReferenceError(f"shipped FID reference {path.name} records key {rec['key']!r} and extractor "
                                     f"{rec['fid_impl']!r}, not its name's (rewrite it with scripts/ship_fid_reference.py)")
-    if hashlib.sha256(np.ascontiguousarray(feats).tobytes()).hexdigest() != rec["feats_sha256"]:
+    if features_sha256(feats) != rec["feats_sha256"]:
         raise ShippedReferenceError(f"shipped FID reference {path} does not match its SHA-256 (a damaged install: "
                                     "reinstall)")
     if rec["images_sha256"] != images_sha256(images):

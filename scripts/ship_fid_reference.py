@@ -19,7 +19,6 @@ records (the shipped files were scored with 2, this project's build machines' co
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 
@@ -27,8 +26,8 @@ import numpy as np
 import torch
 
 from benchmark.data import scenario_dataset
-from benchmark.fid import (SHIPPED_REFERENCE_DIR, fid_reference, floor_images, images_sha256, inception_features,
-                           shipped_reference_path)
+from benchmark.fid import (SHIPPED_REFERENCE_DIR, features_sha256, fid_reference, floor_images, images_sha256,
+                           inception_features, shipped_reference_path)
 from benchmark.fid_extractors import get_extractor
 from benchmark.rundir import write_npz
 from benchmark.suites import get_suite
@@ -81,7 +80,7 @@ def write(key: str, extractor: str, impl: str, images: np.ndarray, threads: int)
     path = shipped_reference_path(key, impl)
     SHIPPED_REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
     write_npz(path, feats=feats, key=np.array(key), fid_impl=np.array(impl), images_sha256=np.array(images_sha256(images)),
-              feats_sha256=np.array(hashlib.sha256(np.ascontiguousarray(feats).tobytes()).hexdigest()),
+              feats_sha256=np.array(features_sha256(feats)),
               torch=np.array(torch.__version__), torch_threads=np.array(threads))
     print(f"wrote {path} ({len(images)} images, {time.perf_counter() - t0:.0f} s)")
 
